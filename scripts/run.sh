@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates or reuses a virtual environment, installs, then runs.
+#   bash scripts/run.sh demo [args]   segment the bundled sample images on embedded defaults
+#   bash scripts/run.sh test [args]   run the test suite (args go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${SEGGPT_VENV:-.venv}
+python=${PYTHON:-python3}
+
+setup() {
+    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+    # torch first: 2.13.0 is a local CPU build; letting a dependency pull "torch" would download a CUDA build.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[test]"
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+    demo) setup; exec "$venv/bin/seggpt-ls" demo "$@" ;;
+    test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
+    setup) setup ;;
+    *) echo "usage: bash scripts/run.sh demo|test|setup [args]" >&2; exit 2 ;;
+esac
