@@ -1,0 +1,195 @@
+"""The only module that opens, converts, resizes and normalizes images and masks, or maps masks back.
+
+Conventions: sizes are (height, width) unless named `wh`; masks are boolean numpy arrays (height, width) in the
+orientation the image is displayed in (EXIF orientation applied).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DEFAULT_MAX_PIXELS",
+    "ImageLike",
+    "MaskLike",
+    "open_image",
+    "to_rgb",
+    "as_mask",
+    "image_to_tensor",
+    "label_map_to_tensor",
+    "denormalize",
+    "resize_label_map",
+    "mosaic",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Larger than any camera frame or scan we expect; far below what would exhaust a worker's memory.
+DEFAULT_MAX_PIXELS = 150_000_000
+
+ImageLike = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
+MaskLike = Union[np.ndarray, Image.Image]
+
+
+def _check_area(width: int, height: int, max_pixels: int, where: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{where}: image has zero area ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(f"{where}: image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}")
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """Scale a single-channel integer or float array to uint8 without clipping the content away."""
+    values = values.astype(np.float64)
+    if values.size == 0:
+        return values.astype(np.uint8)
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1.0:
+        scaled = values * 255.0  # float images in [0, 1]
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257.0  # 16-bit range
+    else:
+        scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB: 16-bit and float images are scaled to 8 bits, alpha is dropped."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "F") or mode.startswith("I;"):
+        gray = _to_8bit(np.asarray(image))
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def open_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "image") -> Image.Image:
+    """Open an image from a path, bytes, file object, PIL image or array; apply EXIF orientation; return RGB.
+
+    Raises ImageError (naming `where`) for unreadable, truncated, empty, zero-area or oversized images.
+    """
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        elif isinstance(source, np.ndarray):
+            image = _array_to_image(source, where)
+        else:
+            if isinstance(source, (bytes, bytearray)):
+                if not source:
+                    raise ImageError(f"{where}: empty file (0 bytes)")
+                source = io.BytesIO(source)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        _check_area(image.width, image.height, max_pixels, where)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: not an image file, or a format Pillow cannot read") from None
+    except FileNotFoundError:
+        raise ImageError(f"{where}: no such file {source}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as these
+        raise ImageError(f"{where}: corrupt or truncated image ({exc})") from None
+
+
+def _array_to_image(array: np.ndarray, where: str) -> Image.Image:
+    if array.ndim == 2:
+        return Image.fromarray(_to_8bit(array) if array.dtype != np.uint8 else array, mode="L")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if array.dtype != np.uint8:
+            array = _to_8bit(array)
+        return Image.fromarray(np.ascontiguousarray(array[:, :, :3]), mode="RGB")
+    raise ImageError(f"{where}: array of shape {array.shape} is not an image (expected HxW, HxWx3 or HxWx4)")
+
+
+def as_mask(mask: MaskLike, size: tuple[int, int], where: str) -> np.ndarray:
+    """A boolean (height, width) mask; non-zero is foreground. Raises ImageError if it does not match `size`."""
+    if isinstance(mask, Image.Image):
+        mask = ImageOps.exif_transpose(mask)
+        mask = np.asarray(mask.convert("L") if mask.mode not in ("1", "L", "P") else mask)
+    array = np.asarray(mask)
+    if array.ndim == 3:
+        array = array.any(axis=2)
+    if array.ndim != 2:
+        raise ImageError(f"{where}: mask of shape {array.shape} is not a 2-D mask")
+    if array.shape != tuple(size):
+        raise ImageError(
+            f"{where}: mask is {array.shape[1]}x{array.shape[0]} (WxH) but its image is {size[1]}x{size[0]}"
+        )
+    return array.astype(bool, copy=False)
+
+
+def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """(3, h, w) float32: bicubic resize to `size`, scale to [0, 1], ImageNet normalization (official)."""
+    height, width = size
+    resized = image.resize((width, height), Image.BICUBIC) if image.size != (width, height) else image
+    array = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
+    array = (array - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def label_map_to_tensor(label_map: np.ndarray, colors: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(3, h, w) float32 colored mask: nearest resize of the label indices, palette lookup, normalization.
+
+    Resizing indices with NEAREST then coloring equals the official NEAREST resize of the colored mask.
+    """
+    resized = resize_label_map(label_map, size)
+    rgb = colors[resized].astype(np.float32) * (1.0 / 255.0)
+    rgb = (rgb - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def denormalize(canvas: torch.Tensor) -> np.ndarray:
+    """(T, 3, h, w) normalized model output -> (T, h, w, 3) float32 RGB in [0, 255]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    rgb = ((canvas.detach().float().cpu() * std + mean) * 255.0).clamp_(0.0, 255.0)
+    return rgb.permute(0, 2, 3, 1).numpy()
+
+
+def resize_label_map(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 (height, width) index map to `size` (height, width)."""
+    height, width = size
+    if label_map.shape == (height, width):
+        return label_map
+    image = Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint8), mode="L")
+    return np.asarray(image.resize((width, height), Image.NEAREST))
+
+
+def mosaic(tiles: list[Any], size: tuple[int, int], resample: int) -> Any:
+    """Stitch tiles (PIL images, or uint8 label maps) into a near-square grid and subsample it to `size`.
+
+    The paper's spatial ensemble: several prompts share one canvas half. Empty cells stay black / background.
+    """
+    height, width = size
+    side = int(np.ceil(np.sqrt(len(tiles))))
+    as_arrays = isinstance(tiles[0], np.ndarray)
+    mode = "L" if as_arrays else "RGB"
+    sheet = Image.new(mode, (side * width, side * height))
+    for index, tile in enumerate(tiles):
+        tile_image = Image.fromarray(tile, mode="L") if as_arrays else tile
+        tile_image = tile_image.resize((width, height), resample)
+        sheet.paste(tile_image, ((index % side) * width, (index // side) * height))
+    result = sheet.resize((width, height), resample)
+    return np.asarray(result) if as_arrays else result
