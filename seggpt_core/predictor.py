@@ -113,6 +113,11 @@ class SegGptPredictor:
         """Labels of the current prompt set, in the order they were first seen."""
         return [label for group in self._groups for label in group.labels]
 
+    @property
+    def groups(self) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+        """(labels, prompt indices) of each forward group: labels annotated by exactly the same prompts."""
+        return [(tuple(group.labels), group.prompt_indices) for group in self._groups]
+
     def set_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Validate and preprocess `prompts` onto the device, once for all following `predict` calls."""
         if not prompts:

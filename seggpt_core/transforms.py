@@ -95,7 +95,8 @@ def open_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, where
                     raise ImageError(f"{where}: empty file (0 bytes)")
                 source = io.BytesIO(source)
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Opening reads only the header; `max_pixels` is enforced just below, before any decoding.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(source)
         _check_area(image.width, image.height, max_pixels, where)
         image.load()
@@ -103,7 +104,7 @@ def open_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, where
         return to_rgb(image)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, 2 x Image.MAX_IMAGE_PIXELS
         raise ImageError(f"{where}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{where}: not an image file, or a format Pillow cannot read") from None

@@ -1,0 +1,26 @@
+"""Shared fixtures: small transformers SegGPT models (the oracle) and their saved checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .oracle import SMALL_CONFIGS, hf_model
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """(transformers model, its save_pretrained directory, config kwargs) for the 'interp' config."""
+    config = SMALL_CONFIGS["interp"]
+    model = hf_model(config)
+    directory = Path(tmp_path_factory.mktemp("hf_tiny"))
+    model.save_pretrained(directory)
+    return model, directory, config
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_pair):
+    from seggpt_core import load_model
+
+    return load_model(tiny_pair[1], device="cpu")

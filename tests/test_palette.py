@@ -1,0 +1,39 @@
+"""Palette colors and nearest-color decoding, through the same normalization the model sees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seggpt_core import decode_colors, make_palette
+from seggpt_core.transforms import denormalize, label_map_to_tensor
+
+
+@pytest.mark.parametrize("num_labels", range(1, 21))
+def test_palette_round_trip(num_labels):
+    palette = make_palette(num_labels)
+    assert palette.shape == (num_labels + 1, 3)
+    assert palette[0].tolist() == [0, 0, 0]
+    assert len({tuple(c) for c in palette.tolist()}) == num_labels + 1  # all distinct, none black but row 0
+    rng = np.random.default_rng(num_labels)
+    label_map = rng.integers(0, num_labels + 1, size=(37, 53)).astype(np.uint8)
+    label_map[0, : num_labels + 1] = np.arange(num_labels + 1)  # every label present
+    colored = label_map_to_tensor(label_map, palette, (37, 53))
+    rgb = denormalize(colored[None])[0]
+    decoded, confidence = decode_colors(rgb, palette)
+    assert np.array_equal(decoded, label_map)
+    assert confidence.min() > 0.99
+
+
+def test_single_label_is_white_like_the_official_demos():
+    assert make_palette(1)[1].tolist() == [255, 255, 255]
+
+
+def test_confidence_falls_between_colors():
+    palette = make_palette(1)
+    pixels = np.array([[[0, 0, 0], [128, 128, 128], [250, 250, 250], [60, 60, 60]]], dtype=np.float32)
+    indices, confidence = decode_colors(pixels, palette)
+    assert indices.tolist() == [[0, 1, 1, 0]]
+    assert confidence[0, 0] == pytest.approx(1.0)
+    assert confidence[0, 1] < 0.01  # halfway: no confidence
+    assert confidence[0, 3] < confidence[0, 0] and confidence[0, 2] > 0.9
