@@ -1,0 +1,127 @@
+"""The `seggpt-ls` command line. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+SAMPLES = Path(__file__).parent / "samples"
+# Until the project ships trained weights, the demo runs a seeded random network: the pipeline is real,
+# the masks are not meaningful.
+DEMO_WEIGHTS = "random:tiny"
+
+
+def _add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> None:
+    parser.add_argument("--weights", default=default_weights, help="hub id, directory, .safetensors, original .pth, or random:<variant> (default: %(default)s)")
+    parser.add_argument("--device", default=os.environ.get("SEGGPT_DEVICE"), help="cuda:0, cpu, ... (default: CUDA if available)")
+    parser.add_argument("--dtype", default=os.environ.get("SEGGPT_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--embedding-type", default="instance", choices=["instance", "semantic"])
+    parser.add_argument("--spatial-ensemble", action="store_true", help="stitch prompts into one canvas instead of the feature ensemble")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
+
+
+def _build_predictor(args: argparse.Namespace):
+    import torch
+
+    from seggpt_core import SegGptPredictor, load_model
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    started = time.perf_counter()
+    model = load_model(args.weights, device=args.device, dtype=dtype)
+    param = next(model.parameters())
+    print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
+    return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble, max_batch_rows=args.batch_size)
+
+
+def _list_images(directory: Path) -> list[Path]:
+    from .folder_mode import IMAGE_SUFFIXES
+
+    if not directory.is_dir():
+        raise SystemExit(f"--images {directory}: not a directory")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _run_segment(predictor, specs, images: list[Path], out: Path, preview: bool) -> int:
+    from .folder_mode import segment_folder
+
+    started = time.perf_counter()
+    report = segment_folder(predictor, specs, images, out, preview=preview)
+    elapsed = time.perf_counter() - started
+    print(f"labels: {', '.join(predictor.labels)}")
+    print(f"segmented {len(report.done)} image(s) in {elapsed:.1f} s; failed {len(report.failed)}")
+    for path, reason in report.failed.items():
+        print(f"  failed {path}: {reason}")
+    print(f"wrote {len(report.outputs)} file(s) under {out}" + (f"; preview: {out / 'preview.png'}" if preview else ""))
+    return 1 if report.failed else 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .folder_mode import parse_prompt_spec
+
+    try:
+        specs = [parse_prompt_spec(text) for text in args.prompt]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    images = _list_images(Path(args.images))
+    if not images:
+        raise SystemExit(f"--images {args.images}: no images found")
+    return _run_segment(_build_predictor(args), specs, images, Path(args.out), not args.no_preview)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .folder_mode import PromptSpec
+
+    prompt = SAMPLES / "prompt.png"
+    specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in ("disc", "star")]
+    images = sorted(SAMPLES.glob("target_*.png"))
+    print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels disc, star)")
+    if args.weights.startswith("random:"):
+        print(
+            f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole in-context "
+            "path (load, preprocess, canvas, ensemble, decode, masks, preview), but its masks carry no meaning. "
+            "Pass --weights BAAI/seggpt-vit-large (or a local copy) for real segmentations."
+        )
+    return _run_segment(_build_predictor(args), specs, images, Path(args.out), True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seggpt-ls", description="Few-shot pre-labeling for Label Studio with SegGPT.")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="segment the bundled sample images on embedded defaults")
+    demo.add_argument("--out", default="seggpt-demo-out", help="output directory (default: %(default)s)")
+    _add_model_options(demo, DEMO_WEIGHTS)
+    demo.set_defaults(handler=cmd_demo)
+
+    segment = commands.add_parser("segment", help="segment a folder of images from annotated prompt images")
+    segment.add_argument("--prompt", action="append", required=True, metavar="IMAGE:MASK[:LABEL]", help="a prompt image and a mask of one label; repeat for more labels or images")
+    segment.add_argument("--images", required=True, help="folder of images to segment")
+    segment.add_argument("--out", required=True, help="output directory")
+    segment.add_argument("--no-preview", action="store_true", help="skip the overlay grid preview.png")
+    _add_model_options(segment, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    segment.set_defaults(handler=cmd_segment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from seggpt_core import SegGptError
+
+    try:
+        return args.handler(args)
+    except SegGptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
