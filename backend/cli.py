@@ -91,6 +91,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_segment(_build_predictor(args), specs, images, Path(args.out), True)
 
 
+def _connection(args: argparse.Namespace):
+    from worker import get_connection
+
+    return get_connection(args.redis_url)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.defaults import DEFAULT_QUEUE
+    from worker.gpu_worker import run_worker
+    from worker.runtime import ModelSettings
+
+    settings = ModelSettings(
+        weights=args.weights,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        max_batch_rows=args.batch_size,
+    )
+    run_worker(
+        _connection(args),
+        args.queue or [DEFAULT_QUEUE],
+        settings,
+        burst=args.burst,
+        heartbeat_interval=args.heartbeat_interval,
+        maintenance_interval=args.maintenance_interval,
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from worker import queue_status
+
+    status = queue_status(_connection(args), args.queue)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for name, counts in status["queues"].items():
+        print(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
+    for job in status["running"]:
+        print(f"  running {job['id']}: {job['done']}/{job['total']} done, {job['failed']} failed")
+    for job in status["failed"]:
+        print(f"  failed  {job['id']}: {job['done']}/{job['total']} done; {job.get('reason', '')}")
+    print(f"workers: {len(status['workers'])}")
+    for worker in status["workers"]:
+        print(f"  {worker['name']} on {worker['host']}: {worker['state']}, device {worker['device']}, weights {worker['weights']}, queues {','.join(worker['queues'])}")
+    return 0
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from worker import retry_failed
+    from worker.defaults import DEFAULT_QUEUE
+
+    total = 0
+    for name in args.queue or [DEFAULT_QUEUE]:
+        ids = retry_failed(_connection(args), name)
+        total += len(ids)
+        for job_id in ids:
+            print(f"re-queued {job_id} on {name}")
+    print(f"re-queued {total} failed job(s)")
+    return 0
+
+
+def _add_redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis under MODEL_DIR")
+    parser.add_argument("--queue", action="append", help="queue name (repeatable; default: seggpt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seggpt-ls", description="Few-shot pre-labeling for Label Studio with SegGPT.")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
@@ -108,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--no-preview", action="store_true", help="skip the overlay grid preview.png")
     _add_model_options(segment, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
     segment.set_defaults(handler=cmd_segment)
+
+    from worker.defaults import HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL
+
+    worker = commands.add_parser("worker", help="run a worker: load the model once, then process queued jobs")
+    _add_redis_option(worker)
+    _add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
+    worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
+    worker.set_defaults(handler=cmd_worker)
+
+    status = commands.add_parser("status", help="queues, running and failed jobs, live workers")
+    _add_redis_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    retry = commands.add_parser("retry-failed", help="re-queue failed jobs (tasks already done are skipped)")
+    _add_redis_option(retry)
+    retry.set_defaults(handler=cmd_retry_failed)
     return parser
 
 

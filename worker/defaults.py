@@ -1,0 +1,40 @@
+"""Every tunable constant of the job layer, each with what it is for."""
+
+DEFAULT_QUEUE = "seggpt"
+"""Queue that `seggpt-ls worker` listens on and work is enqueued to, unless told otherwise."""
+
+CHUNK_SIZE = 16
+"""Tasks per job: large enough to amortise a dequeue, small enough that a lost worker loses little time."""
+
+JOB_TIMEOUT = 3600
+"""Seconds a chunk may run before RQ stops it."""
+
+RESULT_TTL = 7 * 24 * 3600
+"""Seconds that finished jobs and stored results stay readable."""
+
+FAILURE_TTL = 30 * 24 * 3600
+"""Seconds that failed jobs stay visible for `seggpt-ls retry-failed`."""
+
+JOB_RETRIES = 3
+"""Times RQ re-queues a chunk whose worker died or whose tasks kept failing transiently."""
+
+TASK_ATTEMPTS = 4
+"""Attempts per task on transient errors (network, 5xx) inside one run of a chunk."""
+
+TASK_BACKOFF = 0.5
+"""Seconds before the first retry of a task; doubled at each further attempt."""
+
+HEARTBEAT_INTERVAL = 5
+"""Seconds between a busy worker's heartbeats."""
+
+HEARTBEAT_GRACE = 10
+"""Seconds past a missed heartbeat before a job counts as abandoned and is re-queued."""
+
+MAINTENANCE_INTERVAL = 15
+"""Seconds between a worker's sweeps for abandoned jobs of dead workers."""
+
+PROMPT_CACHE_SIZE = 8
+"""Prepared prompt sets a worker keeps on its device, keyed by content."""
+
+KEY_PREFIX = "seggpt"
+"""Prefix of every Redis key this project writes besides RQ's own."""

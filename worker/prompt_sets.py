@@ -1,0 +1,64 @@
+"""Prompt sets in Redis, addressed by the hash of their content, so a worker prepares each set once.
+
+A stored set is JSON: `{"prompts": [{"image": <base64 file bytes>, "masks": {label: <base64 PNG>}}]}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import redis
+
+from .codec import b64_to_bytes, b64png_to_mask, bytes_to_b64, mask_to_b64png
+from .defaults import KEY_PREFIX
+
+__all__ = ["PromptRecord", "store_prompt_set", "load_prompt_set", "prompt_set_key"]
+
+PROMPT_SET_TTL = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One annotated image as stored: its encoded file bytes and one boolean mask per label."""
+
+    image: bytes
+    masks: Mapping[str, np.ndarray]
+
+
+def prompt_set_key(digest: str) -> str:
+    return f"{KEY_PREFIX}:prompts:{digest}"
+
+
+def store_prompt_set(connection: redis.Redis, prompts: Sequence[PromptRecord]) -> str:
+    """Store `prompts` and return their content digest (the same content always gives the same digest)."""
+    if not prompts:
+        raise ValueError("a prompt set needs at least one prompt")
+    document = {
+        "prompts": [
+            {"image": bytes_to_b64(p.image), "masks": {label: mask_to_b64png(m) for label, m in sorted(p.masks.items())}}
+            for p in prompts
+        ]
+    }
+    body = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    connection.set(prompt_set_key(digest), body, ex=PROMPT_SET_TTL)
+    return digest
+
+
+def load_prompt_set(connection: redis.Redis, digest: str) -> list:
+    """The `seggpt_core.Prompt`s of a stored set; KeyError if it is not (or no longer) stored."""
+    from seggpt_core import Prompt
+
+    body = connection.get(prompt_set_key(digest))
+    if body is None:
+        raise KeyError(f"prompt set {digest[:12]} is not in Redis (expired, or never stored)")
+    connection.expire(prompt_set_key(digest), PROMPT_SET_TTL)
+    document = json.loads(body)
+    return [
+        Prompt(b64_to_bytes(p["image"]), {label: b64png_to_mask(m) for label, m in p["masks"].items()})
+        for p in document["prompts"]
+    ]

@@ -1,0 +1,139 @@
+"""The public face of the job layer: enqueue chunks, read progress, re-queue failures, report status.
+
+Everything goes through RQ's JSON serializer: job arguments and results are plain JSON and nothing read from
+Redis is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Iterable, Sequence
+
+import redis
+from rq import Queue, Retry, Worker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, KEY_PREFIX, RESULT_TTL
+from .gpu_worker import worker_info_key
+
+__all__ = ["get_queue", "chunked", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "retry_failed", "queue_status"]
+
+
+def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
+    return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def enqueue_segmentation(
+    connection: redis.Redis,
+    prompt_set: str,
+    tasks: Sequence[dict],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    queue: str = DEFAULT_QUEUE,
+    namespace: str | None = None,
+    sink: str = "redis",
+    options: dict | None = None,
+    extra: dict | None = None,
+) -> tuple[str, list[str]]:
+    """Split `tasks` into chunks and enqueue one job each. Returns (namespace, job ids).
+
+    Each task is `{"id": ..., "image": {<source>: <value>}, ...}`; `extra` is copied into every payload for
+    the sink (e.g. a project id).
+    """
+    for index, task in enumerate(tasks):
+        if "id" not in task or "image" not in task:
+            raise ValueError(f"task {index} needs 'id' and 'image', got keys {sorted(task)}")
+    namespace = namespace or uuid.uuid4().hex
+    rq_queue = get_queue(connection, queue)
+    job_ids = []
+    for chunk in chunked(list(tasks), chunk_size):
+        payload = {"prompt_set": prompt_set, "tasks": list(chunk), "options": options or {}, "sink": sink, "namespace": namespace, **(extra or {})}
+        job = rq_queue.enqueue(
+            "worker.tasks.segment_chunk",
+            payload,
+            job_timeout=JOB_TIMEOUT,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            retry=Retry(max=JOB_RETRIES),
+            meta={"total": len(chunk), "done": 0, "failed": 0, "namespace": namespace},
+            description=f"segment {len(chunk)} task(s) of batch {namespace}",  # not the payload: keep logs small
+        )
+        job_ids.append(job.id)
+    connection.rpush(f"{KEY_PREFIX}:batch:{namespace}", *job_ids)
+    connection.expire(f"{KEY_PREFIX}:batch:{namespace}", RESULT_TTL)
+    return namespace, job_ids
+
+
+def enqueue_noop(connection: redis.Redis, queue: str = DEFAULT_QUEUE, echo: object = None) -> Job:
+    return get_queue(connection, queue).enqueue("worker.tasks.noop", {"echo": echo}, result_ttl=600)
+
+
+def fetch_job(connection: redis.Redis, job_id: str) -> Job:
+    return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+
+
+def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
+    """Summed progress over jobs: total, done, failed tasks, and jobs finished / failed."""
+    summary = {"total": 0, "done": 0, "failed": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0}
+    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
+        if job is None:
+            continue
+        meta = job.get_meta(refresh=False)
+        for key in ("total", "done", "failed"):
+            summary[key] += int(meta.get(key, 0))
+        status = job.get_status(refresh=False)
+        summary["jobs_finished"] += status == "finished"
+        summary["jobs_failed"] += status == "failed"
+    return summary
+
+
+def retry_failed(connection: redis.Redis, queue: str = DEFAULT_QUEUE) -> list[str]:
+    """Re-queue every failed job of `queue`; returns their ids. Tasks they already stored are skipped."""
+    registry = FailedJobRegistry(queue=get_queue(connection, queue))
+    job_ids = registry.get_job_ids()
+    for job_id in job_ids:
+        registry.requeue(job_id)
+    return job_ids
+
+
+def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -> dict:
+    """Queues (queued, running, failed), running and failed jobs with their progress, and live workers."""
+    names = list(queues or [q.name for q in Queue.all(connection=connection, serializer=JSONSerializer)] or [DEFAULT_QUEUE])
+    status = {"queues": {}, "running": [], "failed": [], "workers": []}
+    for name in names:
+        queue = get_queue(connection, name)
+        started = StartedJobRegistry(queue=queue).get_job_ids()
+        failed = FailedJobRegistry(queue=queue).get_job_ids()
+        status["queues"][name] = {"queued": queue.count, "running": len(started), "failed": len(failed)}
+        for bucket, ids in (("running", started), ("failed", failed)):
+            for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+                if job is None:
+                    continue
+                meta = job.get_meta(refresh=False)
+                entry = {"id": job.id, "queue": name, "done": meta.get("done", 0), "failed": meta.get("failed", 0), "total": meta.get("total", 0)}
+                if bucket == "failed":
+                    entry["reason"] = (job.latest_result().exc_string.strip().splitlines() or [""])[-1] if job.latest_result() else ""
+                status[bucket].append(entry)
+    for worker in Worker.all(connection=connection):
+        info = connection.get(worker_info_key(worker.name))
+        details = json.loads(info) if info else {}
+        status["workers"].append({
+            "name": worker.name,
+            "state": worker.get_state(),
+            "queues": worker.queue_names(),
+            "device": details.get("device", "?"),
+            "weights": details.get("weights", "?"),
+            "host": details.get("host", worker.hostname),
+            "model_loads": details.get("model_loads"),
+        })
+    return status

@@ -1,0 +1,120 @@
+"""What a worker process keeps between jobs: the loaded model and prepared prompt sets.
+
+The model is loaded once per process (at worker start, or lazily by the first job when jobs run elsewhere);
+prompt sets are prepared once per worker and kept on the device, keyed by their content digest.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .defaults import PROMPT_CACHE_SIZE
+
+__all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights: str = "BAAI/seggpt-vit-large"
+    device: str | None = None
+    dtype: str | None = None  # "float32", "bfloat16", "float16"; None: bf16 on CUDA, fp32 on CPU
+    max_batch_rows: int = 8
+
+    @classmethod
+    def from_env(cls) -> "ModelSettings":
+        return cls(
+            weights=os.environ.get("SEGGPT_WEIGHTS", cls.weights),
+            device=os.environ.get("SEGGPT_DEVICE") or None,
+            dtype=os.environ.get("SEGGPT_DTYPE") if os.environ.get("SEGGPT_DTYPE", "auto") != "auto" else None,
+            max_batch_rows=int(os.environ.get("SEGGPT_BATCH_ROWS", cls.max_batch_rows)),
+        )
+
+
+@dataclass
+class WorkerRuntime:
+    settings: ModelSettings
+    model: Any = None
+    load_count: int = 0
+    load_seconds: float = 0.0
+    prompt_preparations: int = 0
+    _predictors: "OrderedDict[tuple, Any]" = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self) -> Any:
+        """Load the model if this process has not yet; returns it."""
+        with self._lock:
+            if self.model is None:
+                import torch
+
+                from seggpt_core import load_model
+
+                started = time.perf_counter()
+                dtype = getattr(torch, self.settings.dtype) if self.settings.dtype else None
+                self.model = load_model(self.settings.weights, device=self.settings.device, dtype=dtype)
+                self.load_seconds = time.perf_counter() - started
+                self.load_count += 1
+            return self.model
+
+    @property
+    def device(self) -> str:
+        if self.model is None:
+            return self.settings.device or "auto"
+        return str(next(self.model.parameters()).device)
+
+    def predictor_for(self, connection: redis.Redis, digest: str, options: dict | None = None) -> Any:
+        """A predictor with the prompt set `digest` prepared, from the cache when this worker has seen it."""
+        from seggpt_core import SegGptPredictor
+
+        from .prompt_sets import load_prompt_set
+
+        options = dict(options or {})
+        key = (digest, tuple(sorted(options.items())))
+        predictor = self._predictors.get(key)
+        if predictor is not None:
+            self._predictors.move_to_end(key)
+            return predictor
+        predictor = SegGptPredictor(
+            self.load(),
+            embedding_type=options.get("embedding_type", "instance"),
+            spatial_ensemble=bool(options.get("spatial_ensemble", False)),
+            max_batch_rows=self.settings.max_batch_rows,
+        )
+        predictor.set_prompts(load_prompt_set(connection, digest))
+        self.prompt_preparations += 1
+        self._predictors[key] = predictor
+        while len(self._predictors) > PROMPT_CACHE_SIZE:
+            self._predictors.popitem(last=False)
+        return predictor
+
+    def stats(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "model_loads": self.load_count,
+            "model_load_seconds": round(self.load_seconds, 3),
+            "prompt_preparations": self.prompt_preparations,
+            "device": self.device,
+            "weights": self.settings.weights,
+        }
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def get_runtime() -> WorkerRuntime:
+    """This process's runtime; created from the environment if no worker set one up."""
+    global _runtime
+    if _runtime is None:
+        _runtime = WorkerRuntime(ModelSettings.from_env())
+    return _runtime
+
+
+def set_runtime(runtime: WorkerRuntime) -> None:
+    global _runtime
+    _runtime = runtime

@@ -1,0 +1,128 @@
+"""Where a task's image comes from and where its result goes, by name.
+
+Sources resolve a task's `image` reference to bytes; sinks store a result and mark the task done in the same
+Redis transaction, so a chunk that is re-run after a crash skips exactly the tasks already stored.
+Built in: sources `path` (a local file) and `blob` (bytes in Redis), and the `redis` sink. The backend registers
+its Label Studio source and sink in the worker process at start-up: the job layer never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import redis
+
+from .codec import mask_to_b64png
+from .defaults import KEY_PREFIX, RESULT_TTL
+
+__all__ = ["Sink", "register_source", "register_sink", "load_image_bytes", "make_sink", "results_key", "completions_key", "store_blob"]
+
+Source = Callable[[redis.Redis, dict], bytes]
+
+
+class Sink(Protocol):
+    def write(self, task: dict, segmentation: Any, done_key: str) -> None:
+        """Store the result of `task` and add its id to the set `done_key`, atomically."""
+
+
+_sources: dict[str, Source] = {}
+_sinks: dict[str, Callable[[redis.Redis, dict], Sink]] = {}
+
+
+def register_source(kind: str, source: Source) -> None:
+    _sources[kind] = source
+
+
+def register_sink(name: str, factory: Callable[[redis.Redis, dict], Sink]) -> None:
+    _sinks[name] = factory
+
+
+def load_image_bytes(connection: redis.Redis, reference: dict) -> bytes:
+    """The bytes of a task image. `reference` has one key naming its source, e.g. {"path": "/data/a.jpg"}."""
+    if not isinstance(reference, dict) or len(reference) != 1:
+        raise ValueError(f"image reference {reference!r} must be an object with exactly one source key")
+    kind, value = next(iter(reference.items()))
+    source = _sources.get(kind)
+    if source is None:
+        raise ValueError(f"unknown image source {kind!r}; known: {', '.join(sorted(_sources))}")
+    return source(connection, {kind: value})
+
+
+def make_sink(connection: redis.Redis, payload: dict) -> Sink:
+    name = payload.get("sink", "redis")
+    factory = _sinks.get(name)
+    if factory is None:
+        raise ValueError(f"unknown result sink {name!r}; known: {', '.join(sorted(_sinks))}")
+    return factory(connection, payload)
+
+
+def results_key(namespace: str) -> str:
+    return f"{KEY_PREFIX}:results:{namespace}"
+
+
+def completions_key(namespace: str) -> str:
+    return f"{KEY_PREFIX}:completions:{namespace}"
+
+
+def store_blob(connection: redis.Redis, data: bytes, ttl: int = RESULT_TTL) -> dict:
+    """Put image bytes in Redis for workers on other machines; returns the task's image reference."""
+    import hashlib
+
+    key = f"{KEY_PREFIX}:blob:{hashlib.sha256(data).hexdigest()}"
+    connection.set(key, data, ex=ttl)
+    return {"blob": key}
+
+
+def _path_source(connection: redis.Redis, reference: dict) -> bytes:
+    path = Path(reference["path"])
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        from seggpt_core import ImageError
+
+        raise ImageError(f"{path}: no such file") from None
+
+
+def _blob_source(connection: redis.Redis, reference: dict) -> bytes:
+    data = connection.get(reference["blob"])
+    if data is None:
+        from seggpt_core import ImageError
+
+        raise ImageError(f"image blob {reference['blob']} is not in Redis (expired, or never stored)")
+    return data
+
+
+class RedisSink:
+    """Results as JSON in the hash `seggpt:results:<namespace>`; each completion logged once in a list."""
+
+    def __init__(self, connection: redis.Redis, payload: dict) -> None:
+        self.connection = connection
+        self.namespace = payload.get("namespace") or "default"
+
+    def write(self, task: dict, segmentation: Any, done_key: str) -> None:
+        task_id = str(task["id"])
+        document = {
+            "height": segmentation.size[0],
+            "width": segmentation.size[1],
+            "labels": {
+                label: {"score": segmentation.scores[label], "mask": mask_to_b64png(mask)}
+                for label, mask in segmentation.masks.items()
+            },
+            "finished_at": time.time(),
+        }
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hset(results_key(self.namespace), task_id, json.dumps(document))
+            pipe.rpush(completions_key(self.namespace), task_id)
+            pipe.sadd(done_key, task_id)
+            pipe.expire(results_key(self.namespace), RESULT_TTL)
+            pipe.expire(completions_key(self.namespace), RESULT_TTL)
+            pipe.expire(done_key, RESULT_TTL)
+            pipe.execute()
+
+
+register_source("path", _path_source)
+register_source("blob", _blob_source)
+register_sink("redis", RedisSink)

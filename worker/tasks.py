@@ -1,0 +1,101 @@
+"""Job functions, at stable import paths: RQ stores `worker.tasks.<name>` in each job.
+
+Each takes one JSON payload and returns JSON. A segmentation chunk payload:
+
+    {"prompt_set": "<digest>", "tasks": [{"id": "17", "image": {"path": "/data/a.jpg"}, ...}, ...],
+     "options": {"embedding_type": "instance"}, "sink": "redis", "namespace": "<batch id>"}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, TypeVar
+
+from rq import get_current_job
+
+from .defaults import KEY_PREFIX, TASK_ATTEMPTS, TASK_BACKOFF
+from .errors import ChunkIncomplete, TransientError
+from .runtime import get_runtime
+from .task_io import load_image_bytes, make_sink
+
+__all__ = ["segment_chunk", "noop", "with_backoff", "done_key"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def with_backoff(action: Callable[[], T], attempts: int = TASK_ATTEMPTS, first_delay: float = TASK_BACKOFF, sleep=time.sleep) -> T:
+    """Run `action`, retrying TransientError with exponential backoff; the last error propagates."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except TransientError as exc:
+            if attempt == attempts:
+                raise
+            log.info("transient failure (attempt %d/%d), retrying in %.1f s: %s", attempt, attempts, delay, exc)
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def done_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}:chunk:{job_id}:done"
+
+
+def noop(payload: dict) -> dict:
+    """Does nothing: measures the queue's own overhead."""
+    return {"echo": payload.get("echo")}
+
+
+def segment_chunk(payload: dict) -> dict:
+    """Segment every task of a chunk with one prompt set; store results through the payload's sink.
+
+    A task that cannot be done (a corrupt image, a missing file) is recorded with its reason and the chunk goes
+    on. Tasks that keep failing transiently make the chunk raise ChunkIncomplete after all others are done, so
+    RQ re-queues it; tasks already stored are skipped on every re-run.
+    """
+    from seggpt_core import SegGptError
+
+    job = get_current_job()
+    connection = job.connection
+    runtime = get_runtime()
+    loads_before = runtime.load_count
+    started = time.perf_counter()
+    predictor = runtime.predictor_for(connection, payload["prompt_set"], payload.get("options"))
+    sink = make_sink(connection, payload)
+    tasks = payload["tasks"]
+    finished = done_key(job.id)
+    already = {member.decode() for member in connection.smembers(finished)}
+    failed: dict[str, str] = {}
+    transient: dict[str, str] = {}
+    job.meta.update({"total": len(tasks), "done": len(already), "failed": 0, "worker_pid": runtime.stats()["pid"]})
+    job.save_meta()
+    for task in tasks:
+        task_id = str(task["id"])
+        if task_id in already:
+            continue
+        try:
+            data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
+            target = predictor.prepare_target(data, where=f"task {task_id}")
+            segmentation = predictor.predict_prepared([target])[0]
+            with_backoff(lambda: sink.write(task, segmentation, finished))
+            already.add(task_id)
+        except TransientError as exc:
+            transient[task_id] = f"gave up after {TASK_ATTEMPTS} attempts: {exc}"
+        except (SegGptError, ValueError, KeyError) as exc:
+            failed[task_id] = str(exc)
+            log.warning("task %s failed: %s", task_id, exc)
+        job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
+        job.save_meta()
+    job.meta.update({
+        "failed_tasks": {**failed, **transient},
+        "seconds": round(time.perf_counter() - started, 3),
+        "model_loads_in_job": runtime.load_count - loads_before,
+        "worker": runtime.stats(),
+    })
+    job.save_meta()
+    if transient:
+        raise ChunkIncomplete(f"{len(transient)} task(s) kept failing transiently: {transient}")
+    return {"total": len(tasks), "done": len(already), "failed": failed}
