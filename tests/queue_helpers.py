@@ -1,0 +1,54 @@
+"""Helpers for job-layer tests: real embedded Redis servers and real worker subprocesses."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from seggpt_core.synthetic import make_scene
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene_prompt(seed: int = 1):
+    from worker import PromptRecord
+
+    scene = make_scene(seed, must_include=("disc", "star"))
+    return PromptRecord(png_bytes(scene.image), {"disc": scene.masks["disc"], "star": scene.masks["star"]})
+
+
+def target_bytes(seed: int, size=(90, 120)) -> bytes:
+    return png_bytes(make_scene(seed, size=size).image)
+
+
+def worker_env(model_dir: Path) -> dict:
+    return {**os.environ, "MODEL_DIR": str(model_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "backend.cli", "worker", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
+    output = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(command, env=worker_env(model_dir), stdout=output, stderr=subprocess.STDOUT)
+
+
+def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "backend.cli", "worker", "--burst", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
+    return subprocess.run(command, env=worker_env(model_dir), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,228 @@
+"""The job layer on a real Redis (the embedded server) with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from seggpt_core import Prompt, SegGptPredictor, load_model
+from worker import (
+    EmbeddedRedis,
+    TransientError,
+    completions_key,
+    enqueue_segmentation,
+    fetch_job,
+    get_queue,
+    job_progress,
+    load_prompt_set,
+    results_key,
+    store_blob,
+    store_prompt_set,
+)
+from worker.codec import b64png_to_mask
+from worker.prompt_sets import prompt_set_key
+from worker.tasks import with_backoff
+
+from .queue_helpers import run_burst_worker, scene_prompt, start_worker, target_bytes, wait_for, worker_env
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model_dir")
+    yield directory
+    EmbeddedRedis(directory / "redis").stop()
+
+
+@pytest.fixture(scope="module")
+def redis_conn(model_dir):
+    return EmbeddedRedis(model_dir / "redis").connect()
+
+
+@pytest.fixture
+def queue_name():
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def _results(connection, namespace: str) -> dict:
+    return {k.decode(): json.loads(v) for k, v in connection.hgetall(results_key(namespace)).items()}
+
+
+def test_prompt_sets_are_content_addressed(redis_conn):
+    first = store_prompt_set(redis_conn, [scene_prompt(1)])
+    assert store_prompt_set(redis_conn, [scene_prompt(1)]) == first
+    assert store_prompt_set(redis_conn, [scene_prompt(2)]) != first
+    prompts = load_prompt_set(redis_conn, first)
+    assert set(prompts[0].masks) == {"disc", "star"}
+    assert np.array_equal(prompts[0].masks["disc"], scene_prompt(1).masks["disc"])
+
+
+def test_round_trip_of_real_inference_through_a_worker_process(redis_conn, model_dir, queue_name, tmp_path):
+    digest = store_prompt_set(redis_conn, [scene_prompt(1)])
+    path = tmp_path / "on disk.png"
+    path.write_bytes(target_bytes(21, size=(77, 131)))
+    tasks = [
+        {"id": "a", "image": store_blob(redis_conn, target_bytes(20))},
+        {"id": "b", "image": {"path": str(path)}},
+        {"id": "c", "image": store_blob(redis_conn, target_bytes(22, size=(64, 50)))},
+    ]
+    namespace, job_ids = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=2, queue=queue_name)
+    assert len(job_ids) == 2
+    result = run_burst_worker(model_dir, queue_name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = _results(redis_conn, namespace)
+    assert set(stored) == {"a", "b", "c"}
+    # the same weights in this process give the same masks: nothing was lost or reshaped on the way
+    predictor = SegGptPredictor(load_model("random:tiny", device="cpu"))
+    predictor.set_prompts([Prompt(scene_prompt(1).image, scene_prompt(1).masks)])
+    expected = predictor.predict([target_bytes(20), path.read_bytes(), target_bytes(22, size=(64, 50))])
+    for task_id, segmentation in zip("abc", expected):
+        assert (stored[task_id]["height"], stored[task_id]["width"]) == segmentation.size
+        for label in ("disc", "star"):
+            mask = b64png_to_mask(stored[task_id]["labels"][label]["mask"])
+            assert np.array_equal(mask, segmentation.masks[label]), (task_id, label)
+            assert stored[task_id]["labels"][label]["score"] == pytest.approx(segmentation.scores[label], abs=1e-5)
+    progress = job_progress(redis_conn, job_ids)
+    assert progress == {"total": 3, "done": 3, "failed": 0, "jobs": 2, "jobs_finished": 2, "jobs_failed": 0}
+    assert fetch_job(redis_conn, job_ids[0]).return_value() == {"total": 2, "done": 2, "failed": {}}
+
+
+def test_model_is_loaded_once_across_jobs(redis_conn, model_dir, queue_name):
+    digest = store_prompt_set(redis_conn, [scene_prompt(3)])
+    tasks = [{"id": i, "image": store_blob(redis_conn, target_bytes(30 + i))} for i in range(8)]
+    _, job_ids = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=2, queue=queue_name)
+    assert run_burst_worker(model_dir, queue_name).returncode == 0
+    metas = [fetch_job(redis_conn, job_id).get_meta() for job_id in job_ids]
+    assert len({m["worker"]["pid"] for m in metas}) == 1  # one process ran them all
+    assert all(m["worker"]["model_loads"] == 1 for m in metas)  # loaded once, before the first job
+    assert all(m["model_loads_in_job"] == 0 for m in metas)  # no job paid for a load
+    assert metas[-1]["worker"]["prompt_preparations"] == 1  # the prompt set was prepared once per worker
+
+
+@pytest.mark.fault
+def test_fault_corrupt_image_in_a_chunk(redis_conn, model_dir, queue_name):
+    digest = store_prompt_set(redis_conn, [scene_prompt(4)])
+    tasks = [{"id": f"t{i}", "image": store_blob(redis_conn, target_bytes(40 + i))} for i in range(3)]
+    tasks.insert(1, {"id": "corrupt", "image": store_blob(redis_conn, target_bytes(44)[:300])})
+    tasks.append({"id": "missing", "image": {"path": "/nonexistent/image.png"}})
+    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=10, queue=queue_name)
+    assert run_burst_worker(model_dir, queue_name).returncode == 0
+    job = fetch_job(redis_conn, job_id)
+    assert job.get_status() == "finished"
+    meta = job.get_meta()
+    assert (meta["done"], meta["failed"], meta["total"]) == (3, 2, 5)
+    assert "task corrupt: corrupt or truncated image" in meta["failed_tasks"]["corrupt"]
+    assert "no such file" in meta["failed_tasks"]["missing"]
+    assert set(_results(redis_conn, namespace)) == {"t0", "t1", "t2"}
+
+
+@pytest.mark.fault
+def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn, model_dir, queue_name, tmp_path):
+    digest = store_prompt_set(redis_conn, [scene_prompt(5)])
+    blob = store_blob(redis_conn, target_bytes(50, size=(60, 60)))
+    tasks = [{"id": f"t{i}", "image": blob} for i in range(400)]
+    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=400, queue=queue_name)
+    fast = ("--heartbeat-interval", "1", "--maintenance-interval", "2")
+    first = start_worker(model_dir, queue_name, *fast, log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: fetch_job(redis_conn, job_id).get_meta().get("done", 0) >= 20, 120, what="first worker to start")
+    finally:
+        first.kill()  # SIGKILL: no cleanup, no goodbye
+        first.wait()
+    done_at_kill = fetch_job(redis_conn, job_id).get_meta()["done"]
+    assert done_at_kill < 400, "the job finished before the kill; make it longer"
+    second = start_worker(model_dir, queue_name, *fast, log=tmp_path / "second.log")
+    try:
+        wait_for(lambda: fetch_job(redis_conn, job_id).get_status() == "finished", 180, interval=0.5, what="the job to finish on the second worker")
+    finally:
+        second.terminate()
+        second.wait(30)
+    completions = Counter(x.decode() for x in redis_conn.lrange(completions_key(namespace), 0, -1))
+    assert set(completions) == {t["id"] for t in tasks}
+    assert max(completions.values()) == 1, [k for k, v in completions.items() if v > 1]  # each task done once
+    meta = fetch_job(redis_conn, job_id).get_meta()
+    assert meta["done"] == 400 and meta["worker"]["pid"] != first.pid
+
+
+@pytest.mark.fault
+def test_fault_redis_restart_loses_no_queued_job(tmp_path, queue_name):
+    server = EmbeddedRedis(tmp_path / "redis")
+    connection = server.connect()
+    digest = store_prompt_set(connection, [scene_prompt(6)])
+    tasks = [{"id": i, "image": store_blob(connection, target_bytes(60 + i))} for i in range(5)]
+    namespace, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=1, queue=queue_name)
+    old_pid = server.pid()
+    server.stop(hard=True)  # SIGKILL: only what reached the disk survives
+    connection = EmbeddedRedis(tmp_path / "redis").connect()  # the next user starts it again
+    assert server.pid() != old_pid
+    assert get_queue(connection, queue_name).job_ids == job_ids
+    result = run_burst_worker(tmp_path, queue_name)
+    assert result.returncode == 0, result.stderr
+    assert set(_results(connection, namespace)) == {str(i) for i in range(5)}
+    server.stop()
+
+
+def test_failed_jobs_stay_visible_and_can_be_requeued(redis_conn, model_dir, queue_name):
+    digest = store_prompt_set(redis_conn, [scene_prompt(7)])
+    redis_conn.delete(prompt_set_key(digest))  # the prompt set is gone when the job runs: the job fails
+    tasks = [{"id": "x", "image": store_blob(redis_conn, target_bytes(70))}]
+    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, queue=queue_name)
+    assert run_burst_worker(model_dir, queue_name).returncode == 0
+    assert fetch_job(redis_conn, job_id).get_status() == "failed"
+    cli = [sys.executable, "-m", "backend.cli"]
+    status = subprocess.run([*cli, "status", "--queue", queue_name], env=worker_env(model_dir), capture_output=True, text=True, timeout=60)
+    assert f"queue {queue_name}: 0 queued, 0 running, 1 failed" in status.stdout
+    assert "is not in Redis" in status.stdout  # the reason is shown
+    store_prompt_set(redis_conn, [scene_prompt(7)])  # the cause is fixed
+    retried = subprocess.run([*cli, "retry-failed", "--queue", queue_name], env=worker_env(model_dir), capture_output=True, text=True, timeout=60)
+    assert f"re-queued {job_id}" in retried.stdout
+    assert run_burst_worker(model_dir, queue_name).returncode == 0
+    assert fetch_job(redis_conn, job_id).get_status() == "finished"
+    assert set(_results(redis_conn, namespace)) == {"x"}
+
+
+def test_status_lists_live_workers_and_their_devices(redis_conn, model_dir, queue_name, tmp_path):
+    worker = start_worker(model_dir, queue_name, "--heartbeat-interval", "1", log=tmp_path / "w.log")
+    cli = [sys.executable, "-m", "backend.cli", "status", "--json", "--queue", queue_name]
+    try:
+        def live():
+            out = subprocess.run(cli, env=worker_env(model_dir), capture_output=True, text=True, timeout=60).stdout
+            workers = [w for w in json.loads(out)["workers"] if queue_name in w["queues"]]
+            return workers if workers and workers[0]["device"] != "?" else None
+
+        (entry,) = wait_for(live, 60, interval=0.5, what="the worker to register")
+        assert entry["device"] == "cpu" and entry["weights"] == "random:tiny" and entry["model_loads"] == 1
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_embedded_redis_is_shared_by_every_process(tmp_path):
+    code = "from worker import get_connection, EmbeddedRedis; c = get_connection(); c.incr('shared'); print(EmbeddedRedis().pid())"
+    env = {**worker_env(tmp_path)}
+    env.pop("REDIS_URL", None)
+    pids = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout.strip() for _ in range(3)}
+    assert len(pids) == 1 and pids != {""}
+    server = EmbeddedRedis(tmp_path / "redis")
+    assert int(server.connect().get("shared")) == 3
+    server.stop()
+
+
+def test_transient_errors_are_retried_with_backoff():
+    calls, sleeps = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientError("503 from the image host")
+        return "image bytes"
+
+    assert with_backoff(flaky, attempts=4, first_delay=0.5, sleep=sleeps.append) == "image bytes"
+    assert sleeps == [0.5, 1.0]
+    with pytest.raises(TransientError):
+        with_backoff(lambda: (_ for _ in ()).throw(TransientError("down")), attempts=3, first_delay=0.1, sleep=sleeps.append)
