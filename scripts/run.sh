@@ -7,11 +7,16 @@ cd "$(dirname "$0")/.."
 venv=${SEGGPT_VENV:-.venv}
 python=${PYTHON:-python3}
 
+pip_install() {
+    # the machine's pip config names local indexes that may be absent: drop those warnings, keep real errors
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 setup() {
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     # torch first: 2.13.0 is a local CPU build; letting a dependency pull "torch" would download a CUDA build.
-    "$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[test]"
+    pip_install torch==2.13.0
+    pip_install -e ".[test]"
 }
 
 command=${1:-}

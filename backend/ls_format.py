@@ -1,0 +1,160 @@
+"""The one place that turns masks into Label Studio results and Label Studio annotations back into masks.
+
+Brush regions: RLE of an RGBA buffer of the image's displayed size (EXIF applied), values 0/255, with
+`brushlabels`. Polygon regions: one per connected component's outer contour, in percent of the image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .label_config import Control
+
+__all__ = ["region_id", "brush_region", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
+
+
+class AnnotationError(ValueError):
+    """An annotation region that cannot be turned into a mask (wrong size, unknown label, bad geometry)."""
+
+
+def region_id(*parts: object) -> str:
+    """A stable region id: the same task, control, label and index always give the same id."""
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def brush_region(mask: np.ndarray, control: Control, label: str, score: float, rid: str) -> dict:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    return {
+        "id": rid,
+        "from_name": control.name,
+        "to_name": control.to_name,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
+        "score": round(float(score), 4),
+        "readonly": False,
+    }
+
+
+def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float, rid_prefix: str, min_area: int = 4) -> list[dict]:
+    """Outer contours of the mask's components, simplified to about one pixel, in percent coordinates."""
+    import cv2
+
+    height, width = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    regions = []
+    for index, contour in enumerate(sorted(contours, key=cv2.contourArea, reverse=True)):
+        if cv2.contourArea(contour) < min_area:
+            continue
+        points = cv2.approxPolyDP(contour, 1.0, True).reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        regions.append({
+            "id": f"{rid_prefix}{index}",
+            "from_name": control.name,
+            "to_name": control.to_name,
+            "type": "polygonlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {
+                "points": [[round(100.0 * (x + 0.5) / width, 3), round(100.0 * (y + 0.5) / height, 3)] for x, y in points.tolist()],
+                "polygonlabels": [label],
+                "closed": True,
+            },
+            "score": round(float(score), 4),
+            "readonly": False,
+        })
+    return regions
+
+
+def prediction_for(
+    task_id: object,
+    controls: Sequence[Control],
+    masks: Mapping[str, np.ndarray],
+    scores: Mapping[str, float],
+    model_version: str,
+) -> dict:
+    """A Label Studio prediction: regions for every control's labels that are present.
+
+    `masks` and `scores` are keyed by `"<control>\\x1f<label>"` (see `label_key`). The prediction score is the
+    mean score of the regions it holds (of all labels when it holds none).
+    """
+    result = []
+    region_scores = []
+    for control in controls:
+        for label in control.labels:
+            key = label_key(control.name, label)
+            mask = masks.get(key)
+            if mask is None or not mask.any():
+                continue
+            rid = region_id(task_id, control.name, label)
+            if control.kind == "brushlabels":
+                regions = [brush_region(mask, control, label, scores[key], rid)]
+            else:
+                regions = polygon_regions(mask, control, label, scores[key], rid)
+            result.extend(regions)
+            region_scores.extend([scores[key]] * bool(regions))
+    pool = region_scores or list(scores.values()) or [0.0]
+    return {"result": result, "score": round(float(np.mean(pool)), 4), "model_version": model_version}
+
+
+def label_key(control: str, label: str) -> str:
+    """One key per (control, label): two controls may share label names."""
+    return f"{control}\x1f{label}"
+
+
+def split_label_key(key: str) -> tuple[str, str]:
+    control, label = key.split("\x1f", 1)
+    return control, label
+
+
+def masks_from_annotation(result: Iterable[dict], controls: Sequence[Control], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Masks keyed by `label_key` from an annotation's result, for an image of `size` (height, width).
+
+    Regions of other controls or types are ignored; a region whose geometry does not fit `size` raises
+    AnnotationError. Only labels that were drawn get a mask: an annotation teaches nothing about the others.
+    """
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = size
+    by_name = {c.name: c for c in controls}
+    masks: dict[str, np.ndarray] = {}
+    for region in result or ():
+        control = by_name.get(region.get("from_name"))
+        if control is None or region.get("type") != control.kind:
+            continue
+        value = region.get("value") or {}
+        labels = value.get(control.kind) or []
+        unknown = [label for label in labels if label not in control.labels]
+        if unknown:
+            raise AnnotationError(f"region {region.get('id')}: labels {unknown} are not in control '{control.name}'")
+        if control.kind == "brushlabels":
+            rle = value.get("rle")
+            if not rle:
+                raise AnnotationError(f"region {region.get('id')}: brush region without rle")
+            flat = decode_rle(rle)
+            if flat.size != height * width * 4:
+                raise AnnotationError(
+                    f"region {region.get('id')}: brush mask holds {flat.size // 4} pixels, the image {width}x{height} has {width * height}"
+                )
+            mask = flat.reshape(height, width, 4).max(axis=2) > 0
+        else:
+            points = value.get("points") or []
+            if len(points) < 3:
+                raise AnnotationError(f"region {region.get('id')}: polygon with {len(points)} points")
+            canvas = Image.new("L", (width, height), 0)
+            ImageDraw.Draw(canvas).polygon([(x * width / 100.0, y * height / 100.0) for x, y in points], fill=1, outline=1)
+            mask = np.asarray(canvas, dtype=bool)
+        for label in labels:
+            key = label_key(control.name, label)
+            masks[key] = masks[key] | mask if key in masks else mask
+    return masks

@@ -1,0 +1,106 @@
+"""Backend settings: environment variables in the label-studio-ml-backend convention, each with a CLI flag."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["Settings", "ENVIRONMENT"]
+
+# field name -> (environment variable, help). The README's configuration reference mirrors this table.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "label_studio_url": ("LABEL_STUDIO_URL", "Label Studio base URL, for the API and media (e.g. http://localhost:8080)"),
+    "label_studio_api_key": ("LABEL_STUDIO_API_KEY", "legacy token or personal access token of a Label Studio user"),
+    "basic_auth_user": ("BASIC_AUTH_USER", "when set (with BASIC_AUTH_PASS), every route but /health requires HTTP Basic auth"),
+    "basic_auth_pass": ("BASIC_AUTH_PASS", "password for BASIC_AUTH_USER"),
+    "model_dir": ("MODEL_DIR", "data directory: embedded Redis, caches (default ~/.local/share/seggpt-ls)"),
+    "log_level": ("LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR"),
+    "weights": ("SEGGPT_WEIGHTS", "hub id, directory, .safetensors, original .pth, or random:<variant>"),
+    "redis_url": ("REDIS_URL", "external Redis; unset: the embedded Redis under MODEL_DIR"),
+    "num_prompts": ("SEGGPT_NUM_PROMPTS", "K: prompts per label for each prediction (feature ensemble)"),
+    "dtype": ("SEGGPT_DTYPE", "auto, float32, bfloat16, float16"),
+    "device": ("SEGGPT_DEVICE", "cuda:0, cpu, ... (default: CUDA when available)"),
+    "embedding_type": ("SEGGPT_EMBEDDING_TYPE", "instance or semantic"),
+    "predict_budget": ("SEGGPT_PREDICT_BUDGET", "seconds /predict waits before the rest goes on in the background; keep below ML_TIMEOUT_PREDICT"),
+    "allowed_media_hosts": ("ALLOWED_MEDIA_HOSTS", "comma-separated hosts (host or host:port) media may be fetched from, besides Label Studio"),
+    "media_max_bytes": ("SEGGPT_MEDIA_MAX_BYTES", "largest image download accepted"),
+    "media_timeout": ("SEGGPT_MEDIA_TIMEOUT", "seconds per media request"),
+    "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
+    "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
+    "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
+}
+
+
+def _parse(kind: type, raw: str) -> Any:
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if kind is tuple:
+        return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str = ""
+    label_studio_api_key: str = field(default="", repr=False)  # never printed
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    model_dir: str = ""
+    log_level: str = "INFO"
+    weights: str = "BAAI/seggpt-vit-large"
+    redis_url: str = ""
+    num_prompts: int = 5
+    dtype: str = "auto"
+    device: str = ""
+    embedding_type: str = "instance"
+    predict_budget: float = 80.0
+    allowed_media_hosts: tuple = ()
+    media_max_bytes: int = 64 * 2**20
+    media_timeout: float = 30.0
+    queue: str = "seggpt"
+    interactive_queue: str = "seggpt-interactive"
+    chunk_size: int = 16
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_prompts < 1:
+            problems.append(f"SEGGPT_NUM_PROMPTS must be >= 1, got {self.num_prompts}")
+        if self.embedding_type not in ("instance", "semantic"):
+            problems.append(f"SEGGPT_EMBEDDING_TYPE must be instance or semantic, got {self.embedding_type!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            problems.append(f"SEGGPT_DTYPE must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.predict_budget <= 0:
+            problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+        object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Defaults, overridden by the environment, overridden by `overrides` that are not None."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            variable = ENVIRONMENT[spec.name][0]
+            if os.environ.get(variable):
+                kind = type(spec.default) if spec.default is not None else str
+                values[spec.name] = _parse(kind, os.environ[variable])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def model_settings(self):
+        from worker.runtime import ModelSettings
+
+        return ModelSettings(weights=self.weights, device=self.device or None, dtype=None if self.dtype == "auto" else self.dtype)
+
+    def fingerprint(self) -> dict:
+        """The settings that change what a prediction looks like: part of the model version."""
+        return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype, "embedding_type": self.embedding_type}
