@@ -98,9 +98,14 @@ def _connection(args: argparse.Namespace):
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.defaults import DEFAULT_QUEUE
     from worker.gpu_worker import run_worker
     from worker.runtime import ModelSettings
+
+    from .settings import Settings
+    from .worker_plugin import install
+
+    install()  # the Label Studio image source and result sink, by name
+    backend_settings = Settings.from_env()
 
     settings = ModelSettings(
         weights=args.weights,
@@ -110,7 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     run_worker(
         _connection(args),
-        args.queue or [DEFAULT_QUEUE],
+        args.queue or [backend_settings.interactive_queue, backend_settings.queue],  # interactive work first
         settings,
         burst=args.burst,
         heartbeat_interval=args.heartbeat_interval,
@@ -154,6 +159,42 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    from .app import create_app
+    from .settings import ENVIRONMENT, Settings
+
+    overrides = {name: getattr(args, name, None) for name in ENVIRONMENT}
+    settings = Settings.from_env(**{k: v for k, v in overrides.items() if v not in (None, "")})
+    if settings.model_dir:
+        os.environ["MODEL_DIR"] = settings.model_dir  # the embedded Redis lives there, for us and the workers
+    workers = []
+    if not settings.redis_url and args.workers > 0:
+        # Local workers share the embedded Redis: same environment, same settings.
+        env = dict(os.environ)
+        for name, (variable, _) in ENVIRONMENT.items():
+            value = getattr(settings, name)
+            if value not in (None, "", ()):
+                env[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
+        for _ in range(args.workers):
+            workers.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", args.log_level, "worker"], env=env))
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        for process in workers:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
 def _add_redis_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis under MODEL_DIR")
     parser.add_argument("--queue", action="append", help="queue name (repeatable; default: seggpt)")
@@ -186,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)
+
+    from .settings import ENVIRONMENT
+
+    serve = commands.add_parser("serve", help="run the Label Studio ML backend (and local workers with the embedded Redis)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=9090)
+    serve.add_argument("--workers", type=int, default=1, help="local worker processes with the embedded Redis (0: none)")
+    for name, (variable, help_text) in ENVIRONMENT.items():
+        if name == "log_level":
+            continue
+        serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [{variable}]")
+    serve.set_defaults(handler=cmd_serve)
 
     status = commands.add_parser("status", help="queues, running and failed jobs, live workers")
     _add_redis_option(status)

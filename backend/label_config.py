@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["Control", "LabelConfigError", "parse_label_config"]
 
@@ -28,8 +29,14 @@ class Control:
 def parse_label_config(config: str) -> list[Control]:
     """Every BrushLabels / PolygonLabels control bound to an Image object, in config order.
 
-    Raises LabelConfigError naming what is missing when there is none.
+    Raises LabelConfigError naming what is missing when there is none. Parsed once per distinct config: Label
+    Studio sends the same config with every /setup and /predict.
     """
+    return list(_parse_cached(config))
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(config: str) -> tuple[Control, ...]:
     from label_studio_sdk.label_interface import LabelInterface
 
     if not config or not config.strip():
@@ -61,4 +68,4 @@ def parse_label_config(config: str) -> list[Control]:
             "the label config has no BrushLabels or PolygonLabels bound to an <Image value=\"$field\">; "
             f"found: {found}"
         )
-    return controls
+    return tuple(controls)

@@ -89,7 +89,10 @@ class Settings:
             if os.environ.get(variable):
                 kind = type(spec.default) if spec.default is not None else str
                 values[spec.name] = _parse(kind, os.environ[variable])
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        kinds = {spec.name: type(spec.default) for spec in fields(cls)}
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = _parse(kinds[name], value) if isinstance(value, str) else value
         return cls(**values)
 
     def with_(self, **changes: Any) -> "Settings":

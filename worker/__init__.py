@@ -5,6 +5,7 @@ from .errors import ChunkIncomplete, QueueUnavailable, TransientError
 from .prompt_sets import PromptRecord, load_prompt_set, store_prompt_set
 from .queue import (
     chunked,
+    enqueue_call,
     enqueue_noop,
     enqueue_segmentation,
     fetch_job,
@@ -23,6 +24,7 @@ __all__ = [
     "TransientError",
     "chunked",
     "completions_key",
+    "enqueue_call",
     "data_dir",
     "enqueue_noop",
     "enqueue_segmentation",

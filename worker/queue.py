@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, KEY_PREFIX, RESULT_TTL
 from .gpu_worker import worker_info_key
 
-__all__ = ["get_queue", "chunked", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "retry_failed", "queue_status"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "retry_failed", "queue_status"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -44,6 +44,7 @@ def enqueue_segmentation(
     sink: str = "redis",
     options: dict | None = None,
     extra: dict | None = None,
+    at_front: bool = False,
 ) -> tuple[str, list[str]]:
     """Split `tasks` into chunks and enqueue one job each. Returns (namespace, job ids).
 
@@ -65,6 +66,7 @@ def enqueue_segmentation(
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             retry=Retry(max=JOB_RETRIES),
+            at_front=at_front,
             meta={"total": len(chunk), "done": 0, "failed": 0, "namespace": namespace},
             description=f"segment {len(chunk)} task(s) of batch {namespace}",  # not the payload: keep logs small
         )
@@ -72,6 +74,30 @@ def enqueue_segmentation(
     connection.rpush(f"{KEY_PREFIX}:batch:{namespace}", *job_ids)
     connection.expire(f"{KEY_PREFIX}:batch:{namespace}", RESULT_TTL)
     return namespace, job_ids
+
+
+def enqueue_call(
+    connection: redis.Redis,
+    function: str,
+    payload: dict,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    job_id: str | None = None,
+    at_front: bool = False,
+    description: str | None = None,
+) -> Job:
+    """Enqueue any job function by import path with one JSON payload (used for the backend's own jobs)."""
+    return get_queue(connection, queue).enqueue(
+        function,
+        payload,
+        job_id=job_id,
+        at_front=at_front,
+        job_timeout=JOB_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        retry=Retry(max=JOB_RETRIES),
+        description=description or function.rsplit(".", 1)[-1],
+    )
 
 
 def enqueue_noop(connection: redis.Redis, queue: str = DEFAULT_QUEUE, echo: object = None) -> Job:

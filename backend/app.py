@@ -1,0 +1,36 @@
+"""The Label Studio ML backend web app. It never loads a model: inference runs on the workers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from worker import get_connection
+
+from .routers import health, metrics, predict, setup, webhook
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.redis = get_connection(settings.redis_url or None)
+        import label_studio_sdk.label_interface  # noqa: F401  (warm: the first /setup must not pay 0.5 s of imports)
+        logging.getLogger(__name__).info(
+            "seggpt-ls backend: Label Studio %s, weights %s, K=%d, budget %.0f s",
+            settings.label_studio_url or "(not set)", settings.weights, settings.num_prompts, settings.predict_budget,
+        )
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(title="seggpt-ls", lifespan=lifespan)
+    app.state.settings = settings
+    for module in (health, setup, predict, webhook, metrics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,62 @@
+"""Backend job functions that run in worker processes (enqueued by import path through the job layer)."""
+
+from __future__ import annotations
+
+import logging
+
+from rq import get_current_job
+
+from .label_config import parse_label_config
+from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
+from .services import services_from_env
+
+__all__ = ["sync_pool", "update_pool_for_task", "remove_pool_annotations"]
+
+log = logging.getLogger(__name__)
+
+
+def _pool_and_controls(payload: dict):
+    job = get_current_job()
+    pool = PromptPool(job.connection, payload["project"])
+    saved = pool.load_controls()
+    if saved is None:
+        controls = parse_label_config(payload["label_config"])
+        pool.save_controls(controls, payload["label_config"])
+    else:
+        controls = saved[0]
+    return job, pool, controls
+
+
+def sync_pool(payload: dict) -> dict:
+    """Rebuild a project's prompt pool from Label Studio: `{"project": id, "label_config": "<View>..."}`."""
+    job, pool, controls = _pool_and_controls(payload)
+    services = services_from_env()
+    report = sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls)
+    job.meta.update({"entries": report["entries"], "errors": report["errors"]})
+    job.save_meta()
+    return {"entries": report["entries"], "errors": {str(k): v for k, v in report["errors"].items()}, "version": pool.version()}
+
+
+def update_pool_for_task(payload: dict) -> dict:
+    """Re-read one task's annotations from Label Studio (webhook bodies are only hints) and update the pool."""
+    job, pool, controls = _pool_and_controls(payload)
+    services = services_from_env()
+    client = services.require_client()
+    task = client.task(payload["task"])
+    annotation = newest_annotation(client.annotations(payload["task"]))
+    if annotation is None:
+        removed = pool.remove_task(task["id"])
+        return {"task": task["id"], "removed": removed, "version": pool.version()}
+    labels = pool.upsert(task, annotation, controls, services.fetcher.fetch)
+    return {"task": task["id"], "labels": [l.split("\x1f", 1)[1] for l in labels], "version": pool.version()}
+
+
+def remove_pool_annotations(payload: dict) -> dict:
+    """Drop entries whose annotation was deleted; the task's other annotations are re-read."""
+    job, pool, controls = _pool_and_controls(payload)
+    gone = set(payload["annotations"])
+    tasks = {e["task"] for e in pool.entries() if e["annotation"] in gone}
+    removed = pool.remove_annotations(gone)
+    for task_id in tasks:
+        update_pool_for_task({**payload, "task": task_id})
+    return {"removed": removed, "version": pool.version()}

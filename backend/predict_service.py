@@ -1,0 +1,150 @@
+"""The /predict path: queue the tasks, wait within the budget, answer exactly one item per task, in order.
+
+Inference never runs here. What finishes within the budget is returned; the request then closes (atomically,
+see `worker_plugin`), and whatever finishes later is written into Label Studio by the workers with the same
+model version. A task still in progress is answered with an empty list (Label Studio stores nothing for it);
+a task that failed for good gets an empty result and its reason is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from typing import Sequence
+
+import redis
+
+from worker import enqueue_segmentation, job_progress
+from worker.queue import fetch_job
+
+from .label_config import Control, parse_label_config
+from .prompt_pool import PromptPool
+from .settings import Settings
+from .worker_plugin import request_keys
+
+__all__ = ["model_version", "project_id", "predict_tasks", "current_model_version"]
+
+log = logging.getLogger(__name__)
+
+
+def project_id(value: object) -> int:
+    """Label Studio sends "12.1724151234" (id.timestamp); the id is the part before the dot."""
+    try:
+        return int(str(value).split(".", 1)[0])
+    except ValueError:
+        raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
+
+
+def model_version(settings: Settings, pool_version: str) -> str:
+    """Deterministic: the same weights, prompt pool and settings give the same version."""
+    body = json.dumps({"settings": settings.fingerprint(), "pool": pool_version}, sort_keys=True)
+    return f"seggpt-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
+
+
+def current_model_version(connection: redis.Redis, settings: Settings, project: int) -> str:
+    return model_version(settings, PromptPool(connection, project).version())
+
+
+def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
+    if label_config:
+        controls = parse_label_config(label_config)
+        pool.save_controls(controls, label_config)
+        return controls
+    saved = pool.load_controls()
+    if saved is None:
+        raise ValueError("no label config: neither in the request nor saved by an earlier /setup")
+    return saved[0]
+
+
+def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[dict], project: object, label_config: str | None) -> tuple[list, str]:
+    """Returns (one item per task, model version)."""
+    pid = project_id(project)
+    pool = PromptPool(connection, pid)
+    version = model_version(settings, pool.version())
+    empty = {"result": [], "score": 0.0, "model_version": version}
+    try:
+        controls = _controls_for(pool, label_config)
+    except ValueError as exc:
+        log.error("project %s: cannot predict: %s", pid, exc)
+        return [dict(empty) for _ in tasks], version
+    request_id = uuid.uuid4().hex
+    job_ids: list[str] = []
+    pending: dict[int, set[str]] = {}  # task position -> data keys still expected
+    for data_key in sorted({c.data_key for c in controls}):
+        field_controls = [c for c in controls if c.data_key == data_key]
+        digest, count = pool.prompt_set(data_key, field_controls, settings.num_prompts)
+        if digest is None:
+            log.info("project %s: no prompts yet for $%s; annotate a few tasks first", pid, data_key)
+            continue
+        batch = []
+        for position, task in enumerate(tasks):
+            value = (task.get("data") or {}).get(data_key)
+            if value is None:
+                log.warning("task %s has no data field %r", task.get("id"), data_key)
+                continue
+            batch.append({"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}})
+            pending.setdefault(position, set()).add(data_key)
+        if batch:
+            _, ids = enqueue_segmentation(
+                connection, digest, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
+                namespace=f"{request_id}:{data_key}", sink="label_studio",
+                options={"embedding_type": settings.embedding_type},
+                extra={"project": pid, "model_version": version, "controls": [asdict(c) for c in field_controls], "request": f"{request_id}:{data_key}"},
+            )
+            job_ids.extend(ids)
+    if not job_ids:
+        return [dict(empty) for _ in tasks], version
+
+    deadline = time.monotonic() + settings.predict_budget
+    while time.monotonic() < deadline:
+        progress = job_progress(connection, job_ids)
+        if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
+            break
+        time.sleep(0.05)
+
+    delivered: dict[str, dict[str, dict]] = {}
+    for data_key in {k for keys in pending.values() for k in keys}:
+        closed, results = request_keys(f"{request_id}:{data_key}")
+        with connection.pipeline(transaction=True) as pipe:
+            pipe.set(closed, 1, ex=86400)
+            pipe.hgetall(results)
+            _, stored = pipe.execute()
+        delivered[data_key] = {k.decode(): json.loads(v) for k, v in stored.items()}
+
+    failures = _failures(connection, job_ids)
+    answer = []
+    for position, task in enumerate(tasks):
+        keys = pending.get(position)
+        if not keys:
+            answer.append(dict(empty))
+            continue
+        parts = [delivered[k].get(str(task["id"])) for k in sorted(keys)]
+        if all(p is not None for p in parts):
+            merged = {"result": [r for p in parts for r in p["result"]], "model_version": version}
+            merged["score"] = round(sum(p["score"] for p in parts) / len(parts), 4)
+            answer.append(merged)
+        elif str(task["id"]) in failures:
+            log.error("task %s: prediction failed: %s", task["id"], failures[str(task["id"])])
+            answer.append(dict(empty))
+        else:
+            answer.append([])  # still running: the worker writes it into Label Studio when done
+    return answer, version
+
+
+def _failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, str]:
+    """Task id -> reason, for tasks that failed for good (including every task of a chunk that failed whole)."""
+    failures: dict[str, str] = {}
+    for job_id in job_ids:
+        job = fetch_job(connection, job_id)
+        meta = job.get_meta(refresh=False)
+        failures.update(meta.get("failed_tasks") or {})
+        if job.get_status(refresh=False) == "failed":
+            result = job.latest_result()
+            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+            for task in job.args[0]["tasks"]:
+                failures.setdefault(str(task["id"]), reason[0] if reason else "the job failed")
+    return failures

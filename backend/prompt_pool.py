@@ -1,0 +1,158 @@
+"""A project's prompt pool: its human annotations (newest, not cancelled, per task) as image + masks, in Redis.
+
+Every web process and worker shares it. Entries are keyed by (task, image field); masks are keyed by
+`label_key(control, label)`. The pool version is a digest of what the entries hold, so the model version changes
+exactly when the prompts do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from typing import Iterable, Sequence
+
+import redis
+
+from worker import PromptRecord, store_blob, store_prompt_set
+from worker.codec import b64png_to_mask, mask_to_b64png
+
+from .label_config import Control
+from .ls_format import masks_from_annotation
+
+__all__ = ["PromptPool", "newest_annotation"]
+
+log = logging.getLogger(__name__)
+PREFIX = "seggpt:pool"
+
+
+def newest_annotation(annotations: Iterable[dict]) -> dict | None:
+    """The newest annotation that was not cancelled (skipped), or None."""
+    usable = [a for a in annotations or () if not a.get("was_cancelled") and a.get("result")]
+    if not usable:
+        return None
+    return max(usable, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+class PromptPool:
+    def __init__(self, connection: redis.Redis, project: int) -> None:
+        self.connection = connection
+        self.project = int(project)
+        self.key = f"{PREFIX}:{self.project}"
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def entries(self) -> list[dict]:
+        return [json.loads(v) for v in self.connection.hvals(self.key)]
+
+    def size(self) -> int:
+        return int(self.connection.hlen(self.key))
+
+    def version(self) -> str:
+        """Digest of the pool's content: the same annotations give the same version."""
+        items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+    def prompt_set(self, data_key: str, controls: Sequence[Control], k: int) -> tuple[str | None, int]:
+        """Store the prompt set for the image field `data_key`: for each label, the `k` newest entries that
+        annotate it (each prompt carries only the labels it was chosen for). Returns (digest or None, prompts)."""
+        wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
+        entries = [e for e in self.entries() if e["data_key"] == data_key]
+        entries.sort(key=lambda e: (e["updated_at"], e["annotation"]), reverse=True)
+        chosen: dict[str, set[str]] = {}
+        for label in sorted(wanted):
+            for entry in [e for e in entries if label in e["masks"]][:k]:
+                chosen.setdefault(entry["entry"], set()).add(label)
+        if not chosen:
+            return None, 0
+        by_entry = {e["entry"]: e for e in entries}
+        records = []
+        for entry_id in sorted(chosen):
+            entry = by_entry[entry_id]
+            image = self.connection.get(entry["image"]["blob"])
+            if image is None:
+                log.warning("prompt image of task %s is gone from Redis; dropping the entry", entry["task"])
+                self.connection.hdel(self.key, entry_id)
+                continue
+            masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry_id])}
+            records.append(PromptRecord(image, masks))
+        if not records:
+            return None, 0
+        return store_prompt_set(self.connection, records), len(records)
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:
+        """Add or replace the entries of `task` from `annotation`; `fetch(value, task_id) -> bytes`.
+
+        Returns the labels stored. Raises AnnotationError / seggpt_core.ImageError / MediaError for an entry
+        that cannot be used (the pool is left as it was for that task).
+        """
+        from seggpt_core.transforms import open_image
+
+        stored = []
+        for data_key in sorted({c.data_key for c in controls}):
+            field_controls = [c for c in controls if c.data_key == data_key]
+            value = (task.get("data") or {}).get(data_key)
+            entry_id = f"{task['id']}:{data_key}"
+            if value is None:
+                continue
+            data = fetch(value, task["id"])
+            image = open_image(data, where=f"task {task['id']}")
+            masks = masks_from_annotation(annotation.get("result"), field_controls, (image.height, image.width))
+            if not masks:
+                self.connection.hdel(self.key, entry_id)
+                continue
+            encoded = {label: mask_to_b64png(mask) for label, mask in masks.items()}
+            entry = {
+                "entry": entry_id,
+                "task": task["id"],
+                "data_key": data_key,
+                "annotation": annotation.get("id"),
+                "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
+                "image": store_blob(self.connection, data, ttl=365 * 24 * 3600),
+                "size": [image.height, image.width],
+                "masks": encoded,
+                "digest": hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()[:16],
+            }
+            self.connection.hset(self.key, entry_id, json.dumps(entry))
+            stored.extend(masks)
+        return stored
+
+    def remove_task(self, task_id: int) -> int:
+        doomed = [e["entry"] for e in self.entries() if e["task"] == task_id]
+        return int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+
+    def remove_annotations(self, annotation_ids: Iterable[int]) -> int:
+        ids = set(annotation_ids)
+        doomed = [e["entry"] for e in self.entries() if e["annotation"] in ids]
+        return int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+
+    def save_controls(self, controls: Sequence[Control], label_config: str) -> None:
+        self.connection.set(f"{self.key}:config", json.dumps({"label_config": label_config, "controls": [asdict(c) for c in controls]}))
+
+    def load_controls(self) -> tuple[list[Control], str] | None:
+        raw = self.connection.get(f"{self.key}:config")
+        if raw is None:
+            return None
+        body = json.loads(raw)
+        return [Control(**{**c, "labels": tuple(c["labels"])}) for c in body["controls"]], body["label_config"]
+
+
+def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control]) -> dict:
+    """Rebuild the pool from every task's newest usable annotation; returns counts and per-task errors."""
+    seen, errors, stored = set(), {}, 0
+    for task in client.iter_tasks(pool.project):
+        annotation = newest_annotation(task.get("annotations") or [])
+        if annotation is None:
+            continue
+        seen.add(task["id"])
+        try:
+            if pool.upsert(task, annotation, controls, fetch):
+                stored += 1
+        except Exception as exc:  # one bad annotation must not stop the sync; the reason is kept
+            errors[task["id"]] = f"{type(exc).__name__}: {exc}"
+            log.warning("task %s: annotation not usable as a prompt: %s", task["id"], exc)
+    for entry in pool.entries():
+        if entry["task"] not in seen:
+            pool.remove_task(entry["task"])
+    return {"entries": stored, "errors": errors}

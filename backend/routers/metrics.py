@@ -1,0 +1,23 @@
+"""GET /metrics: Prometheus text format."""
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+
+from worker import queue_status
+
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..metrics import render
+
+router = APIRouter(dependencies=[Depends(require_basic_auth)])
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(settings: SettingsDep, connection: RedisDep) -> str:
+    status = queue_status(connection, [settings.queue, settings.interactive_queue])
+    gauges = {"workers": len(status["workers"])}
+    for name, counts in status["queues"].items():
+        key = name.replace("-", "_")
+        gauges[f"queue_{key}_queued"] = counts["queued"]
+        gauges[f"queue_{key}_running"] = counts["running"]
+        gauges[f"queue_{key}_failed"] = counts["failed"]
+    return render(connection, gauges)

@@ -1,0 +1,36 @@
+"""POST /predict: exactly one item per task, in order, within the prediction budget."""
+
+import logging
+
+from fastapi import APIRouter, Depends
+
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..metrics import count
+from ..predict_service import predict_tasks, project_id
+from ..schemas import PredictRequest
+
+router = APIRouter(dependencies=[Depends(require_basic_auth)])
+log = logging.getLogger(__name__)
+
+
+@router.post("/predict")
+def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+    project = body.project
+    if project is None:
+        project = next((t.get("project") for t in body.tasks if t.get("project") is not None), None)
+    if project is None:
+        from fastapi import HTTPException
+
+        raise HTTPException(422, "body.project is missing and no task names its project")
+    for index, task in enumerate(body.tasks):
+        if "id" not in task:
+            from fastapi import HTTPException
+
+            raise HTTPException(422, f"body.tasks[{index}].id is missing")
+    results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
+    count(connection, "predict_requests")
+    count(connection, "predict_tasks", len(body.tasks))
+    count(connection, "predict_tasks_answered", sum(1 for r in results if isinstance(r, dict) and r["result"]))
+    count(connection, "predict_tasks_deferred", sum(1 for r in results if isinstance(r, list)))
+    log.info("project %s: /predict %d task(s), model version %s", project_id(project), len(body.tasks), version)
+    return {"results": results, "model_version": version}

@@ -1,0 +1,52 @@
+"""POST /setup: remember the project's label config, start a prompt-pool sync if due, answer the model version.
+
+Label Studio calls it (3 s timeout) before every prediction request: it must answer at once, so the sync runs
+on a worker.
+"""
+
+import logging
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from worker import enqueue_call
+
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..label_config import LabelConfigError, parse_label_config
+from ..metrics import count
+from ..predict_service import current_model_version, project_id
+from ..prompt_pool import PromptPool
+from ..schemas import SetupRequest
+
+router = APIRouter(dependencies=[Depends(require_basic_auth)])
+log = logging.getLogger(__name__)
+SYNC_EVERY = 300  # seconds between full pool syncs per project; webhooks keep it current in between
+
+
+def schedule_sync(connection, settings, project: int, label_config: str, force: bool = False) -> bool:
+    """Enqueue a full sync of the pool unless one ran recently; needs Label Studio credentials."""
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        return False
+    key = f"seggpt:pool:{project}:sync-due"
+    if not force and not connection.set(key, 1, nx=True, ex=SYNC_EVERY):
+        return False
+    if force:
+        connection.set(key, 1, ex=SYNC_EVERY)
+    enqueue_call(connection, "backend.jobs.sync_pool", {"project": project, "label_config": label_config},
+                 queue=settings.interactive_queue, at_front=True, description=f"sync prompt pool of project {project}")
+    return True
+
+
+@router.post("/setup")
+def setup(body: SetupRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+    try:
+        project = project_id(body.project)
+        controls = parse_label_config(body.schema_)
+    except (LabelConfigError, ValueError) as exc:
+        raise HTTPException(400, str(exc)) from None
+    pool = PromptPool(connection, project)
+    saved = pool.load_controls()
+    changed = saved is None or saved[1] != body.schema_
+    pool.save_controls(controls, body.schema_)
+    schedule_sync(connection, settings, project, body.schema_, force=changed)
+    count(connection, "setup_requests")
+    return {"model_version": current_model_version(connection, settings, project)}

@@ -1,0 +1,39 @@
+"""POST /webhook: Label Studio project events. Answered at once (Label Studio waits 1 s); work is queued.
+
+Label Studio sends webhooks without credentials, so this route does not require Basic auth: a webhook body is
+only a hint, and every job it starts re-reads the annotations from the Label Studio API.
+"""
+
+import logging
+
+from fastapi import APIRouter
+
+from worker import enqueue_call
+
+from ..dependencies import RedisDep, SettingsDep
+from ..metrics import count
+from ..schemas import WebhookEvent
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+@router.post("/webhook")
+def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) -> dict:
+    count(connection, f"webhook_{event.action.lower()}")
+    project = (event.project or {}).get("id")
+    label_config = (event.project or {}).get("label_config")
+    if project is None:
+        return {"status": "ignored", "reason": "no project in the event"}
+    base = {"project": project, "label_config": label_config}
+    if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and event.annotation:
+        task = event.annotation.get("task") or (event.task or {}).get("id")
+        enqueue_call(connection, "backend.jobs.update_pool_for_task", {**base, "task": task}, queue=settings.interactive_queue, at_front=True)
+        return {"status": "queued", "action": event.action}
+    if event.action == "ANNOTATIONS_DELETED" and event.annotations:
+        ids = [a["id"] for a in event.annotations if "id" in a]
+        enqueue_call(connection, "backend.jobs.remove_pool_annotations", {**base, "annotations": ids}, queue=settings.interactive_queue, at_front=True)
+        return {"status": "queued", "action": event.action}
+    if event.action == "START_TRAINING":
+        return {"status": "not available", "detail": "training (prompt tuning) is not available yet; predictions use the annotations as prompts directly"}
+    return {"status": "ignored", "action": event.action}

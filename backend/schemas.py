@@ -1,0 +1,36 @@
+"""Pydantic models of the bodies Label Studio sends (see shared/reference/ls-1.23.2-requests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SetupRequest", "PredictRequest", "WebhookEvent"]
+
+
+class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    project: str | int = Field(description="'<id>.<timestamp>' or '<id>'")
+    schema_: str = Field(alias="schema", description="the label config XML")
+    hostname: str | None = None
+    access_token: str | None = Field(default=None, repr=False)
+    extra_params: Any = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tasks: list[dict[str, Any]]
+    project: str | int | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class WebhookEvent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action: str
+    project: dict[str, Any] | None = None
+    annotation: dict[str, Any] | None = None
+    annotations: list[dict[str, Any]] | None = None
+    task: dict[str, Any] | None = None
+    tasks: list[dict[str, Any]] | None = None
