@@ -29,14 +29,16 @@ def target_bytes(seed: int, size=(90, 120)) -> bytes:
     return png_bytes(make_scene(seed, size=size).image)
 
 
-def worker_env(model_dir: Path) -> dict:
-    return {**os.environ, "MODEL_DIR": str(model_dir), "PYTHONUNBUFFERED": "1"}
+def worker_env(model_dir: Path, **extra: str) -> dict:
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("REDIS_URL", None)
+    return env
 
 
-def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = None) -> subprocess.Popen:
+def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "backend.cli", "worker", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
     output = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen(command, env=worker_env(model_dir), stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=worker_env(model_dir, **(env or {})), stdout=output, stderr=subprocess.STDOUT)
 
 
 def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:

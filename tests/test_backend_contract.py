@@ -1,0 +1,238 @@
+"""The HTTP contract, replayed from the bodies a real Label Studio 1.23.2 sent, on a real Redis with a real worker;
+and bad input, one task at a time, while the rest of the batch goes on."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from backend.app import create_app
+from backend.label_config import LabelConfigError, parse_label_config
+from backend.prompt_pool import PromptPool
+from backend.settings import Settings
+from seggpt_core.synthetic import make_scene
+from worker import EmbeddedRedis
+
+from .media_server import MediaServer
+from .queue_helpers import start_worker
+
+RECORDED = Path(__file__).parent / "recorded"  # copies of shared/reference/ls-1.23.2-requests
+
+
+def recorded(name: str) -> dict:
+    """A request body as a real Label Studio 1.23.2 sent it."""
+    return json.loads((RECORDED / name).read_text())["body"]
+
+
+CONFIG = recorded("setup.json")["schema"]
+
+
+def _png(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kwargs.pop("format", "PNG"), **kwargs)
+    return buffer.getvalue()
+
+
+def _bad_and_good_images(directory: Path) -> dict[str, str]:
+    """name -> what it is. Written into the media server's folder."""
+    base = make_scene(500, size=(60, 80)).image
+    files = {
+        "good.png": _png(base),
+        "corrupt.png": b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20,
+        "truncated.jpg": _png(base, format="JPEG")[:300],
+        "empty.png": b"",
+        "huge.png": _png(Image.new("1", (15000, 11000))),
+        "cmyk.jpg": _png(base.convert("CMYK"), format="JPEG"),
+        "sixteen.png": _png(Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)),
+        "palette.png": _png(base.convert("P")),
+        "rgba.png": _png(base.convert("RGBA")),
+    }
+    for orientation in range(2, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        files[f"exif{orientation}.jpg"] = _png(base, format="JPEG", exif=exif.tobytes())
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return files
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Embedded Redis, one worker process, a media server, and the app (in-process, as uvicorn would run it)."""
+    root = tmp_path_factory.mktemp("contract")
+    media_dir = root / "media"
+    media_dir.mkdir()
+    files = _bad_and_good_images(media_dir)
+    media = MediaServer(media_dir)
+    server = EmbeddedRedis(root / "redis")
+    connection = server.connect()
+    worker = start_worker(root, "seggpt-interactive", "--queue", "seggpt", log=root / "worker.log", env={"ALLOWED_MEDIA_HOSTS": media.host})
+    settings = Settings(weights="random:tiny", device="cpu", redis_url=server.url, allowed_media_hosts=(media.host,), predict_budget=60)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield {"client": client, "redis": connection, "media": media, "files": files, "settings": settings, "root": root}
+    worker.terminate()
+    worker.wait(30)
+    media.stop()
+    server.stop()
+
+
+def _fill_pool(stack, project: int, config: str) -> None:
+    """Two prompts straight into the pool (the sync from Label Studio itself is covered end to end)."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    pool = PromptPool(stack["redis"], project)
+    controls = parse_label_config(config)
+    pool.save_controls(controls, config)
+    for seed, task_id in ((1, 9001), (2, 9002)):
+        scene = make_scene(seed, size=(60, 80), must_include=("disc", "star"))
+        result = [
+            {"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": f"r{seed}{label}",
+             "value": {"format": "rle", "rle": mask2rle(scene.masks[shape].astype(np.uint8) * 255), "brushlabels": [label]}}
+            for label, shape in (("Cat", "disc"), ("Dog", "star"))
+        ]
+        data = _png(scene.image)
+        pool.upsert({"id": task_id, "data": {"image": "x"}}, {"id": task_id, "result": result, "updated_at": str(seed)}, controls, lambda v, t, d=data: d)
+
+
+def test_health_answers_like_the_recorded_exchange(stack):
+    for path in ("/health", "/"):
+        response = stack["client"].get(path)
+        assert response.status_code == 200 and response.json()["status"] == "UP"
+
+
+def test_setup_replay_returns_a_stable_model_version(stack):
+    body = recorded("setup.json")
+    first = stack["client"].post("/setup", json=body)
+    assert first.status_code == 200
+    version = first.json()["model_version"]
+    assert version.startswith("seggpt-")
+    assert stack["client"].post("/setup", json=body).json()["model_version"] == version
+
+
+def test_setup_refuses_a_config_without_brush_or_polygon(stack):
+    body = {**recorded("setup.json"), "schema": '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'}
+    response = stack["client"].post("/setup", json=body)
+    assert response.status_code == 400
+    assert "no BrushLabels or PolygonLabels" in response.json()["detail"] and "Choices 'c'" in response.json()["detail"]
+
+
+def test_malformed_bodies_get_422_naming_the_field(stack):
+    response = stack["client"].post("/predict", json={"tasks": "not a list"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "tasks"]
+    response = stack["client"].post("/setup", json={"project": "1.2"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "schema"]
+    response = stack["client"].post("/predict", json={"tasks": [{"data": {}}], "project": "1"})
+    assert response.status_code == 422 and "body.tasks[0].id" in response.json()["detail"]
+
+
+def test_predict_replay_returns_one_item_per_task_in_order(stack):
+    body = recorded("predict.json")
+    project = int(body["project"].split(".")[0]) + 100
+    body = {**body, "project": f"{project}.1"}
+    _fill_pool(stack, project, body["label_config"])
+    good = f"{stack['media'].url}/good.png"
+    for task in body["tasks"]:
+        task["data"]["image"] = good  # the recorded URLs pointed at the recording machine
+    response = stack["client"].post("/predict", json=body)
+    assert response.status_code == 200
+    answer = response.json()
+    version = stack["client"].post("/setup", json={"project": f"{project}.1", "schema": body["label_config"]}).json()["model_version"]
+    assert len(answer["results"]) == len(body["tasks"])
+    for item in answer["results"]:
+        assert item["model_version"] == version
+        for region in item["result"]:
+            assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
+            assert (region["original_width"], region["original_height"]) == (80, 60)
+    ids = [r["id"] for item in answer["results"] for r in item["result"]]
+    assert len(ids) == len(set(ids))  # region ids are unique across tasks
+
+
+def test_bad_images_fail_alone_with_their_reason(stack, caplog):
+    project = 4242
+    _fill_pool(stack, project, CONFIG)
+    media = stack["media"].url
+    names = [n for n in stack["files"]] + ["missing.png", "page.html"]
+    tasks = [{"id": 100 + i, "data": {"image": f"{media}/{name}"}} for i, name in enumerate(names)]
+    tasks.append({"id": 999, "data": {"image": "http://example.org/elsewhere.png"}})
+    tasks.append({"id": 998, "data": {"image": "http://127.0.0.1:9/loopback.png"}})
+    with caplog.at_level(logging.ERROR, logger="backend.predict_service"):
+        response = stack["client"].post("/predict", json={"tasks": tasks, "project": f"{project}.5", "label_config": CONFIG})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == len(tasks)
+    by_name = dict(zip(names + ["disallowed", "loopback"], results))
+    readable = ["good.png", "cmyk.jpg", "sixteen.png", "palette.png", "rgba.png"] + [f"exif{o}.jpg" for o in range(2, 9)]
+    for name in readable:
+        assert isinstance(by_name[name], dict) and by_name[name]["model_version"].startswith("seggpt-"), name
+    for name in ("exif5.jpg", "exif6.jpg", "exif7.jpg", "exif8.jpg"):  # transposed: width and height swap
+        for region in by_name[name]["result"]:
+            assert (region["original_width"], region["original_height"]) == (60, 80), name
+    reasons = {
+        "corrupt.png": "corrupt or truncated",
+        "truncated.jpg": "corrupt or truncated",
+        "empty.png": "is empty",
+        "huge.png": "more than the limit",
+        "missing.png": "HTTP 404",
+        "page.html": "text/html, not an image",
+        "disallowed": "host example.org is not allowed",
+        "loopback": "host 127.0.0.1:9 is not allowed",
+    }
+    logged = caplog.text
+    for name, reason in reasons.items():
+        assert by_name[name] == {"result": [], "score": 0.0, "model_version": by_name["good.png"]["model_version"]}, name
+        assert reason in logged, (name, reason)
+
+
+def test_webhooks_answer_at_once_and_enqueue(stack):
+    for name, status in (("webhook_ANNOTATION_CREATED.json", "queued"), ("webhook_ANNOTATIONS_DELETED.json", "queued"),
+                         ("webhook_START_TRAINING.json", "not available"), ("webhook_TASKS_CREATED.json", "ignored")):
+        started = time.perf_counter()
+        response = stack["client"].post("/webhook", json=recorded(name))
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200 and response.json()["status"] == status, name
+        assert elapsed < 1.0  # Label Studio waits 1 s for a webhook
+    assert stack["client"].post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).json()["status"] == "ignored"
+
+
+def test_metrics_count_requests(stack):
+    stack["client"].post("/setup", json=recorded("setup.json"))
+    text = stack["client"].get("/metrics").text
+    assert "seggpt_setup_requests_total" in text and "seggpt_workers " in text
+
+
+def test_basic_auth_guards_everything_but_health(stack):
+    settings = stack["settings"].with_(basic_auth_user="u", basic_auth_pass="p")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+        assert client.post("/setup", json=recorded("setup.json")).status_code == 401
+        assert client.post("/setup", json=recorded("setup.json"), auth=("u", "wrong")).status_code == 401
+        assert client.post("/setup", json=recorded("setup.json"), auth=("u", "p")).status_code == 200
+        assert client.get("/metrics", auth=("u", "p")).status_code == 200
+
+
+def test_label_configs_with_any_names_and_several_controls():
+    config = """<View>
+      <Image name="front" value="$front_url"/><Image name="side" value="$side"/>
+      <BrushLabels name="paint" toName="front"><Label value="Wet road" /><Label value="Ölfleck"/></BrushLabels>
+      <PolygonLabels name="shape" toName="side"><Label value="Car"/></PolygonLabels>
+      <Choices name="weather" toName="front"><Choice value="sun"/></Choices>
+    </View>"""
+    controls = parse_label_config(config)
+    assert [(c.name, c.kind, c.to_name, c.data_key, c.labels) for c in controls] == [
+        ("paint", "brushlabels", "front", "front_url", ("Wet road", "Ölfleck")),
+        ("shape", "polygonlabels", "side", "side", ("Car",)),
+    ]
+    with pytest.raises(LabelConfigError, match="empty"):
+        parse_label_config("  ")
+    with pytest.raises(LabelConfigError, match="cannot be parsed"):
+        parse_label_config("<View><Image")
