@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from seggpt_core import SegGptError
+    from seggpt_core.errors import SegGptError  # light: does not load torch
 
     try:
         return args.handler(args)

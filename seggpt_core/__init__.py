@@ -1,30 +1,43 @@
-"""seggpt_core: SegGPT in-context segmentation. Knows nothing of Label Studio, HTTP or Redis."""
+"""seggpt_core: SegGPT in-context segmentation. Knows nothing of Label Studio, HTTP or Redis.
 
-from .build import VARIANTS, build_model, variant_config
-from .config import SegGptConfig
-from .errors import ImageError, PromptError, SegGptError, WeightsError
-from .model import SegGpt
-from .palette import decode_colors, make_palette
-from .predictor import PreparedTarget, Prompt, SegGptPredictor, Segmentation
-from .weights import DEFAULT_WEIGHTS, load_model, save_model
+Names are imported on first use, so that `seggpt_core.errors` (or any light submodule) can be imported without
+loading torch: the web process needs the errors, never the network.
+"""
 
-__all__ = [
-    "DEFAULT_WEIGHTS",
-    "VARIANTS",
-    "ImageError",
-    "PromptError",
-    "PreparedTarget",
-    "Prompt",
-    "SegGpt",
-    "SegGptPredictor",
-    "Segmentation",
-    "SegGptConfig",
-    "SegGptError",
-    "WeightsError",
-    "build_model",
-    "decode_colors",
-    "make_palette",
-    "load_model",
-    "save_model",
-    "variant_config",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "DEFAULT_WEIGHTS": "weights",
+    "load_model": "weights",
+    "save_model": "weights",
+    "VARIANTS": "build",
+    "build_model": "build",
+    "variant_config": "build",
+    "SegGptConfig": "config",
+    "SegGptError": "errors",
+    "WeightsError": "errors",
+    "ImageError": "errors",
+    "PromptError": "errors",
+    "SegGpt": "model",
+    "decode_colors": "palette",
+    "make_palette": "palette",
+    "PreparedTarget": "predictor",
+    "Prompt": "predictor",
+    "SegGptPredictor": "predictor",
+    "Segmentation": "predictor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seggpt_core' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
