@@ -53,28 +53,27 @@ class PromptPool:
         items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
         return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
-    def prompt_set(self, data_key: str, controls: Sequence[Control], k: int) -> tuple[str | None, int]:
-        """Store the prompt set for the image field `data_key`: for each label, the `k` newest entries that
-        annotate it (each prompt carries only the labels it was chosen for). Returns (digest or None, prompts)."""
+    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> tuple[str | None, int]:
+        """Store the candidate prompts for the image field `data_key`, newest first: for each label, up to
+        `max_per_label` of the newest entries that annotate it. Workers pick K per target from these.
+        Returns (digest or None when no entry annotates any label, number of prompts)."""
         wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
         entries = [e for e in self.entries() if e["data_key"] == data_key]
-        entries.sort(key=lambda e: (e["updated_at"], e["annotation"]), reverse=True)
+        entries.sort(key=lambda e: (e["updated_at"], str(e["annotation"])), reverse=True)
         chosen: dict[str, set[str]] = {}
         for label in sorted(wanted):
-            for entry in [e for e in entries if label in e["masks"]][:k]:
+            for entry in [e for e in entries if label in e["masks"]][:max_per_label]:
                 chosen.setdefault(entry["entry"], set()).add(label)
-        if not chosen:
-            return None, 0
-        by_entry = {e["entry"]: e for e in entries}
         records = []
-        for entry_id in sorted(chosen):
-            entry = by_entry[entry_id]
+        for entry in entries:  # newest first: the "recent" strategy relies on this order
+            if entry["entry"] not in chosen:
+                continue
             image = self.connection.get(entry["image"]["blob"])
             if image is None:
                 log.warning("prompt image of task %s is gone from Redis; dropping the entry", entry["task"])
-                self.connection.hdel(self.key, entry_id)
+                self.connection.hdel(self.key, entry["entry"])
                 continue
-            masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry_id])}
+            masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
             records.append(PromptRecord(image, masks))
         if not records:
             return None, 0

@@ -29,10 +29,20 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
+    "prompt_strategy": ("SEGGPT_PROMPT_STRATEGY", "similar (the K most similar annotated images per label) or recent"),
+    "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
+    "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
+    "keep_old_predictions": ("SEGGPT_KEEP_OLD_PREDICTIONS", "on relabel, keep older predictions (false: delete this backend's older ones)"),
 }
 
 
 def _parse(kind: type, raw: str) -> Any:
+    if kind is bool:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
     if kind is int:
         return int(raw)
     if kind is float:
@@ -63,6 +73,10 @@ class Settings:
     queue: str = "seggpt"
     interactive_queue: str = "seggpt-interactive"
     chunk_size: int = 16
+    prompt_strategy: str = "similar"
+    auto_relabel: bool = False
+    auto_prelabel: bool = True
+    keep_old_predictions: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +88,8 @@ class Settings:
             problems.append(f"SEGGPT_DTYPE must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.prompt_strategy not in ("similar", "recent"):
+            problems.append(f"SEGGPT_PROMPT_STRATEGY must be similar or recent, got {self.prompt_strategy!r}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
@@ -106,4 +122,15 @@ class Settings:
 
     def fingerprint(self) -> dict:
         """The settings that change what a prediction looks like: part of the model version."""
-        return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype, "embedding_type": self.embedding_type}
+        return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype,
+                "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy}
+
+    @property
+    def prediction_options(self) -> dict:
+        """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type."""
+        return {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy}
+
+    @property
+    def candidates_per_label(self) -> int:
+        """Prompts per label a job carries for the workers to choose K from."""
+        return max(4 * self.num_prompts, 16)

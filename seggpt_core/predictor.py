@@ -139,36 +139,86 @@ class SegGptPredictor:
                 raise PromptError(str(exc)) from None
             images.append(image)
             masks.append(checked)
-
+        self._images, self._masks = images, masks
+        self._tensors: dict[int, torch.Tensor] = {}
+        self._small_masks: dict[tuple[int, str], np.ndarray] = {}
+        self._group_cache: dict[tuple, list[_LabelGroup]] = {}
         annotated_by: dict[str, list[int]] = {}
         for index, prompt_masks in enumerate(masks):
             for label in prompt_masks:
                 annotated_by.setdefault(label, []).append(index)
-        by_prompts: dict[tuple[int, ...], list[str]] = {}
-        for label, indices in annotated_by.items():
-            by_prompts.setdefault(tuple(indices), []).append(label)
-        self._groups = [self._prepare_group(labels, indices, images, masks) for indices, labels in by_prompts.items()]
+        self._annotated_by = {label: tuple(indices) for label, indices in annotated_by.items()}
+        self._groups = self._groups_for(self._annotated_by)
 
-    def _prepare_group(
-        self,
-        labels: list[str],
-        indices: tuple[int, ...],
-        images: list[Image.Image],
-        masks: list[dict[str, np.ndarray]],
-    ) -> _LabelGroup:
+    @property
+    def prompt_count(self) -> int:
+        return len(self._images) if self._groups else 0
+
+    def annotated_by(self) -> dict[str, tuple[int, ...]]:
+        """label -> indices of the prompts that annotate it."""
+        return dict(self._annotated_by)
+
+    def prompt_image(self, index: int) -> Image.Image:
+        """Prompt `index` resized to the model's input size (for embeddings and previews)."""
+        height, width = self.size
+        return self._images[index].resize((width, height), Image.BICUBIC)
+
+    def _groups_for(self, selection: Mapping[str, Sequence[int]]) -> list[_LabelGroup]:
+        """Forward groups for `selection` (label -> prompt indices): labels with the same prompts share one."""
+        signature = tuple(sorted((label, tuple(indices)) for label, indices in selection.items()))
+        cached = self._group_cache.get(signature)
+        if cached is not None:
+            return cached
+        unknown = [label for label in selection if label not in self._annotated_by]
+        if unknown:
+            raise PromptError(f"labels {unknown} are not annotated by any prompt")
+        by_prompts: dict[tuple[int, ...], list[str]] = {}
+        for label, indices in selection.items():
+            if not indices:
+                raise PromptError(f"label {label!r}: no prompts selected")
+            strays = [i for i in indices if label not in self._masks[i]]
+            if strays:
+                raise PromptError(f"label {label!r}: prompts {strays} do not annotate it")
+            by_prompts.setdefault(tuple(indices), []).append(label)
+        groups = [self._prepare_group(labels, indices) for indices, labels in by_prompts.items()]
+        if len(self._group_cache) >= 64:
+            self._group_cache.pop(next(iter(self._group_cache)))
+        self._group_cache[signature] = groups
+        return groups
+
+    def _image_tensor(self, index: int) -> torch.Tensor:
+        if index not in self._tensors:
+            self._tensors[index] = image_to_tensor(self._images[index], self.size).to(self.device, self.dtype)
+        return self._tensors[index]
+
+    def _small_mask(self, index: int, label: str) -> np.ndarray:
+        key = (index, label)
+        if key not in self._small_masks:
+            self._small_masks[key] = resize_label_map(self._masks[index][label].astype(np.uint8), self.size) > 0
+        return self._small_masks[key]
+
+    def _prepare_group(self, labels: list[str], indices: tuple[int, ...]) -> _LabelGroup:
         palette = make_palette(len(labels))
-        label_maps = []
-        for index in indices:
-            label_map = np.zeros(masks[index][labels[0]].shape, dtype=np.uint8)
-            for value, label in enumerate(labels, start=1):
-                label_map[masks[index][label]] = value  # a later label wins where two overlap
-            label_maps.append(label_map)
-        group_images = [images[i] for i in indices]
         if self.spatial_ensemble and len(indices) > 1:
-            group_images = [mosaic(group_images, self.size, Image.BICUBIC)]
-            label_maps = [mosaic(label_maps, self.size, Image.NEAREST)]
-        image_tensor = torch.stack([image_to_tensor(image, self.size) for image in group_images])
-        mask_tensor = torch.stack([label_map_to_tensor(m, palette, self.size) for m in label_maps])
+            label_maps = []
+            for index in indices:
+                label_map = np.zeros(self._masks[index][labels[0]].shape, dtype=np.uint8)
+                for value, label in enumerate(labels, start=1):
+                    label_map[self._masks[index][label]] = value
+                label_maps.append(label_map)
+            image = mosaic([self._images[i] for i in indices], self.size, Image.BICUBIC)
+            image_tensor = image_to_tensor(image, self.size)[None]
+            mask_tensor = label_map_to_tensor(mosaic(label_maps, self.size, Image.NEAREST), palette, self.size)[None]
+        else:
+            # Nearest-resizing each label's mask, then combining, equals nearest-resizing the combined label map.
+            label_maps = []
+            for index in indices:
+                label_map = np.zeros(self.size, dtype=np.uint8)
+                for value, label in enumerate(labels, start=1):
+                    label_map[self._small_mask(index, label)] = value  # a later label wins where two overlap
+                label_maps.append(label_map)
+            image_tensor = torch.stack([self._image_tensor(i) for i in indices])
+            mask_tensor = torch.stack([label_map_to_tensor(m, palette, self.size) for m in label_maps])
         to = dict(device=self.device, dtype=self.dtype)
         return _LabelGroup(labels, indices, palette, image_tensor.to(**to), mask_tensor.to(**to))
 
@@ -188,17 +238,31 @@ class SegGptPredictor:
         return self.predict(targets)
 
     @torch.no_grad()
-    def predict_prepared(self, targets: Sequence[PreparedTarget]) -> list[Segmentation]:
+    def predict_prepared(
+        self,
+        targets: Sequence[PreparedTarget],
+        selections: Sequence[Mapping[str, Sequence[int]]] | None = None,
+    ) -> list[Segmentation]:
+        """Segment prepared targets. `selections`, one per target, restrict each label to chosen prompts
+        (label -> prompt indices); by default every label uses every prompt that annotates it."""
         if not self._groups:
             raise RuntimeError("no prompts set: call set_prompts() before predict()")
+        if selections is not None and len(selections) != len(targets):
+            raise ValueError(f"{len(selections)} selections for {len(targets)} targets")
         results = [Segmentation({}, {}, target.size) for target in targets]
-        for group in self._groups:
-            per_forward = max(1, self.max_batch_rows // group.rows)
-            for start in range(0, len(targets), per_forward):
-                chunk = targets[start : start + per_forward]
-                painted = self.paint(torch.stack([t.tensor for t in chunk]), group)
-                for target, rgb, result in zip(chunk, denormalize(painted), results[start : start + per_forward]):
-                    self._decode(rgb, group, target.size, result)
+        batches: dict[tuple, list[int]] = {}
+        for position in range(len(targets)):
+            selection = self._annotated_by if selections is None else selections[position]
+            signature = tuple(sorted((label, tuple(indices)) for label, indices in selection.items()))
+            batches.setdefault(signature, []).append(position)
+        for signature, positions in batches.items():
+            for group in self._groups_for(dict(signature)):
+                per_forward = max(1, self.max_batch_rows // group.rows)
+                for start in range(0, len(positions), per_forward):
+                    chunk = positions[start : start + per_forward]
+                    painted = self.paint(torch.stack([targets[p].tensor for p in chunk]), group)
+                    for position, rgb in zip(chunk, denormalize(painted)):
+                        self._decode(rgb, group, targets[position].size, results[position])
         return results
 
     def paint(self, targets: torch.Tensor, group: _LabelGroup) -> torch.Tensor:

@@ -74,7 +74,7 @@ class WorkerRuntime:
 
         from .prompt_sets import load_prompt_set
 
-        options = dict(options or {})
+        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble")}
         key = (digest, tuple(sorted(options.items())))
         predictor = self._predictors.get(key)
         if predictor is not None:
@@ -87,11 +87,21 @@ class WorkerRuntime:
             max_batch_rows=self.settings.max_batch_rows,
         )
         predictor.set_prompts(load_prompt_set(connection, digest))
+        predictor.embeddings = None  # filled on first use by `prompt_embeddings`
         self.prompt_preparations += 1
         self._predictors[key] = predictor
         while len(self._predictors) > PROMPT_CACHE_SIZE:
             self._predictors.popitem(last=False)
         return predictor
+
+    @staticmethod
+    def prompt_embeddings(predictor: Any) -> list:
+        """Embeddings of a predictor's prompts, computed once per prepared prompt set."""
+        if predictor.embeddings is None:
+            from seggpt_core.embedding import image_embedding
+
+            predictor.embeddings = [image_embedding(predictor.prompt_image(i)) for i in range(predictor.prompt_count)]
+        return predictor.embeddings
 
     def stats(self) -> dict:
         return {

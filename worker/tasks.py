@@ -3,7 +3,10 @@
 Each takes one JSON payload and returns JSON. A segmentation chunk payload:
 
     {"prompt_set": "<digest>", "tasks": [{"id": "17", "image": {"path": "/data/a.jpg"}, ...}, ...],
-     "options": {"embedding_type": "instance"}, "sink": "redis", "namespace": "<batch id>"}
+     "options": {"embedding_type": "instance", "k": 5, "strategy": "similar"}, "sink": "redis",
+     "namespace": "<batch id>"}
+
+With `k`, each target uses at most k prompts per label, chosen by `strategy` (see `selection`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,29 @@ def noop(payload: dict) -> dict:
     return {"echo": payload.get("echo")}
 
 
+def _selection(runtime, predictor, target, options: dict) -> dict:
+    from .selection import select
+
+    strategy = options.get("strategy", "similar")
+    target_embedding = None
+    prompt_embeddings = None
+    if strategy == "similar":
+        from seggpt_core.embedding import image_embedding
+
+        prompt_embeddings = runtime.prompt_embeddings(predictor)
+        target_embedding = image_embedding(_tensor_image(target.tensor))
+    return select(predictor.annotated_by(), int(options["k"]), strategy, prompt_embeddings, target_embedding)
+
+
+def _tensor_image(tensor):
+    """The model-size RGB image back from a prepared (normalized) target tensor."""
+    from PIL import Image
+
+    from seggpt_core.transforms import denormalize
+
+    return Image.fromarray(denormalize(tensor[None])[0].astype("uint8"))
+
+
 def segment_chunk(payload: dict) -> dict:
     """Segment every task of a chunk with one prompt set; store results through the payload's sink.
 
@@ -66,6 +92,8 @@ def segment_chunk(payload: dict) -> dict:
     predictor = runtime.predictor_for(connection, payload["prompt_set"], payload.get("options"))
     sink = make_sink(connection, payload)
     tasks = payload["tasks"]
+    options = payload.get("options") or {}
+    k = int(options.get("k") or 0)  # 0: every prompt that annotates a label
     finished = done_key(job.id)
     already = {member.decode() for member in connection.smembers(finished)}
     failed: dict[str, str] = {}
@@ -79,7 +107,7 @@ def segment_chunk(payload: dict) -> dict:
         try:
             data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
             target = predictor.prepare_target(data, where=f"task {task_id}")
-            segmentation = predictor.predict_prepared([target])[0]
+            segmentation = predictor.predict_prepared([target], [_selection(runtime, predictor, target, options)] if k else None)[0]
             with_backoff(lambda: sink.write(task, segmentation, finished))
             already.add(task_id)
         except TransientError as exc:
