@@ -129,6 +129,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from worker import queue_status
 
+    if args.project is not None:
+        from .bootstrap import load_batch
+
+        connection = _connection(args)
+        batch = load_batch(connection, args.project)
+        if batch is None:
+            print(f"project {args.project}: no bootstrap has run")
+            return 0
+        return _print_batch(connection, batch, final=False)
     status = queue_status(_connection(args), args.queue)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -143,6 +152,76 @@ def cmd_status(args: argparse.Namespace) -> int:
     for worker in status["workers"]:
         print(f"  {worker['name']} on {worker['host']}: {worker['state']}, device {worker['device']}, weights {worker['weights']}, queues {','.join(worker['queues'])}")
     return 0
+
+
+def _print_batch(connection, batch, final: bool) -> int:
+    from .bootstrap import batch_failures, batch_progress
+
+    progress = batch_progress(connection, batch)
+    failures = batch_failures(connection, batch)
+    ended = progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]
+    state = "finished" if ended else "running"
+    print(f"project {batch.project}, model version {batch.model_version}: {state}")
+    print(f"  done {progress['done']}, failed {len(failures)}, queued {batch.queued}, skipped {batch.skipped} "
+          f"(already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, no image {batch.skipped_no_image})")
+    for task_id, reason in sorted(failures.items()):
+        print(f"  task {task_id}: {reason}")
+    return 1 if failures else 0
+
+
+def _wait_with_progress(connection, batch) -> None:
+    from tqdm import tqdm
+
+    from .bootstrap import batch_progress
+
+    with tqdm(total=batch.queued, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
+        while True:
+            progress = batch_progress(connection, batch)
+            bar.update(progress["done"] + progress["failed"] - bar.n)
+            bar.set_postfix(done=progress["done"], failed=progress["failed"])
+            if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
+                return
+            time.sleep(0.5)
+
+
+def _local_workers_if_none(connection, args) -> list:
+    """With the embedded Redis and no live worker, run one for this command (it quits when the queue is empty)."""
+    import subprocess
+
+    from worker import queue_status
+
+    if args.redis_url or queue_status(connection)["workers"]:
+        return []
+    print("no live worker: starting one on this machine for this run")
+    return [subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--burst"])]
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from .bootstrap import BootstrapError, start_bootstrap
+    from .services import build_services
+    from .settings import Settings
+
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key)
+    services = build_services(settings)
+    connection = _connection(args)
+    try:
+        batch = start_bootstrap(connection, services, args.project, only=args.only, limit=args.limit, chunk_size=args.chunk_size)
+    except BootstrapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"model version {batch.model_version}: queued {batch.queued} task(s) in {len(batch.job_ids)} job(s), "
+          f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight})")
+    if args.no_wait:
+        print(f"follow it with: seggpt-ls status --project {args.project}")
+        return 0
+    workers = _local_workers_if_none(connection, args) if batch.job_ids else []
+    try:
+        if batch.job_ids:
+            _wait_with_progress(connection, batch)
+    finally:
+        for process in workers:
+            process.wait()
+    return _print_batch(connection, batch, final=True)
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
@@ -243,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="queues, running and failed jobs, live workers")
     _add_redis_option(status)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--project", type=int, help="show the progress of the project's latest bootstrap")
+
+    bootstrap = commands.add_parser("bootstrap", help="pre-label a whole project through the queue (resumable)")
+    _add_redis_option(bootstrap)
+    bootstrap.add_argument("--project", type=int, required=True)
+    bootstrap.add_argument("--label-studio-url", default=None, help="default: LABEL_STUDIO_URL")
+    bootstrap.add_argument("--api-key", default=None, help="default: LABEL_STUDIO_API_KEY (legacy token or personal access token)")
+    bootstrap.add_argument("--only", choices=["unlabeled", "all"], default="unlabeled")
+    bootstrap.add_argument("--limit", type=int, default=None, help="at most N tasks")
+    bootstrap.add_argument("--chunk-size", type=int, default=None, help="tasks per job (default: SEGGPT_CHUNK_SIZE)")
+    bootstrap.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status --project")
+    bootstrap.set_defaults(handler=cmd_bootstrap)
     status.set_defaults(handler=cmd_status)
 
     retry = commands.add_parser("retry-failed", help="re-queue failed jobs (tasks already done are skipped)")
@@ -254,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     from seggpt_core.errors import SegGptError  # light: does not load torch
 
     try:

@@ -7,10 +7,13 @@ import logging
 from rq import get_current_job
 
 from .label_config import parse_label_config
+from .bootstrap import start_bootstrap
+from .keys import current_version_key
+from .predict_service import model_version
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .services import services_from_env
 
-__all__ = ["sync_pool", "update_pool_for_task", "remove_pool_annotations"]
+__all__ = ["sync_pool", "update_pool_for_task", "remove_pool_annotations", "prelabel_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,33 @@ def update_pool_for_task(payload: dict) -> dict:
     annotation = newest_annotation(client.annotations(payload["task"]))
     if annotation is None:
         removed = pool.remove_task(task["id"])
-        return {"task": task["id"], "removed": removed, "version": pool.version()}
+        return {"task": task["id"], "removed": removed, **_after_pool_change(job, pool, services, payload)}
     labels = pool.upsert(task, annotation, controls, services.fetcher.fetch)
-    return {"task": task["id"], "labels": [l.split("\x1f", 1)[1] for l in labels], "version": pool.version()}
+    return {"task": task["id"], "labels": [l.split("\x1f", 1)[1] for l in labels], **_after_pool_change(job, pool, services, payload)}
+
+
+def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
+    """The prompts changed, so the model version did; with auto-relabel, re-predict what is still unlabeled."""
+    settings = services.settings
+    version = model_version(settings, pool.version())
+    previous = job.connection.get(current_version_key(pool.project))
+    if not settings.auto_relabel or payload.get("relabel") is False or pool.size() == 0:
+        return {"version": version, "relabel": False}
+    if previous is not None and previous.decode() == version:
+        return {"version": version, "relabel": False}
+    batch = start_bootstrap(job.connection, services, pool.project, only="unlabeled", sync=False,
+                            replace_older=not settings.keep_old_predictions)
+    return {"version": version, "relabel": True, "queued": batch.queued, "jobs": batch.job_ids}
+
+
+def prelabel_tasks(payload: dict) -> dict:
+    """New tasks were imported: predict them with the current prompts, once the project has a prompt."""
+    job, pool, controls = _pool_and_controls(payload)
+    services = services_from_env()
+    if pool.size() == 0:
+        return {"queued": 0, "reason": "no prompts yet"}
+    batch = start_bootstrap(job.connection, services, pool.project, task_ids=payload["tasks"], sync=False)
+    return {"queued": batch.queued, "jobs": batch.job_ids, "version": batch.model_version}
 
 
 def remove_pool_annotations(payload: dict) -> dict:
@@ -58,5 +85,5 @@ def remove_pool_annotations(payload: dict) -> dict:
     tasks = {e["task"] for e in pool.entries() if e["annotation"] in gone}
     removed = pool.remove_annotations(gone)
     for task_id in tasks:
-        update_pool_for_task({**payload, "task": task_id})
-    return {"removed": removed, "version": pool.version()}
+        update_pool_for_task({**payload, "task": task_id, "relabel": False})
+    return {"removed": removed, **_after_pool_change(job, pool, services_from_env(), payload)}

@@ -154,6 +154,9 @@ class LabelStudioClient:
         body = {"task": task_id, "result": prediction["result"], "score": prediction.get("score"), "model_version": prediction["model_version"]}
         return self.request("POST", "/api/predictions/", json=body).json()
 
+    def delete_prediction(self, prediction_id: int) -> None:
+        self.request("DELETE", f"/api/predictions/{prediction_id}/")
+
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         self.request("POST", f"/api/projects/{project}/import/predictions", json=predictions)
 

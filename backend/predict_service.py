@@ -24,7 +24,7 @@ from worker.queue import fetch_job
 from .label_config import Control, parse_label_config
 from .prompt_pool import PromptPool
 from .settings import Settings
-from .worker_plugin import request_keys
+from .keys import request_keys
 
 __all__ = ["model_version", "project_id", "predict_tasks", "current_model_version"]
 

@@ -16,12 +16,13 @@ import redis
 
 from worker import TransientError, register_sink, register_source
 
+from .keys import current_version_key, inflight_key, request_keys
 from .label_config import Control
 from .ls_client import LabelStudioError
 from .ls_format import prediction_for
 from .services import services_from_env
 
-__all__ = ["install", "request_keys", "LabelStudioSink"]
+__all__ = ["install", "LabelStudioSink"]
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,24 @@ return 1
 """
 
 
-def request_keys(request_id: str) -> tuple[str, str]:
-    """(closed flag, results hash) of one /predict request."""
-    return f"seggpt:predict:{request_id}:closed", f"seggpt:predict:{request_id}:results"
-
-
 def _label_studio_source(connection: redis.Redis, reference: dict) -> bytes:
     spec = reference["label_studio"]
     return services_from_env().fetcher.fetch(spec["value"], spec.get("task"))
 
 
 class LabelStudioSink:
+    """Bulk work (`"bulk": true`) is buffered and imported into Label Studio once per chunk, by `flush`."""
+
     def __init__(self, connection: redis.Redis, payload: dict) -> None:
         self.connection = connection
         self.project = payload["project"]
         self.model_version = payload["model_version"]
         self.controls = [Control(**{**c, "labels": tuple(c["labels"])}) for c in payload["controls"]]
         self.request = payload.get("request")
+        self.bulk = bool(payload.get("bulk"))
+        self.replace_older = bool(payload.get("replace_older"))  # delete this backend's older predictions
+        self._buffer: list[tuple[int, dict]] = []
+        self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
 
     def write(self, task: dict, segmentation, done_key: str) -> None:
@@ -61,18 +63,63 @@ class LabelStudioSink:
             closed, results = request_keys(self.request)
             if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction)]):
                 return
-        self._deliver(task_id, prediction)
+        if self.bulk:
+            self._buffer.append((task_id, prediction))
+            self._done_key = done_key
+            return
+        if not self._already_there(task_id, prediction):
+            self._call(lambda: services_from_env().require_client().create_prediction(task_id, prediction))
         self.connection.sadd(done_key, str(task_id))
 
-    def _deliver(self, task_id: int, prediction: dict) -> None:
-        """Write through the API unless the task already holds this very prediction (a re-run after a crash)."""
+    def flush(self) -> None:
+        """Import the buffered predictions in one request, skipping any a re-run already wrote."""
+        if not self._buffer:
+            return
+        current = self.connection.get(current_version_key(self.project))
+        if current is not None and current.decode() != self.model_version:
+            log.info("project %s: dropping %d predictions of superseded version %s", self.project, len(self._buffer), self.model_version)
+            fresh = []
+        else:
+            fresh = [(t, p) for t, p in self._buffer if not self._already_there(t, p)]
         client = services_from_env().require_client()
+        if fresh:
+            body = [{"task": t, **p} for t, p in fresh]
+            self._call(lambda: client.import_predictions(self.project, body))
+            self._make_current(client)
+        if self.replace_older and fresh:
+            for task_id, _ in fresh:
+                for older in self._call(lambda: client.predictions(task_id)):
+                    version = older.get("model_version") or ""
+                    if version.startswith("seggpt-") and version != self.model_version:
+                        self._call(lambda: client.delete_prediction(older["id"]))
+        ids = [str(t) for t, _ in self._buffer]
+        with self.connection.pipeline() as pipe:
+            pipe.sadd(self._done_key, *ids)
+            pipe.hdel(inflight_key(self.project, self.model_version), *ids)
+            pipe.execute()
+        self._buffer.clear()
+
+    def _make_current(self, client) -> None:
+        """Once this version has predictions, make it the project's model version (shown as pre-annotations).
+        Label Studio only accepts a version that some prediction carries, so this waits for the first import."""
+        flag = f"seggpt:project:{self.project}:shown:{self.model_version}"
+        if self.connection.set(flag, 1, nx=True, ex=30 * 24 * 3600):
+            try:
+                self._call(lambda: client.set_project_model_version(self.project, self.model_version))
+            except Exception:
+                self.connection.delete(flag)  # try again with the next chunk
+                raise
+
+    def _already_there(self, task_id: int, prediction: dict) -> bool:
+        """Whether the task holds this very prediction (same version, same region ids): a re-run after a crash."""
         ours = {region["id"] for region in prediction["result"]}
+        existing = self._call(lambda: services_from_env().require_client().predictions(task_id))
+        return any(p.get("model_version") == self.model_version and {r.get("id") for r in p.get("result") or []} == ours for p in existing)
+
+    @staticmethod
+    def _call(action):
         try:
-            for existing in client.predictions(task_id):
-                if existing.get("model_version") == self.model_version and {r.get("id") for r in existing.get("result") or []} == ours:
-                    return
-            client.create_prediction(task_id, prediction)
+            return action()
         except LabelStudioError as exc:
             if exc.transient:
                 raise TransientError(str(exc)) from None

@@ -24,3 +24,13 @@ def tiny_model(tiny_pair):
     from seggpt_core import load_model
 
     return load_model(tiny_pair[1], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio 1.23.2 for every end-to-end test of the session."""
+    from .ls_harness import start_label_studio
+
+    server = start_label_studio(tmp_path_factory.mktemp("label_studio"))
+    yield server
+    server.stop()

@@ -170,6 +170,7 @@ class Backend:
     log: Path
     user: str = "ls-backend"
     password: str = "backend-pass-1"
+    env: dict = field(default_factory=dict)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -203,6 +204,7 @@ def start_backend(directory: Path, label_studio: LabelStudio, *, api_key: str | 
         **(extra_env or {}),
     }
     env.pop("REDIS_URL", None)
+    backend.env = {k: v for k, v in env.items() if k.startswith(("SEGGPT_", "ALLOWED_", "LABEL_STUDIO_"))}
     backend.process = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env=env, stdout=open(backend.log, "wb"), stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from seggpt_core.synthetic import make_scene
 
-from .ls_harness import start_backend, start_label_studio
+from .ls_harness import start_backend
 from .media_server import MediaServer
 
 pytestmark = pytest.mark.e2e
@@ -61,13 +61,6 @@ def _polygon(mask: np.ndarray, label: str, rid: str) -> dict:
     points = [[100 * x / width, 100 * y / height] for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
     return {"id": rid, "from_name": "outline", "to_name": "picture", "type": "polygonlabels", "original_width": width,
             "original_height": height, "image_rotation": 0, "value": {"points": points, "polygonlabels": [label], "closed": True}}
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    server = start_label_studio(tmp_path_factory.mktemp("label_studio"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

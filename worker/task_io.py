@@ -24,8 +24,10 @@ Source = Callable[[redis.Redis, dict], bytes]
 
 
 class Sink(Protocol):
+    """Stores results. May also define `flush()`, called once at the end of each chunk (bulk writers)."""
+
     def write(self, task: dict, segmentation: Any, done_key: str) -> None:
-        """Store the result of `task` and add its id to the set `done_key`, atomically."""
+        """Store the result of `task` and add its id to the set `done_key` (atomically, or at `flush`)."""
 
 
 _sources: dict[str, Source] = {}

@@ -117,6 +117,9 @@ def segment_chunk(payload: dict) -> dict:
             log.warning("task %s failed: %s", task_id, exc)
         job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
         job.save_meta()
+    flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
+    if flush is not None:
+        with_backoff(flush)
     job.meta.update({
         "failed_tasks": {**failed, **transient},
         "seconds": round(time.perf_counter() - started, 3),

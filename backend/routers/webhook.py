@@ -34,6 +34,12 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
         ids = [a["id"] for a in event.annotations if "id" in a]
         enqueue_call(connection, "backend.jobs.remove_pool_annotations", {**base, "annotations": ids}, queue=settings.interactive_queue, at_front=True)
         return {"status": "queued", "action": event.action}
+    if event.action == "TASKS_CREATED" and event.tasks:
+        if not settings.auto_prelabel:
+            return {"status": "ignored", "reason": "SEGGPT_AUTO_PRELABEL is off"}
+        ids = [t["id"] for t in event.tasks if "id" in t]
+        enqueue_call(connection, "backend.jobs.prelabel_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue)
+        return {"status": "queued", "action": event.action, "tasks": len(ids)}
     if event.action == "START_TRAINING":
         return {"status": "not available", "detail": "training (prompt tuning) is not available yet; predictions use the annotations as prompts directly"}
     return {"status": "ignored", "action": event.action}

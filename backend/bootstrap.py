@@ -1,0 +1,180 @@
+"""Bulk pre-labeling of a project: list its tasks, skip what already holds the current version, queue the rest.
+
+Resumable and idempotent: a task that already has a prediction of the current model version is skipped; a task
+already queued for that version (by an earlier run still in the queue) is skipped; and the workers check again
+just before they write, so a retried or duplicated chunk never creates a second prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import redis
+
+from worker import enqueue_segmentation, job_progress
+from worker.queue import fetch_job
+
+from .keys import current_version_key, inflight_key
+from .label_config import Control, parse_label_config
+from .predict_service import model_version
+from .prompt_pool import PromptPool, sync_from_label_studio
+from .services import Services
+
+__all__ = ["BootstrapError", "BootstrapBatch", "start_bootstrap", "batch_progress", "batch_failures", "load_batch", "inflight_key", "current_version_key"]
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapError(RuntimeError):
+    """Nothing can be predicted: the project has no usable annotation yet."""
+
+
+@dataclass
+class BootstrapBatch:
+    project: int
+    model_version: str
+    namespace: str
+    job_ids: list[str] = field(default_factory=list)
+    queued: int = 0
+    skipped_predicted: int = 0
+    skipped_inflight: int = 0
+    skipped_no_image: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_predicted + self.skipped_inflight + self.skipped_no_image
+
+
+def _batch_key(project: int) -> str:
+    return f"seggpt:bootstrap:{project}"
+
+
+def load_batch(connection: redis.Redis, project: int) -> BootstrapBatch | None:
+    raw = connection.get(_batch_key(project))
+    return BootstrapBatch(**json.loads(raw)) if raw else None
+
+
+def project_controls(services: Services, pool: PromptPool) -> list[Control]:
+    project = services.require_client().get_json(f"/api/projects/{pool.project}")
+    controls = parse_label_config(project["label_config"])
+    pool.save_controls(controls, project["label_config"])
+    return controls
+
+
+def _still_queued(connection: redis.Redis, inflight: str, task_id: int) -> bool:
+    """Whether an earlier run queued this task for this version in a job that has not ended."""
+    job_id = connection.hget(inflight, str(task_id))
+    if job_id is None:
+        return False
+    try:
+        status = fetch_job(connection, job_id.decode()).get_status()
+    except Exception:  # the job expired or was deleted
+        return False
+    return status not in ("finished", "failed", "canceled", "stopped")
+
+
+def _is_unlabeled(task: dict) -> bool:
+    annotations = task.get("annotations")
+    if annotations is not None:
+        return not any(not a.get("was_cancelled") for a in annotations)
+    return not task.get("is_labeled") and not task.get("total_annotations")
+
+
+def start_bootstrap(
+    connection: redis.Redis,
+    services: Services,
+    project: int,
+    *,
+    only: str = "unlabeled",
+    limit: int | None = None,
+    chunk_size: int | None = None,
+    task_ids: Iterable[int] | None = None,
+    sync: bool = True,
+    replace_older: bool = False,
+) -> BootstrapBatch:
+    """Queue predictions for a project's tasks (`only` "unlabeled" or "all"; or exactly `task_ids`)."""
+    if only not in ("unlabeled", "all"):
+        raise ValueError(f"--only must be unlabeled or all, got {only!r}")
+    settings, client = services.settings, services.require_client()
+    pool = PromptPool(connection, project)
+    controls = project_controls(services, pool)
+    sync_errors: dict = {}
+    if sync:
+        sync_errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls)["errors"]
+        for task_id, reason in sync_errors.items():
+            log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
+    if pool.size() == 0:
+        detail = "; ".join(f"task {t}: {r}" for t, r in list(sync_errors.items())[:5])
+        raise BootstrapError(f"project {project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
+    version = model_version(settings, pool.version())
+    connection.set(current_version_key(project), version)
+    wanted = set(task_ids) if task_ids is not None else None
+    tasks = []
+    for task in client.iter_tasks(project):
+        if wanted is not None:
+            if task["id"] in wanted:
+                tasks.append(task)
+        elif only == "all" or _is_unlabeled(task):
+            tasks.append(task)
+        if limit is not None and len(tasks) >= limit:
+            break
+    batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
+    predicted = {p["task"] for p in client.get_json("/api/predictions/", project=project) if p.get("model_version") == version}
+    inflight = inflight_key(project, version)
+    data_keys = sorted({c.data_key for c in controls})
+    pending = []
+    for task in tasks:
+        if task["id"] in predicted:
+            batch.skipped_predicted += 1
+        elif _still_queued(connection, inflight, task["id"]):
+            batch.skipped_inflight += 1  # queued by an earlier run, not finished yet
+        elif not any((task.get("data") or {}).get(key) is not None for key in data_keys):
+            batch.skipped_no_image += 1
+        else:
+            pending.append(task)
+    for data_key in data_keys:
+        field_controls = [c for c in controls if c.data_key == data_key]
+        field_tasks = [t for t in pending if (t.get("data") or {}).get(data_key) is not None]
+        if not field_tasks:
+            continue
+        digest, _ = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        if digest is None:
+            log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
+            continue
+        refs = [{"id": t["id"], "image": {"label_studio": {"value": t["data"][data_key], "task": t["id"]}}} for t in field_tasks]
+        size = chunk_size or settings.chunk_size
+        _, ids = enqueue_segmentation(
+            connection, digest, refs, chunk_size=size, queue=settings.queue,
+            namespace=f"{batch.namespace}:{data_key}", sink="label_studio", options=settings.prediction_options,
+            extra={"project": project, "model_version": version, "controls": [asdict(c) for c in field_controls],
+                   "bulk": True, "replace_older": replace_older},
+        )
+        batch.job_ids.extend(ids)
+        batch.queued += len(field_tasks)
+        connection.hset(inflight, mapping={str(ref["id"]): ids[i // size] for i, ref in enumerate(refs)})
+        connection.expire(inflight, 30 * 24 * 3600)
+    connection.set(_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
+    return batch
+
+
+def batch_progress(connection: redis.Redis, batch: BootstrapBatch) -> dict:
+    return job_progress(connection, batch.job_ids)
+
+
+def batch_failures(connection: redis.Redis, batch: BootstrapBatch) -> dict[str, str]:
+    failures: dict[str, str] = {}
+    for job_id in batch.job_ids:
+        job = fetch_job(connection, job_id)
+        failures.update(job.get_meta(refresh=False).get("failed_tasks") or {})
+        if job.get_status(refresh=False) == "failed":
+            result = job.latest_result()
+            reason = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else "the job failed"
+            for task in job.args[0]["tasks"]:
+                failures.setdefault(str(task["id"]), reason)
+    return failures

@@ -1,0 +1,175 @@
+"""Bulk bootstrapping and the active loop against a real Label Studio 1.23.2."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seggpt_core.synthetic import make_scene
+
+from .ls_harness import start_backend
+from .media_server import MediaServer
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """<View>
+  <Image name="img" value="$image"/>
+  <BrushLabels name="mask" toName="img"><Label value="Disc"/><Label value="Star"/></BrushLabels>
+</View>"""
+TASKS = 32
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bootstrap_media")
+    for index in range(TASKS + 8):
+        (directory / f"img{index}.png").write_bytes(_png(make_scene(1000 + index, size=(64, 80), must_include=("disc", "star")).image))
+    server = MediaServer(directory)
+    yield server
+    server.stop()
+
+
+def _region(mask: np.ndarray, label: str, rid: str) -> dict:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    return {"id": rid, "from_name": "mask", "to_name": "img", "type": "brushlabels", "original_width": width, "original_height": height,
+            "image_rotation": 0, "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+
+
+def _annotate(label_studio, task: dict, index: int) -> None:
+    scene = make_scene(1000 + index, size=(64, 80), must_include=("disc", "star"))
+    label_studio.annotate(task["id"], [_region(scene.masks["disc"], "Disc", f"d{index}"), _region(scene.masks["star"], "Star", f"s{index}")])
+
+
+def _project(label_studio, media, title: str, annotated: int = 2) -> tuple[int, list[dict]]:
+    project = label_studio.create_project(title, CONFIG)
+    label_studio.import_tasks(project, [{"image": f"{media.url}/img{i}.png"} for i in range(TASKS)])
+    tasks = label_studio.tasks(project)
+    for index in range(annotated):
+        _annotate(label_studio, tasks[index], index)
+    return project, tasks
+
+
+def _cli(backend, label_studio, *args: str, **popen) -> subprocess.Popen:
+    """The CLI with the environment the backend runs with."""
+    env = {**__import__("os").environ, **backend.env, "MODEL_DIR": str(backend.model_dir), "LABEL_STUDIO_URL": label_studio.url,
+           "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu"}
+    env.pop("REDIS_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _predictions_by_task(label_studio, project: int) -> dict[int, list[dict]]:
+    grouped: dict[int, list[dict]] = {}
+    for prediction in label_studio.api("GET", "/api/predictions/", params={"project": project}).json():
+        grouped.setdefault(prediction["task"], []).append(prediction)
+    return grouped
+
+
+@pytest.fixture
+def backend(label_studio, media, tmp_path):
+    server = start_backend(tmp_path / "backend", label_studio, extra_env={"ALLOWED_MEDIA_HOSTS": media.host})
+    yield server
+    server.stop()
+
+
+def test_bootstrap_gives_exactly_one_prediction_per_task(label_studio, media, backend):
+    project, tasks = _project(label_studio, media, "bootstrap once")
+    cli = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "5")
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output
+    assert f"queued {TASKS - 2} task(s)" in output and "done 30, failed 0" in output
+    version = label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]
+    assert version.startswith("seggpt-")  # the project now shows this version's predictions
+    by_task = _predictions_by_task(label_studio, project)
+    unlabeled = [t["id"] for t in tasks[2:]]
+    assert sorted(by_task) == sorted(unlabeled)
+    assert all([p["model_version"] for p in by_task[t]] == [version] for t in unlabeled)
+    status = _cli(backend, label_studio, "status", "--project", str(project))
+    assert "finished" in status.communicate(timeout=60)[0]
+    rerun = _cli(backend, label_studio, "bootstrap", "--project", str(project))
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and "queued 0 task(s)" in output and "already predicted 30" in output
+
+
+def test_rerun_after_killing_the_cli_completes_without_duplicates(label_studio, media, backend):
+    project, tasks = _project(label_studio, media, "bootstrap killed")
+    first = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "1")
+    _wait(lambda: len(_predictions_by_task(label_studio, project)) >= 3, 180, "the first predictions")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "1")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    unlabeled = {t["id"] for t in tasks[2:]}
+    _wait(lambda: set(_predictions_by_task(label_studio, project)) == unlabeled, 180, "every task to be predicted")
+    time.sleep(2)
+    counts = Counter({task: len(predictions) for task, predictions in _predictions_by_task(label_studio, project).items()})
+    assert set(counts.values()) == {1}, counts
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep-older", "replace-older"])
+def test_new_annotation_relabels_the_unlabeled_tasks(label_studio, media, tmp_path, keep):
+    backend = start_backend(tmp_path / "backend", label_studio, extra_env={
+        "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_AUTO_RELABEL": "true", "SEGGPT_KEEP_OLD_PREDICTIONS": str(keep).lower()})
+    try:
+        project, tasks = _project(label_studio, media, f"active loop keep={keep}")
+        cli = _cli(backend, label_studio, "bootstrap", "--project", str(project))
+        output, _ = cli.communicate(timeout=300)
+        assert cli.returncode == 0, output
+        old_version = label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]
+        label_studio.connect_backend(project, backend.url, backend.user, backend.password)  # creates the webhook
+        _annotate(label_studio, tasks[2], 2)  # ANNOTATION_CREATED: a new prompt, a new version
+        new_version = _wait(lambda: (v := label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]) != old_version and v, 120,
+                            "the project's model version to change")
+        still_unlabeled = {t["id"] for t in tasks[3:]}
+
+        def relabeled():
+            by_task = _predictions_by_task(label_studio, project)
+            return all(new_version in [p["model_version"] for p in by_task.get(t, [])] for t in still_unlabeled) and by_task
+
+        by_task = _wait(relabeled, 240, "the unlabeled tasks to get predictions of the new version")
+        time.sleep(2)
+        by_task = _predictions_by_task(label_studio, project)
+        for task_id in still_unlabeled:
+            versions = sorted(p["model_version"] for p in by_task[task_id])
+            assert versions == (sorted([old_version, new_version]) if keep else [new_version]), (task_id, versions)
+    finally:
+        backend.stop()
+
+
+def test_import_triggers_prelabeling_of_new_tasks(label_studio, media, backend):
+    project, tasks = _project(label_studio, media, "prelabel on import")
+    label_studio.connect_backend(project, backend.url, backend.user, backend.password)
+    from backend.prompt_pool import PromptPool
+
+    _wait(lambda: PromptPool(backend.redis(), project).size() == 2, 120, "the prompt pool")
+    label_studio.import_tasks(project, [{"image": f"{media.url}/img{i}.png"} for i in range(TASKS, TASKS + 3)])
+    new_ids = {t["id"] for t in label_studio.tasks(project)} - {t["id"] for t in tasks}
+    assert len(new_ids) == 3
+    by_task = _wait(lambda: (b := _predictions_by_task(label_studio, project)) and new_ids <= set(b) and b, 120, "the imported tasks to be pre-labeled")
+    assert all(len(by_task[t]) == 1 for t in new_ids)
