@@ -48,31 +48,59 @@ def _list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _run_segment(predictor, specs, images: list[Path], out: Path, preview: bool) -> int:
-    from .folder_mode import segment_folder
+def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path, preview: bool, formats: list[str]) -> int:
+    from .folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
 
+    prompts = load_prompts(specs)
+    labels = list(dict.fromkeys(label for masks in prompts.values() for label in masks))
     started = time.perf_counter()
-    report = segment_folder(predictor, specs, images, out, preview=preview)
+    if args.no_queue:
+        report = run_in_process(_build_predictor(args), prompts, images, batch_size=args.batch_size)
+        where = "in this process"
+    else:
+        connection = _connection(args)
+        workers = _local_workers_if_none(connection, args, _model_flags(args))
+        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble}
+        try:
+            report = run_on_queue(connection, prompts, images, options)
+        finally:
+            for process in workers:
+                process.wait()
+        where = "through the queue"
     elapsed = time.perf_counter() - started
-    print(f"labels: {', '.join(predictor.labels)}")
-    print(f"segmented {len(report.done)} image(s) in {elapsed:.1f} s; failed {len(report.failed)}")
+    outputs = write_outputs(report, labels, prompts, out, formats, preview, args.image_prefix)
+    print(f"labels: {', '.join(labels)}")
+    print(f"segmented {len(report.results)} image(s) {where} in {elapsed:.1f} s; failed {len(report.failed)}")
     for path, reason in report.failed.items():
         print(f"  failed {path}: {reason}")
-    print(f"wrote {len(report.outputs)} file(s) under {out}" + (f"; preview: {out / 'preview.png'}" if preview else ""))
+    print(f"wrote {len(outputs)} file(s) under {out}" + (f"; preview: {out / 'preview.png'}" if preview else ""))
     return 1 if report.failed else 0
 
 
+def _model_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--weights", args.weights, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+    return flags + (["--device", args.device] if args.device else [])
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .folder_mode import parse_prompt_spec
+    from .folder_mode import FORMATS, parse_prompt_spec, prompts_from_dir
 
     try:
-        specs = [parse_prompt_spec(text) for text in args.prompt]
+        specs = [parse_prompt_spec(text) for text in args.prompt or []]
+        if args.prompts_dir:
+            specs += prompts_from_dir(Path(args.prompts_dir))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if not specs:
+        raise SystemExit("give at least one --prompt IMAGE:MASK[:LABEL] or a --prompts-dir")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise SystemExit(f"--format {','.join(unknown)}: choose from {', '.join(FORMATS)}")
     images = _list_images(Path(args.images))
     if not images:
         raise SystemExit(f"--images {args.images}: no images found")
-    return _run_segment(_build_predictor(args), specs, images, Path(args.out), not args.no_preview)
+    return _run_segment(args, specs, images, Path(args.out), args.preview, formats)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -84,11 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels disc, star)")
     if args.weights.startswith("random:"):
         print(
-            f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole in-context "
-            "path (load, preprocess, canvas, ensemble, decode, masks, preview), but its masks carry no meaning. "
-            "Pass --weights BAAI/seggpt-vit-large (or a local copy) for real segmentations."
+            f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole path "
+            "(embedded Redis, a worker process, preprocessing, canvas, ensemble, decoding, masks, preview), but "
+            "its masks carry no meaning. Pass --weights BAAI/seggpt-vit-large (or a local copy) for real segmentations."
         )
-    return _run_segment(_build_predictor(args), specs, images, Path(args.out), True)
+    return _run_segment(args, specs, images, Path(args.out), True, ["png", "ls-json", "coco"])
 
 
 def _connection(args: argparse.Namespace):
@@ -184,7 +212,7 @@ def _wait_with_progress(connection, batch) -> None:
             time.sleep(0.5)
 
 
-def _local_workers_if_none(connection, args) -> list:
+def _local_workers_if_none(connection, args, flags: Sequence[str] = ()) -> list:
     """With the embedded Redis and no live worker, run one for this command (it quits when the queue is empty)."""
     import subprocess
 
@@ -193,7 +221,7 @@ def _local_workers_if_none(connection, args) -> list:
     if args.redis_url or queue_status(connection)["workers"]:
         return []
     print("no live worker: starting one on this machine for this run")
-    return [subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--burst"])]
+    return [subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--burst", *flags])]
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -274,6 +302,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_queue_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-queue", action="store_true", help="run in this process instead of through Redis and workers")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis")
+
+
 def _add_redis_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis under MODEL_DIR")
     parser.add_argument("--queue", action="append", help="queue name (repeatable; default: seggpt)")
@@ -287,14 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="segment the bundled sample images on embedded defaults")
     demo.add_argument("--out", default="seggpt-demo-out", help="output directory (default: %(default)s)")
     _add_model_options(demo, DEMO_WEIGHTS)
-    demo.set_defaults(handler=cmd_demo)
+    _add_queue_options(demo)
+    demo.set_defaults(handler=cmd_demo, image_prefix=None)
 
     segment = commands.add_parser("segment", help="segment a folder of images from annotated prompt images")
-    segment.add_argument("--prompt", action="append", required=True, metavar="IMAGE:MASK[:LABEL]", help="a prompt image and a mask of one label; repeat for more labels or images")
+    segment.add_argument("--prompt", action="append", metavar="IMAGE:MASK[:LABEL]", help="a prompt image and a mask of one label; repeat for more labels or images")
+    segment.add_argument("--prompts-dir", help="folder of prompt images with masks named <image>__<label>.png")
     segment.add_argument("--images", required=True, help="folder of images to segment")
     segment.add_argument("--out", required=True, help="output directory")
-    segment.add_argument("--no-preview", action="store_true", help="skip the overlay grid preview.png")
+    segment.add_argument("--format", default="png", help="comma-separated: png, ls-json, coco (default: %(default)s)")
+    segment.add_argument("--preview", action="store_true", help="write preview.png, an overlay grid")
+    segment.add_argument("--image-prefix", default=None, help="prefix for image references in label-studio.json (default: /data/local-files/?d=<path>)")
     _add_model_options(segment, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    _add_queue_options(segment)
     segment.set_defaults(handler=cmd_segment)
 
     from worker.defaults import HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL

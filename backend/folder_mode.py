@@ -1,5 +1,7 @@
-"""Offline folder mode: segment every image of a folder from a few annotated prompts, write masks and a preview.
+"""Offline folder mode: segment every image of a folder from a few annotated prompts.
 
+Runs on the queue (the embedded Redis, local workers started if none are live) or in-process (`--no-queue`), and
+writes any of: PNG masks, a Label Studio import JSON with predictions, a COCO JSON (RLE), and an overlay preview.
 One unreadable image is reported and skipped; the others are still segmented.
 """
 
@@ -7,19 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from . import coco_rle
+from .label_config import Control
+from .ls_format import brush_region, region_id
 from .preview import grid, overlay
 
-__all__ = ["PromptSpec", "SegmentReport", "parse_prompt_spec", "segment_folder", "IMAGE_SUFFIXES"]
+__all__ = ["PromptSpec", "ImageResult", "SegmentReport", "FORMATS", "IMAGE_SUFFIXES", "parse_prompt_spec",
+           "prompts_from_dir", "load_prompts", "run_in_process", "run_on_queue", "write_outputs"]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+FORMATS = ("png", "ls-json", "coco")
+LS_FROM_NAME, LS_TO_NAME = "label", "image"
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,16 @@ class PromptSpec:
 
 
 @dataclass
+class ImageResult:
+    path: Path
+    size: tuple[int, int]
+    masks: dict[str, np.ndarray]
+    scores: dict[str, float]
+
+
+@dataclass
 class SegmentReport:
-    done: list[str] = field(default_factory=list)
+    results: list[ImageResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
 
@@ -49,36 +67,41 @@ def parse_prompt_spec(text: str) -> PromptSpec:
     return PromptSpec(image, mask, label)
 
 
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+def prompts_from_dir(directory: Path) -> list[PromptSpec]:
+    """Prompts laid out as this command writes masks: `name.<ext>` with `name__<label>.png` beside it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"--prompts-dir {directory}: not a directory")
+    specs = []
+    images = {p.stem: p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "__" not in p.stem}
+    for mask in sorted(directory.glob("*__*.png")):
+        stem, label = mask.stem.split("__", 1)
+        if stem not in images:
+            raise ValueError(f"--prompts-dir: mask {mask.name} has no image named {stem}.*")
+        specs.append(PromptSpec(images[stem], mask, label))
+    if not specs:
+        raise ValueError(f"--prompts-dir {directory}: no masks named <image>__<label>.png")
+    return specs
 
 
-def segment_folder(
-    predictor,
-    specs: Sequence[PromptSpec],
-    images: Sequence[Path],
-    out_dir: Path,
-    *,
-    preview: bool = True,
-    batch_size: int = 8,
-) -> SegmentReport:
-    """Segment `images` with the prompts in `specs`, writing `masks/<image>__<label>.png` (0/255),
-    `results.json` (size, per-label score and area) and, with `preview`, `preview.png`."""
-    from seggpt_core import ImageError, Prompt
-    from seggpt_core.transforms import open_image
-
+def load_prompts(specs: Sequence[PromptSpec]) -> dict[Path, dict[str, np.ndarray]]:
+    """Masks grouped by prompt image: one image may carry several labels."""
     grouped: dict[Path, dict[str, np.ndarray]] = {}
     for spec in specs:
         with Image.open(spec.mask) as mask_image:
             grouped.setdefault(spec.image, {})[spec.label] = np.asarray(mask_image.convert("L")) > 0
-    predictor.set_prompts([Prompt(str(image), masks) for image, masks in grouped.items()])
-    labels = predictor.labels
+    return grouped
 
-    out_dir = Path(out_dir)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def run_in_process(predictor, prompts: dict[Path, dict[str, np.ndarray]], images: Sequence[Path], batch_size: int = 8) -> SegmentReport:
+    from seggpt_core import ImageError, Prompt
+
+    predictor.set_prompts([Prompt(str(image), masks) for image, masks in prompts.items()])
     report = SegmentReport()
-    results: dict[str, dict] = {}
-    tiles = [(f"prompt {i.name}", overlay(open_image(str(i)), m, labels)) for i, m in grouped.items()] if preview else []
     prepared = []
     for path in images:
         try:
@@ -89,19 +112,125 @@ def segment_folder(
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start : start + batch_size]
         for (path, _), segmentation in zip(chunk, predictor.predict_prepared([p for _, p in chunk])):
-            entry = {"height": segmentation.size[0], "width": segmentation.size[1], "labels": {}}
-            for label, mask in segmentation.masks.items():
-                target = out_dir / "masks" / f"{_safe_name(path.stem)}__{_safe_name(label)}.png"
-                Image.fromarray(mask.astype(np.uint8) * 255).save(target)
-                report.outputs.append(target)
-                entry["labels"][label] = {"score": round(segmentation.scores[label], 4), "area": int(mask.sum())}
-            results[path.name] = entry
-            report.done.append(str(path))
-            if preview:
-                tiles.append((path.name, overlay(open_image(str(path)), segmentation.masks, labels)))
-    (out_dir / "results.json").write_text(json.dumps({"labels": labels, "images": results, "failed": report.failed}, indent=2, ensure_ascii=False))
-    report.outputs.append(out_dir / "results.json")
-    if preview and tiles:
-        grid(tiles).save(out_dir / "preview.png")
-        report.outputs.append(out_dir / "preview.png")
+            report.results.append(ImageResult(path, segmentation.size, segmentation.masks, segmentation.scores))
     return report
+
+
+def run_on_queue(
+    connection,
+    prompts: dict[Path, dict[str, np.ndarray]],
+    images: Sequence[Path],
+    options: dict,
+    *,
+    chunk_size: int = 8,
+    on_progress: Callable[[dict], None] | None = None,
+) -> SegmentReport:
+    """Through Redis: images travel as blobs, so workers on other machines can take part."""
+    from worker import PromptRecord, enqueue_segmentation, job_progress, results_key, store_blob, store_prompt_set
+    from worker.codec import b64png_to_mask
+    from worker.queue import fetch_job
+
+    digest = store_prompt_set(connection, [PromptRecord(path.read_bytes(), masks) for path, masks in prompts.items()])
+    by_id = {str(index): path for index, path in enumerate(images)}
+    tasks = [{"id": task_id, "image": store_blob(connection, path.read_bytes())} for task_id, path in by_id.items()]
+    namespace, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=chunk_size, namespace=f"segment:{uuid.uuid4().hex[:12]}", options=options)
+    while True:
+        progress = job_progress(connection, job_ids)
+        if on_progress is not None:
+            on_progress(progress)
+        if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
+            break
+        time.sleep(0.2)
+    report = SegmentReport()
+    stored = connection.hgetall(results_key(namespace))
+    for task_id, path in by_id.items():
+        raw = stored.get(task_id.encode())
+        if raw is None:
+            continue
+        document = json.loads(raw)
+        masks = {label: b64png_to_mask(entry["mask"]) for label, entry in document["labels"].items()}
+        scores = {label: entry["score"] for label, entry in document["labels"].items()}
+        report.results.append(ImageResult(path, (document["height"], document["width"]), masks, scores))
+    for job_id in job_ids:
+        job = fetch_job(connection, job_id)
+        for task_id, reason in (job.get_meta().get("failed_tasks") or {}).items():
+            report.failed[str(by_id[task_id])] = reason
+        if job.get_status() == "failed":
+            for task in job.args[0]["tasks"]:
+                report.failed.setdefault(str(by_id[task["id"]]), "the job failed; see seggpt-ls status")
+    report.results.sort(key=lambda r: list(by_id.values()).index(r.path))
+    return report
+
+
+def write_outputs(
+    report: SegmentReport,
+    labels: Sequence[str],
+    prompts: dict[Path, dict[str, np.ndarray]],
+    out_dir: Path,
+    formats: Sequence[str] = ("png",),
+    preview: bool = False,
+    image_prefix: str | None = None,
+    model_version: str = "seggpt-folder",
+) -> list[Path]:
+    """Write the requested formats, `results.json` always, and `preview.png` with `preview`.
+
+    `image_prefix` is prepended to file names in the Label Studio JSON (e.g. an URL where the images are served);
+    by default the files are referenced through Label Studio's local-files storage (`/data/local-files/?d=`).
+    """
+    from seggpt_core.transforms import open_image
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown --format {unknown}; choose from {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    summary = {"labels": list(labels), "images": {}, "failed": report.failed}
+    for result in report.results:
+        summary["images"][result.path.name] = {
+            "height": result.size[0], "width": result.size[1],
+            "labels": {label: {"score": round(result.scores[label], 4), "area": int(mask.sum())} for label, mask in result.masks.items()},
+        }
+    if "png" in formats:
+        (out_dir / "masks").mkdir(exist_ok=True)
+        for result in report.results:
+            for label, mask in result.masks.items():
+                target = out_dir / "masks" / f"{_safe_name(result.path.stem)}__{_safe_name(label)}.png"
+                Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+                outputs.append(target)
+    if "ls-json" in formats:
+        control = Control(LS_FROM_NAME, "brushlabels", LS_TO_NAME, "image", tuple(labels))
+        tasks = []
+        for result in report.results:
+            reference = f"{image_prefix}{result.path.name}" if image_prefix is not None else f"/data/local-files/?d={result.path.resolve().as_posix().lstrip('/')}"
+            regions = [brush_region(mask, control, label, result.scores[label], region_id(result.path.name, label))
+                       for label, mask in result.masks.items() if mask.any()]
+            score = float(np.mean([r["score"] for r in regions])) if regions else 0.0
+            tasks.append({"data": {"image": reference}, "predictions": [{"model_version": model_version, "score": round(score, 4), "result": regions}]})
+        (out_dir / "label-studio.json").write_text(json.dumps(tasks, ensure_ascii=False))
+        label_xml = "".join(f'<Label value="{label}"/>' for label in labels)
+        (out_dir / "label-config.xml").write_text(
+            f'<View>\n  <Image name="{LS_TO_NAME}" value="$image"/>\n  <BrushLabels name="{LS_FROM_NAME}" toName="{LS_TO_NAME}">{label_xml}</BrushLabels>\n</View>\n')
+        outputs += [out_dir / "label-studio.json", out_dir / "label-config.xml"]
+    if "coco" in formats:
+        coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": label} for i, label in enumerate(labels)]}
+        for image_id, result in enumerate(report.results, start=1):
+            coco["images"].append({"id": image_id, "file_name": result.path.name, "height": result.size[0], "width": result.size[1]})
+            for label, mask in result.masks.items():
+                if not mask.any():
+                    continue
+                coco["annotations"].append({
+                    "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": list(labels).index(label) + 1,
+                    "segmentation": coco_rle.encode(mask), "area": int(mask.sum()), "bbox": coco_rle.bbox(mask),
+                    "iscrowd": 0, "score": round(result.scores[label], 4),
+                })
+        (out_dir / "coco.json").write_text(json.dumps(coco, ensure_ascii=False))
+        outputs.append(out_dir / "coco.json")
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    outputs.append(out_dir / "results.json")
+    if preview:
+        tiles = [(f"prompt {path.name}", overlay(open_image(str(path)), masks, list(labels))) for path, masks in prompts.items()]
+        tiles += [(r.path.name, overlay(open_image(str(r.path)), r.masks, list(labels))) for r in report.results]
+        grid(tiles).save(out_dir / "preview.png")
+        outputs.append(out_dir / "preview.png")
+    return outputs

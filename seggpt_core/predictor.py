@@ -107,11 +107,12 @@ class SegGptPredictor:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._groups: list[_LabelGroup] = []
+        self._annotated_by: dict[str, tuple[int, ...]] = {}
 
     @property
     def labels(self) -> list[str]:
         """Labels of the current prompt set, in the order they were first seen."""
-        return [label for group in self._groups for label in group.labels]
+        return list(self._annotated_by) if self._groups else []
 
     @property
     def groups(self) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -180,7 +181,8 @@ class SegGptPredictor:
             if strays:
                 raise PromptError(f"label {label!r}: prompts {strays} do not annotate it")
             by_prompts.setdefault(tuple(indices), []).append(label)
-        groups = [self._prepare_group(labels, indices) for indices, labels in by_prompts.items()]
+        # Colors follow the sorted label names: the same prompts give the same painting however they arrived.
+        groups = [self._prepare_group(sorted(labels), indices) for indices, labels in by_prompts.items()]
         if len(self._group_cache) >= 64:
             self._group_cache.pop(next(iter(self._group_cache)))
         self._group_cache[signature] = groups

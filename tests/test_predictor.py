@@ -77,7 +77,8 @@ def test_labels_are_predicted_only_from_prompts_that_annotate_them(predictor):
     assert both.scores["disc"] == pytest.approx(disc_only.scores["disc"], abs=1e-5)
     # labels annotated by the same prompts share one forward, in distinct colors
     predictor.set_prompts([Prompt(image_a, {"square": square_a, "disc": disc_a})])
-    assert predictor.groups == [(("square", "disc"), (0,))]
+    assert predictor.groups == [(("disc", "square"), (0,))]  # colors follow sorted names
+    assert predictor.labels == ["square", "disc"]  # labels keep the order they were given
 
 
 def test_batched_targets_equal_one_at_a_time(tiny_model):
