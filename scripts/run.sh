@@ -23,7 +23,17 @@ command=${1:-}
 shift || true
 case "$command" in
     demo) setup; exec "$venv/bin/seggpt-ls" demo "$@" ;;
-    test) setup; exec "$venv/bin/python" -m pytest "$@" ;;
+    test)
+        setup
+        # the browser tests drive Debian's chromium (never `playwright install`)
+        if ! command -v chromium > /dev/null; then
+            if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+                (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) > /dev/null
+            else
+                echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+            fi
+        fi
+        exec "$venv/bin/python" -m pytest "$@" ;;
     setup) setup ;;
     *) echo "usage: bash scripts/run.sh demo|test|setup [args]" >&2; exit 2 ;;
 esac

@@ -137,6 +137,7 @@ class LabelStudio:
 
 
 def start_label_studio(directory: Path) -> LabelStudio:
+    directory.mkdir(parents=True, exist_ok=True)
     venv = ls_venv()
     port = free_port()
     token = secrets.token_hex(20)

@@ -1,0 +1,164 @@
+"""The whole path through real processes, ending in a real browser: Label Studio 1.23.2, `seggpt-ls serve` with a
+separate `seggpt-ls worker`, predictions by "retrieve predictions" and by opening a task, the labeling page drawing
+the predicted mask; and the folder mode's Label Studio JSON imported into the real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seggpt_core.synthetic import make_scene
+
+from .ls_harness import PASSWORD, USER, start_backend
+from .media_server import MediaServer
+
+pytestmark = pytest.mark.e2e
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CONFIG = ('<View><Image name="picture" value="$image"/><BrushLabels name="brush" toName="picture">'
+          '<Label value="Disc"/><Label value="Star shape ñ"/></BrushLabels></View>')
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _region(mask: np.ndarray, label: str, rid: str) -> dict:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    return {"id": rid, "from_name": "brush", "to_name": "picture", "type": "brushlabels", "original_width": width,
+            "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def stack(label_studio, tmp_path):
+    """serve (no local workers) + one separate worker process, on the backend's embedded Redis."""
+    backend = start_backend(tmp_path / "backend", label_studio, workers=0)
+    env = {**os.environ, **backend.env, "MODEL_DIR": str(backend.model_dir)}
+    env.pop("REDIS_URL", None)
+    worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    yield backend
+    worker.terminate()
+    worker.wait(60)
+    backend.stop()
+
+
+def test_predictions_reach_the_labeling_page(label_studio, stack):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from backend.prompt_pool import PromptPool
+
+    project = label_studio.create_project("browser check", CONFIG)
+    scenes = [make_scene(820 + i, size=(240, 320), must_include=("disc", "star")) for i in range(4)]
+    label_studio.upload(project, {f"u{i}.png": _png(s.image) for i, s in enumerate(scenes)})
+    tasks = label_studio.tasks(project)
+    by_name = {t["data"]["image"].rsplit("-", 1)[-1]: t for t in tasks}
+    for index in (0, 1):
+        label_studio.annotate(by_name[f"u{index}.png"]["id"], [
+            _region(scenes[index].masks["disc"], "Disc", f"d{index}"), _region(scenes[index].masks["star"], "Star shape ñ", f"s{index}")])
+    label_studio.connect_backend(project, stack.url, stack.user, stack.password)
+    _wait(lambda: PromptPool(stack.redis(), project).size() == 2, 120, "the prompt pool")
+
+    # "retrieve predictions" for one task, then merely opening the other makes Label Studio ask the backend
+    retrieved, opened = by_name["u2.png"], by_name["u3.png"]
+    label_studio.retrieve_predictions(project, [retrieved["id"]])
+    _wait(lambda: label_studio.predictions(retrieved["id"]), 60, "the retrieved prediction")
+    assert label_studio.predictions(opened["id"]) == []
+    label_studio.api("GET", f"/api/tasks/{opened['id']}")
+    _wait(lambda: label_studio.predictions(opened["id"]), 60, "the prediction made on opening the task")
+
+    prediction = label_studio.predictions(retrieved["id"])[0]
+    region = max(prediction["result"], key=lambda r: len(r["value"]["rle"]))
+    label = region["value"]["brushlabels"][0]
+    mask = decode_rle(region["value"]["rle"]).reshape(240, 320, 4)[..., 3] > 0
+    assert 0.02 < mask.mean() < 0.98, "the predicted mask must leave pixels on both sides"
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{label_studio.url}/user/login/")
+            page.fill('input[name="email"]', USER)
+            page.fill('input[name="password"]', PASSWORD)
+            page.click('button[type="submit"], input[type="submit"]')
+            page.wait_for_load_state("networkidle")
+            page.goto(f"{label_studio.url}/projects/{project}/data?task={retrieved['id']}")
+            page.get_by_text(label, exact=True).first.wait_for(timeout=60000)
+            time.sleep(2)  # let the brush layer paint
+            shot = ARTIFACTS / "labeling-page.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10000
+            # the region list names the predicted label
+            assert page.locator(".lsf-region-item, [class*='region']").filter(has_text=label).count() >= 1
+            # the canvas: pixels under the mask are tinted, the others show the image as it is
+            # the image and its regions are drawn on the labeling canvas (the largest one), fitted to its width
+            canvases = page.locator("canvas")
+            box = max((canvases.nth(i).bounding_box() for i in range(canvases.count())), key=lambda b: b["width"] * b["height"])
+            box = {**box, "height": min(box["height"], box["width"] * 240 / 320)}
+            rendered = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
+        finally:
+            browser.close()
+    width, height = rendered.size
+    original = np.asarray(scenes[2].image.resize((width, height), Image.BILINEAR), dtype=np.float32)
+    on_screen = np.asarray(rendered, dtype=np.float32)
+    inside = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    change = np.abs(on_screen - original).mean(axis=2)
+    assert change[inside].mean() > change[~inside].mean() + 10, (change[inside].mean(), change[~inside].mean())
+
+
+def test_folder_mode_json_imports_into_label_studio(label_studio, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        (images / f"img{index}.png").write_bytes(_png(make_scene(840 + index, size=(90, 120)).image))
+    prompt = make_scene(850, size=(90, 120), must_include=("disc",))
+    (tmp_path / "prompt.png").write_bytes(_png(prompt.image))
+    Image.fromarray(prompt.masks["disc"].astype(np.uint8) * 255).save(tmp_path / "disc.png")
+    media = MediaServer(images)
+    try:
+        out = tmp_path / "out"
+        result = subprocess.run([sys.executable, "-m", "backend.cli", "segment", "--no-queue", "--weights", "random:tiny", "--device", "cpu",
+                                 "--prompt", f"{tmp_path / 'prompt.png'}:{tmp_path / 'disc.png'}:Disc", "--images", str(images),
+                                 "--out", str(out), "--format", "ls-json", "--image-prefix", f"{media.url}/"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        project = label_studio.create_project("folder import", (out / "label-config.xml").read_text())
+        label_studio.import_tasks(project, json.loads((out / "label-studio.json").read_text()))
+        tasks = label_studio.tasks(project)
+        assert len(tasks) == 3
+        for task in tasks:
+            predictions = label_studio.predictions(task["id"])
+            assert len(predictions) == 1 and predictions[0]["model_version"] == "seggpt-folder"
+            for region in predictions[0]["result"]:
+                assert region["from_name"] == "label" and region["value"]["brushlabels"] == ["Disc"]
+    finally:
+        media.stop()
