@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .label_config import Control
+from .ls_rle import mask_to_rle
 
 __all__ = ["region_id", "brush_region", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
 
@@ -27,8 +28,6 @@ def region_id(*parts: object) -> str:
 
 
 def brush_region(mask: np.ndarray, control: Control, label: str, score: float, rid: str) -> dict:
-    from label_studio_sdk.converter.brush import mask2rle
-
     height, width = mask.shape
     return {
         "id": rid,
@@ -38,7 +37,7 @@ def brush_region(mask: np.ndarray, control: Control, label: str, score: float, r
         "original_width": width,
         "original_height": height,
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
         "score": round(float(score), 4),
         "readonly": False,
     }

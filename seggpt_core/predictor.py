@@ -27,6 +27,7 @@ from .transforms import (
     label_map_to_tensor,
     mosaic,
     open_image,
+    open_reduced,
     resize_label_map,
 )
 
@@ -225,9 +226,12 @@ class SegGptPredictor:
         return _LabelGroup(labels, indices, palette, image_tensor.to(**to), mask_tensor.to(**to))
 
     def prepare_target(self, image: ImageLike, where: str = "target") -> PreparedTarget:
-        """Open and preprocess one target; raises ImageError naming `where` if the image is unusable."""
-        rgb = open_image(image, max_pixels=self.max_pixels, where=where)
-        return PreparedTarget(image_to_tensor(rgb, self.size), (rgb.height, rgb.width))
+        """Open and preprocess one target; raises ImageError naming `where` if the image is unusable.
+
+        Large JPEGs are decoded at a reduced DCT scale that still covers the model's input size (see
+        `open_reduced`); masks still come back at the original size."""
+        rgb, size = open_reduced(image, self.size, max_pixels=self.max_pixels, where=where)
+        return PreparedTarget(image_to_tensor(rgb, self.size), size)
 
     def predict(self, targets: Sequence[ImageLike]) -> list[Segmentation]:
         """Segment every target with the current prompts. Raises ImageError naming the first bad target."""

@@ -24,6 +24,7 @@ __all__ = [
     "ImageLike",
     "MaskLike",
     "open_image",
+    "open_reduced",
     "to_rgb",
     "as_mask",
     "image_to_tensor",
@@ -84,6 +85,19 @@ def open_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, where
 
     Raises ImageError (naming `where`) for unreadable, truncated, empty, zero-area or oversized images.
     """
+    return _open(source, max_pixels, where, None)[0]
+
+
+def open_reduced(
+    source: ImageLike, at_least: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "image"
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Like `open_image`, but a JPEG may be decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT) as long as
+    both sides stay at least `at_least` (height, width): the model sees 448 x 448 anyway, and a 1920x1080 JPEG
+    decodes about 3x faster at half scale. Returns the image and the original (height, width), EXIF applied."""
+    return _open(source, max_pixels, where, at_least)
+
+
+def _open(source: ImageLike, max_pixels: int, where: str, at_least: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
     try:
         if isinstance(source, Image.Image):
             image = source
@@ -99,9 +113,16 @@ def open_image(source: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, where
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(source)
         _check_area(image.width, image.height, max_pixels, where)
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        if at_least is not None and image.format == "JPEG":
+            need = max(at_least)
+            image.draft("RGB", (need, need))
         image.load()
         image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        return to_rgb(image), (height, width)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, 2 x Image.MAX_IMAGE_PIXELS

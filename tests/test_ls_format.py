@@ -104,3 +104,26 @@ def test_only_label_studio_and_allowed_hosts_are_contacted(fetcher):
         assert not fetcher._host_allowed(url), url
     with pytest.raises(MediaError, match="host 169.254.169.254 is not allowed"):
         fetcher.fetch("http://169.254.169.254/latest/meta-data", 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 53), (270, 480)])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_our_rle_decodes_with_the_sdk(shape, density):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from backend.ls_rle import mask_to_rle
+
+    mask = np.random.default_rng(int(density * 100) + shape[0]).random(shape) < density
+    decoded = decode_rle(mask_to_rle(mask))
+    assert decoded.size == mask.size * 4
+    assert np.array_equal(decoded.reshape(*shape, 4) == 255, np.repeat(mask[..., None], 4, axis=2))
+    assert set(np.unique(decoded).tolist()) <= {0, 255}
+
+
+def test_rle_splits_runs_longer_than_the_widest_field():
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from backend.ls_rle import mask_to_rle
+
+    mask = np.ones((300, 400), bool)  # 480,000 equal values: several 65,536-long groups
+    assert np.array_equal(decode_rle(mask_to_rle(mask)).reshape(300, 400, 4)[..., 3] == 255, mask)

@@ -203,3 +203,19 @@ def test_cuda_or_cpu_defaults():
         assert param.device.type == "cuda"
     else:
         assert (param.device.type, param.dtype) == ("cpu", torch.float32)
+
+
+def test_large_jpegs_decode_reduced_yet_masks_keep_the_original_size(predictor):
+    from seggpt_core.transforms import image_to_tensor
+
+    scene = _scene(1080, 1920, seed=21)[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed as 1080 wide, 1920 high
+    data = _encode(Image.fromarray(scene), "JPEG", quality=92, exif=exif.tobytes())
+    prepared = predictor.prepare_target(data)
+    assert prepared.size == (1920, 1080)
+    full = image_to_tensor(open_image(data), predictor.size)
+    assert (prepared.tensor - full).abs().mean().item() < 0.05  # the model sees nearly the same input
+    square = _scene(40, 60, seed=14)[1]
+    predictor.set_prompts([Prompt(_scene(40, 60, seed=14)[0], {"square": square})])
+    assert predictor.predict_prepared([prepared])[0].masks["square"].shape == (1920, 1080)

@@ -18,6 +18,9 @@ FAILURE_TTL = 30 * 24 * 3600
 JOB_RETRIES = 3
 """Times RQ re-queues a chunk whose worker died or whose tasks kept failing transiently."""
 
+BATCH_TARGETS = 4
+"""Targets per forward inside a chunk (times K prompt rows each); loading and writing overlap the forward."""
+
 TASK_ATTEMPTS = 4
 """Attempts per task on transient errors (network, 5xx) inside one run of a chunk."""
 

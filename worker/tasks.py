@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from rq import get_current_job
 
-from .defaults import KEY_PREFIX, TASK_ATTEMPTS, TASK_BACKOFF
+from .defaults import BATCH_TARGETS, KEY_PREFIX, TASK_ATTEMPTS, TASK_BACKOFF
 from .errors import ChunkIncomplete, TransientError
 from .runtime import get_runtime
 from .task_io import load_image_bytes, make_sink
@@ -100,23 +102,59 @@ def segment_chunk(payload: dict) -> dict:
     transient: dict[str, str] = {}
     job.meta.update({"total": len(tasks), "done": len(already), "failed": 0, "worker_pid": runtime.stats()["pid"]})
     job.save_meta()
-    for task in tasks:
-        task_id = str(task["id"])
-        if task_id in already:
-            continue
+    pending = [task for task in tasks if str(task["id"]) not in already]
+    batch = max(1, int(options.get("batch_targets") or BATCH_TARGETS))
+
+    def prepare(task: dict):
+        data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
+        return predictor.prepare_target(data, where=f"task {task['id']}")
+
+    def write(task: dict, segmentation) -> None:
+        with_backoff(lambda: sink.write(task, segmentation, finished))
+
+    def record(task_id: str, future) -> None:
         try:
-            data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
-            target = predictor.prepare_target(data, where=f"task {task_id}")
-            segmentation = predictor.predict_prepared([target], [_selection(runtime, predictor, target, options)] if k else None)[0]
-            with_backoff(lambda: sink.write(task, segmentation, finished))
-            already.add(task_id)
+            future.result()
         except TransientError as exc:
             transient[task_id] = f"gave up after {TASK_ATTEMPTS} attempts: {exc}"
         except (SegGptError, ValueError, KeyError) as exc:
             failed[task_id] = str(exc)
             log.warning("task %s failed: %s", task_id, exc)
-        job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
-        job.save_meta()
+        else:
+            already.add(task_id)
+
+    # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
+    # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
+    with ThreadPoolExecutor(2, thread_name_prefix="seggpt-load") as loaders, ThreadPoolExecutor(1, thread_name_prefix="seggpt-write") as writer:
+        queue = deque((task, loaders.submit(prepare, task)) for task in pending[: 2 * batch])
+        upcoming = iter(pending[2 * batch :])
+        writes: list = []
+        while queue:
+            ready = []
+            while queue and len(ready) < batch:
+                task, future = queue.popleft()
+                next_task = next(upcoming, None)
+                if next_task is not None:
+                    queue.append((next_task, loaders.submit(prepare, next_task)))
+                if future.exception() is not None:
+                    record(str(task["id"]), future)
+                else:
+                    ready.append((task, future.result()))
+            if ready:
+                targets = [target for _, target in ready]
+                selections = [_selection(runtime, predictor, t, options) for t in targets] if k else None
+                try:
+                    segmentations = predictor.predict_prepared(targets, selections)
+                except SegGptError as exc:  # a whole batch refused (should not happen once targets are prepared)
+                    for task, _ in ready:
+                        failed[str(task["id"])] = str(exc)
+                    segmentations = []
+                for (task, _), segmentation in zip(ready, segmentations):
+                    writes.append((str(task["id"]), writer.submit(write, task, segmentation)))
+            while writes and (writes[0][1].done() or not queue):
+                record(*writes.pop(0))
+            job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
+            job.save_meta()
     flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
     if flush is not None:
         with_backoff(flush)
