@@ -1,0 +1,88 @@
+"""Peak resident memory (VmHWM) of `seggpt-ls serve` and of a CPU worker holding the ViT-L config in fp32.
+
+- serve: `--workers 0` on a private embedded Redis, after /health, /setup and /predict requests; it must not
+  import torch at all (checked in /proc/PID/maps). Goal: at most 250 MB.
+- worker: random ViT-L weights saved as safetensors (1.48 GB), loaded by `seggpt-ls worker`, after one real job.
+  Baseline: the size of the weights file. Goal: peak at most 1.3x the weights.
+The last line is `ratio=<worker peak / weights size>`.
+
+    python bench/memory.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def main() -> None:
+    from tests.ls_harness import free_port, wait_http
+    from tests.queue_helpers import scene_prompt, target_bytes
+    from worker import EmbeddedRedis, enqueue_segmentation, fetch_job, store_blob, store_prompt_set
+
+    with tempfile.TemporaryDirectory() as directory:
+        env = {**os.environ, "MODEL_DIR": directory}
+        env.pop("REDIS_URL", None)
+        server = EmbeddedRedis(Path(directory) / "redis")
+        port = free_port()
+        serve = subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
+                                  "--port", str(port), "--workers", "0"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/health", 60, "serve")
+            setup = json.loads((ROOT / "tests" / "recorded" / "setup.json").read_text())["body"]
+            predict = json.loads((ROOT / "tests" / "recorded" / "predict.json").read_text())["body"]
+            for _ in range(20):
+                httpx.get(f"{url}/health")
+                httpx.post(f"{url}/setup", json=setup)
+                httpx.post(f"{url}/predict", json=predict, timeout=30)
+            serve_peak = peak_mb(serve.pid)
+            torch_loaded = "libtorch" in Path(f"/proc/{serve.pid}/maps").read_text()
+        finally:
+            serve.terminate()
+            serve.wait(30)
+
+        from seggpt_core import build_model, save_model
+
+        weights = Path(directory) / "vit-large"
+        save_model(build_model("vit-large", seed=0), weights)
+        weights_mb = (weights / "model.safetensors").stat().st_size / 2**20
+        connection = server.connect()
+        digest = store_prompt_set(connection, [scene_prompt(1)])
+        _, (job_id,) = enqueue_segmentation(connection, digest, [{"id": 1, "image": store_blob(connection, target_bytes(2, size=(480, 640)))}], queue="memory")
+        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--queue", "memory",
+                                   "--weights", str(weights), "--device", "cpu", "--dtype", "float32"], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while fetch_job(connection, job_id).get_status() not in ("finished", "failed"):
+                time.sleep(0.5)
+            status = fetch_job(connection, job_id).get_status()
+            worker_peak = peak_mb(worker.pid)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            server.stop()
+    print(f"serve: peak RSS {serve_peak:.0f} MB after 60 requests; torch loaded: {torch_loaded} (goal: <= 250 MB, no torch)")
+    print(f"worker: ViT-L fp32 on CPU, one job ({status}); weights {weights_mb:.0f} MB; peak RSS {worker_peak:.0f} MB (goal: <= 1.3x weights)")
+    print(f"ratio={worker_peak / weights_mb:.3f}")
+
+
+if __name__ == "__main__":
+    main()
