@@ -22,7 +22,7 @@ from .config import SegGptConfig
 __all__ = ["SegGpt", "default_masked_positions"]
 
 # Bound on the elements of one attention-bias block, per device type; rows are processed in chunks under it.
-_BIAS_ELEMENTS_PER_CHUNK = {"cpu": 2**25, "cuda": 2**28}
+_BIAS_ELEMENTS_PER_CHUNK = {"cpu": 2**23, "cuda": 2**28}
 
 
 class _Scratch:
@@ -173,19 +173,26 @@ class SegGptAttention(nn.Module):
         else:
             table_h, table_w = self.relative_tables(rows, cols)
             table_h = table_h[first_query_row:]
-            per_row = self.num_heads * query_rows * cols * rows * cols
-            step = max(1, _BIAS_ELEMENTS_PER_CHUNK.get(hidden.device.type, 2**27) // per_row)
+            # The bias is (rows x heads x queries x keys): build and use it a block of rows and heads at a time.
+            limit = _BIAS_ELEMENTS_PER_CHUNK.get(hidden.device.type, 2**27)
+            per_head = query_rows * cols * rows * cols
+            heads = max(1, min(self.num_heads, limit // per_head))
+            step = max(1, limit // (per_head * self.num_heads)) if heads == self.num_heads else 1
             outs = []
             for start in range(0, batch, step):
-                q = query[start : start + step]
-                grid_q = q.reshape(q.shape[0], self.num_heads, query_rows, cols, -1)
-                bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)[..., :, None]
-                bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)[..., None, :]
-                out_shape = (q.shape[0], self.num_heads, query_rows, cols, rows, cols)
-                buffer = scratch.get(out_shape, q) if scratch is not None else None
-                bias = torch.add(bias_h, bias_w, out=buffer) if buffer is not None else bias_h + bias_w
-                bias = bias.view(q.shape[0], self.num_heads, q.shape[2], -1)
-                outs.append(F.scaled_dot_product_attention(q, key[start : start + step], value[start : start + step], attn_mask=bias))
+                row_outs = []
+                for head in range(0, self.num_heads, heads):
+                    q = query[start : start + step, head : head + heads]
+                    grid_q = q.reshape(q.shape[0], q.shape[1], query_rows, cols, -1)
+                    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)[..., :, None]
+                    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)[..., None, :]
+                    out_shape = (q.shape[0], q.shape[1], query_rows, cols, rows, cols)
+                    buffer = scratch.get(out_shape, q) if scratch is not None else None
+                    bias = torch.add(bias_h, bias_w, out=buffer) if buffer is not None else bias_h + bias_w
+                    bias = bias.view(q.shape[0], q.shape[1], q.shape[2], -1)
+                    kv = slice(start, start + step), slice(head, head + heads)
+                    row_outs.append(F.scaled_dot_product_attention(q, key[kv], value[kv], attn_mask=bias))
+                outs.append(row_outs[0] if len(row_outs) == 1 else torch.cat(row_outs, dim=1))
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
         out = out.transpose(1, 2).reshape(batch, query_rows, cols, channels)
         return self.proj(out)

@@ -84,3 +84,19 @@ def test_vit_large_matches_transformers(tmp_path):
         got = ours(**inputs)
     assert got.shape == (1, 3, 896, 448)
     assert (got - expected).abs().max().item() <= TOLERANCE
+
+
+def test_attention_in_blocks_of_rows_and_heads_is_exact(tiny_pair, tiny_model, monkeypatch):
+    """The bias is built a few heads at a time when it would be large; the result must not change."""
+    import seggpt_core.model as model_module
+
+    reference, _, config = tiny_pair
+    inputs = random_inputs(config, batch=3, seed=11)
+    with torch.no_grad():
+        whole = tiny_model(**inputs)
+        rows, cols = tiny_model.config.grid
+        monkeypatch.setitem(model_module._BIAS_ELEMENTS_PER_CHUNK, "cpu", rows * cols * rows * cols)  # one head at a time
+        per_head = tiny_model(**inputs)
+        expected = reference(**inputs).pred_masks
+    assert (per_head - whole).abs().max().item() <= 1e-5
+    assert (per_head - expected).abs().max().item() <= TOLERANCE
