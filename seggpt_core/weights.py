@@ -41,45 +41,40 @@ _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 # Weights shipped inside the package, by name (filled as the project trains its own models).
 SHIPPED_WEIGHTS: dict[str, Path] = {}
 
-# Original (Painter/SegGPT) key -> transformers key. Layer-indexed entries use {i}.
-_ORIGINAL_TO_HF = [
-    (r"patch_embed\.proj\.", "model.embeddings.patch_embeddings.projection."),
-    (r"mask_token$", "model.embeddings.mask_token"),
-    (r"segment_token_x$", "model.embeddings.segment_token_input"),
-    (r"segment_token_y$", "model.embeddings.segment_token_prompt"),
-    (r"type_token_cls$", "model.embeddings.type_token_semantic"),
-    (r"type_token_ins$", "model.embeddings.type_token_instance"),
-    (r"pos_embed$", "model.embeddings.position_embeddings"),
-    (r"blocks\.(\d+)\.attn\.", r"model.encoder.layers.\1.attention."),
-    (r"blocks\.(\d+)\.mlp\.fc1\.", r"model.encoder.layers.\1.mlp.lin1."),
-    (r"blocks\.(\d+)\.mlp\.fc2\.", r"model.encoder.layers.\1.mlp.lin2."),
-    (r"blocks\.(\d+)\.norm1\.", r"model.encoder.layers.\1.layernorm_before."),
-    (r"blocks\.(\d+)\.norm2\.", r"model.encoder.layers.\1.layernorm_after."),
-    (r"norm\.", "model.encoder.layernorm."),
-    (r"decoder_embed\.", "decoder.decoder_embed."),
-    (r"decoder_pred\.0\.", "decoder.decoder_pred.conv."),
-    (r"decoder_pred\.1\.", "decoder.decoder_pred.layernorm."),
-    (r"decoder_pred\.3\.", "decoder.decoder_pred.head."),
+# Original (Painter/SegGPT) name -> transformers name. "{i}" stands for a layer index; a name ending in "$" is a
+# whole key (a parameter), any other a prefix (a module). Both directions are compiled from this one table.
+_KEY_TABLE = [
+    ("patch_embed.proj.", "model.embeddings.patch_embeddings.projection."),
+    ("mask_token$", "model.embeddings.mask_token$"),
+    ("segment_token_x$", "model.embeddings.segment_token_input$"),
+    ("segment_token_y$", "model.embeddings.segment_token_prompt$"),
+    ("type_token_cls$", "model.embeddings.type_token_semantic$"),
+    ("type_token_ins$", "model.embeddings.type_token_instance$"),
+    ("pos_embed$", "model.embeddings.position_embeddings$"),
+    ("blocks.{i}.attn.", "model.encoder.layers.{i}.attention."),
+    ("blocks.{i}.mlp.fc1.", "model.encoder.layers.{i}.mlp.lin1."),
+    ("blocks.{i}.mlp.fc2.", "model.encoder.layers.{i}.mlp.lin2."),
+    ("blocks.{i}.norm1.", "model.encoder.layers.{i}.layernorm_before."),
+    ("blocks.{i}.norm2.", "model.encoder.layers.{i}.layernorm_after."),
+    ("norm.", "model.encoder.layernorm."),
+    ("decoder_embed.", "decoder.decoder_embed."),
+    ("decoder_pred.0.", "decoder.decoder_pred.conv."),
+    ("decoder_pred.1.", "decoder.decoder_pred.layernorm."),
+    ("decoder_pred.3.", "decoder.decoder_pred.head."),
 ]
-_HF_TO_ORIGINAL = [
-    (r"model\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"model\.embeddings\.mask_token$", "mask_token"),
-    (r"model\.embeddings\.segment_token_input$", "segment_token_x"),
-    (r"model\.embeddings\.segment_token_prompt$", "segment_token_y"),
-    (r"model\.embeddings\.type_token_semantic$", "type_token_cls"),
-    (r"model\.embeddings\.type_token_instance$", "type_token_ins"),
-    (r"model\.embeddings\.position_embeddings$", "pos_embed"),
-    (r"model\.encoder\.layers\.(\d+)\.attention\.", r"blocks.\1.attn."),
-    (r"model\.encoder\.layers\.(\d+)\.mlp\.lin1\.", r"blocks.\1.mlp.fc1."),
-    (r"model\.encoder\.layers\.(\d+)\.mlp\.lin2\.", r"blocks.\1.mlp.fc2."),
-    (r"model\.encoder\.layers\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"model\.encoder\.layers\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"model\.encoder\.layernorm\.", "norm."),
-    (r"decoder\.decoder_embed\.", "decoder_embed."),
-    (r"decoder\.decoder_pred\.conv\.", "decoder_pred.0."),
-    (r"decoder\.decoder_pred\.layernorm\.", "decoder_pred.1."),
-    (r"decoder\.decoder_pred\.head\.", "decoder_pred.3."),
-]
+
+
+def _compile(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(source, target) name templates -> (regex, replacement) pairs for `_rename`."""
+    compiled = []
+    for source, target in pairs:
+        pattern = re.escape(source.rstrip("$")).replace(r"\{i\}", r"(\d+)") + ("$" if source.endswith("$") else "")
+        compiled.append((pattern, target.rstrip("$").replace("{i}", r"\1")))
+    return compiled
+
+
+_ORIGINAL_TO_HF = _compile(_KEY_TABLE)
+_HF_TO_ORIGINAL = _compile([(target, source) for source, target in _KEY_TABLE])
 
 
 def _rename(state: Mapping[str, torch.Tensor], table: list[tuple[str, str]]) -> dict[str, torch.Tensor]:

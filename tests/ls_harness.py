@@ -23,6 +23,17 @@ USER = "admin@example.com"
 PASSWORD = "harness-password-1"
 
 
+def brush_result(mask, label: str, rid: str, from_name: str, to_name: str) -> dict:
+    """A brush region as the labeling UI saves it, for annotations made through the API."""
+    import numpy as np
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    return {"id": rid, "from_name": from_name, "to_name": to_name, "type": "brushlabels", "original_width": width,
+            "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 import sys
@@ -11,12 +10,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from seggpt_core.synthetic import make_scene
 
-from .ls_harness import start_backend
+from .ls_harness import brush_result, start_backend
 from .media_server import MediaServer
+from .queue_helpers import png_bytes as _png
+from .queue_helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +25,6 @@ CONFIG = """<View>
   <BrushLabels name="mask" toName="img"><Label value="Disc"/><Label value="Star"/></BrushLabels>
 </View>"""
 TASKS = 32
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +38,7 @@ def media(tmp_path_factory):
 
 
 def _region(mask: np.ndarray, label: str, rid: str) -> dict:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    height, width = mask.shape
-    return {"id": rid, "from_name": "mask", "to_name": "img", "type": "brushlabels", "original_width": width, "original_height": height,
-            "image_rotation": 0, "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+    return brush_result(mask, label, rid, "mask", "img")
 
 
 def _annotate(label_studio, task: dict, index: int) -> None:
@@ -74,13 +64,7 @@ def _cli(backend, label_studio, *args: str, **popen) -> subprocess.Popen:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, interval=0.5, what=what)
 
 
 def _predictions_by_task(label_studio, project: int) -> dict[int, list[dict]]:

@@ -18,8 +18,10 @@ from PIL import Image
 
 from seggpt_core.synthetic import make_scene
 
-from .ls_harness import PASSWORD, USER, start_backend
+from .ls_harness import PASSWORD, USER, brush_result, start_backend
 from .media_server import MediaServer
+from .queue_helpers import png_bytes as _png
+from .queue_helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -30,29 +32,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _region(mask: np.ndarray, label: str, rid: str) -> dict:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    height, width = mask.shape
-    return {"id": rid, "from_name": "brush", "to_name": "picture", "type": "brushlabels", "original_width": width,
-            "original_height": height, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+    return brush_result(mask, label, rid, "brush", "picture")
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, interval=0.5, what=what)
 
 
 @pytest.fixture
