@@ -16,7 +16,7 @@ from typing import Iterable
 
 import redis
 
-from worker import enqueue_segmentation, job_progress
+from worker import enqueue_segmentation, job_failures, job_progress
 from worker.queue import fetch_job
 
 from .keys import current_version_key, inflight_key
@@ -168,13 +168,4 @@ def batch_progress(connection: redis.Redis, batch: BootstrapBatch) -> dict:
 
 
 def batch_failures(connection: redis.Redis, batch: BootstrapBatch) -> dict[str, str]:
-    failures: dict[str, str] = {}
-    for job_id in batch.job_ids:
-        job = fetch_job(connection, job_id)
-        failures.update(job.get_meta(refresh=False).get("failed_tasks") or {})
-        if job.get_status(refresh=False) == "failed":
-            result = job.latest_result()
-            reason = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else "the job failed"
-            for task in job.args[0]["tasks"]:
-                failures.setdefault(str(task["id"]), reason)
-    return failures
+    return job_failures(connection, batch.job_ids)

@@ -165,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if batch is None:
             print(f"project {args.project}: no bootstrap has run")
             return 0
-        return _print_batch(connection, batch, final=False)
+        return _print_batch(connection, batch)
     status = queue_status(_connection(args), args.queue)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_batch(connection, batch, final: bool) -> int:
+def _print_batch(connection, batch) -> int:
     from .bootstrap import batch_failures, batch_progress
 
     progress = batch_progress(connection, batch)
@@ -249,7 +249,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     finally:
         for process in workers:
             process.wait()
-    return _print_batch(connection, batch, final=True)
+    return _print_batch(connection, batch)
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:

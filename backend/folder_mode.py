@@ -126,9 +126,8 @@ def run_on_queue(
     on_progress: Callable[[dict], None] | None = None,
 ) -> SegmentReport:
     """Through Redis: images travel as blobs, so workers on other machines can take part."""
-    from worker import PromptRecord, enqueue_segmentation, job_progress, results_key, store_blob, store_prompt_set
+    from worker import PromptRecord, enqueue_segmentation, job_failures, job_progress, results_key, store_blob, store_prompt_set
     from worker.codec import b64png_to_mask
-    from worker.queue import fetch_job
 
     digest = store_prompt_set(connection, [PromptRecord(path.read_bytes(), masks) for path, masks in prompts.items()])
     by_id = {str(index): path for index, path in enumerate(images)}
@@ -151,13 +150,8 @@ def run_on_queue(
         masks = {label: b64png_to_mask(entry["mask"]) for label, entry in document["labels"].items()}
         scores = {label: entry["score"] for label, entry in document["labels"].items()}
         report.results.append(ImageResult(path, (document["height"], document["width"]), masks, scores))
-    for job_id in job_ids:
-        job = fetch_job(connection, job_id)
-        for task_id, reason in (job.get_meta().get("failed_tasks") or {}).items():
-            report.failed[str(by_id[task_id])] = reason
-        if job.get_status() == "failed":
-            for task in job.args[0]["tasks"]:
-                report.failed.setdefault(str(by_id[task["id"]]), "the job failed; see seggpt-ls status")
+    for task_id, reason in job_failures(connection, job_ids).items():
+        report.failed[str(by_id[task_id])] = reason
     report.results.sort(key=lambda r: list(by_id.values()).index(r.path))
     return report
 

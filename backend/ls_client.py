@@ -105,9 +105,10 @@ class LabelStudioClient:
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         url = path if path.startswith("http") else f"{self.base_url}{path}"
+        extra_headers = kwargs.pop("headers", {})
         for attempt in (1, 2):
             try:
-                response = self.http.request(method, url, headers={**self.auth.header(), **kwargs.pop("headers", {})}, **kwargs)
+                response = self.http.request(method, url, headers={**self.auth.header(), **extra_headers}, **kwargs)
             except httpx.HTTPError as exc:
                 raise LabelStudioError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
             if response.status_code == 401 and self.auth.is_pat and attempt == 1:

@@ -18,8 +18,7 @@ from typing import Sequence
 
 import redis
 
-from worker import enqueue_segmentation, job_progress
-from worker.queue import fetch_job
+from worker import enqueue_segmentation, job_failures, job_progress
 
 from .label_config import Control, parse_label_config
 from .prompt_pool import PromptPool
@@ -115,7 +114,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             _, stored = pipe.execute()
         delivered[data_key] = {k.decode(): json.loads(v) for k, v in stored.items()}
 
-    failures = _failures(connection, job_ids)
+    failures = job_failures(connection, job_ids)
     answer = []
     for position, task in enumerate(tasks):
         keys = pending.get(position)
@@ -133,18 +132,3 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
         else:
             answer.append([])  # still running: the worker writes it into Label Studio when done
     return answer, version
-
-
-def _failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, str]:
-    """Task id -> reason, for tasks that failed for good (including every task of a chunk that failed whole)."""
-    failures: dict[str, str] = {}
-    for job_id in job_ids:
-        job = fetch_job(connection, job_id)
-        meta = job.get_meta(refresh=False)
-        failures.update(meta.get("failed_tasks") or {})
-        if job.get_status(refresh=False) == "failed":
-            result = job.latest_result()
-            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
-            for task in job.args[0]["tasks"]:
-                failures.setdefault(str(task["id"]), reason[0] if reason else "the job failed")
-    return failures

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, KEY_PREFIX, RESULT_TTL
 from .gpu_worker import worker_info_key
 
-__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "retry_failed", "queue_status"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "retry_failed", "queue_status"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -121,6 +121,24 @@ def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
         summary["jobs_finished"] += status == "finished"
         summary["jobs_failed"] += status == "failed"
     return summary
+
+
+def job_failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, str]:
+    """Task id -> reason, for the tasks of these jobs that failed for good: those a chunk recorded, and every task
+    not stored by a chunk that failed as a whole (its exception's last line is the reason)."""
+    failures: dict[str, str] = {}
+    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
+        if job is None:
+            continue
+        failures.update(job.get_meta(refresh=False).get("failed_tasks") or {})
+        if job.get_status(refresh=False) == "failed":
+            result = job.latest_result()
+            lines = (result.exc_string or "").strip().splitlines() if result else []
+            done = {member.decode() for member in connection.smembers(f"{KEY_PREFIX}:chunk:{job.id}:done")}
+            for task in job.args[0].get("tasks", []):
+                if str(task["id"]) not in done:
+                    failures.setdefault(str(task["id"]), lines[-1] if lines else "the job failed")
+    return failures
 
 
 def retry_failed(connection: redis.Redis, queue: str = DEFAULT_QUEUE) -> list[str]:

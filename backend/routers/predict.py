@@ -2,7 +2,7 @@
 
 import logging
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..metrics import count
@@ -19,13 +19,9 @@ def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -
     if project is None:
         project = next((t.get("project") for t in body.tasks if t.get("project") is not None), None)
     if project is None:
-        from fastapi import HTTPException
-
         raise HTTPException(422, "body.project is missing and no task names its project")
     for index, task in enumerate(body.tasks):
         if "id" not in task:
-            from fastapi import HTTPException
-
             raise HTTPException(422, f"body.tasks[{index}].id is missing")
     results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
     count(connection, "predict_requests")
