@@ -100,3 +100,19 @@ def test_attention_in_blocks_of_rows_and_heads_is_exact(tiny_pair, tiny_model, m
         expected = reference(**inputs).pred_masks
     assert (per_head - whole).abs().max().item() <= 1e-5
     assert (per_head - expected).abs().max().item() <= TOLERANCE
+
+
+def test_decoder_in_blocks_of_rows_is_exact(tiny_pair, tiny_model, monkeypatch):
+    import seggpt_core.model as model_module
+
+    reference, _, config = tiny_pair
+    inputs = random_inputs(config, batch=2, seed=12)
+    with torch.no_grad():
+        monkeypatch.setitem(model_module._DECODER_ROWS_PER_BLOCK, "cpu", None)
+        whole = tiny_model(**inputs)
+        whole_target = tiny_model(**inputs, target_only=True)
+        for rows in (1, 2, 3):
+            monkeypatch.setitem(model_module._DECODER_ROWS_PER_BLOCK, "cpu", rows)
+            assert (tiny_model(**inputs) - whole).abs().max().item() <= 1e-5
+            assert (tiny_model(**inputs, target_only=True) - whole_target).abs().max().item() <= 1e-5
+        assert (whole - reference(**inputs).pred_masks).abs().max().item() <= TOLERANCE
