@@ -236,3 +236,20 @@ def test_label_configs_with_any_names_and_several_controls():
         parse_label_config("  ")
     with pytest.raises(LabelConfigError, match="cannot be parsed"):
         parse_label_config("<View><Image")
+
+
+def test_transient_media_errors_are_retried_with_backoff(stack):
+    """The image host answers 503 twice, then serves the image: the task still gets its prediction."""
+    project = 4343
+    _fill_pool(stack, project, CONFIG)
+    media = stack["media"]
+    (media.directory / "flaky.png").write_bytes(stack["files"]["good.png"])
+    media.flaky_left = 2
+    before = len([r for r in media.requests if r.startswith("/flaky")])
+    response = stack["client"].post("/predict", json={"tasks": [{"id": 1, "data": {"image": f"{media.url}/flaky"}}],
+                                                      "project": f"{project}.1", "label_config": CONFIG})
+    (result,) = response.json()["results"]
+    assert isinstance(result, dict) and result["model_version"].startswith("seggpt-")
+    assert media.flaky_left == 0
+    assert len([r for r in media.requests if r.startswith("/flaky")]) - before == 3  # two refusals, then the image
+    assert all(region["original_width"] == 80 for region in result["result"])
