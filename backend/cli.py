@@ -119,6 +119,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_segment(args, specs, images, Path(args.out), True, ["png", "ls-json", "coco"])
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from seggpt_core.evaluation import evaluate_folder, evaluate_synthetic
+
+    if bool(args.dataset) == bool(args.synthetic):
+        raise SystemExit("give exactly one of --synthetic or --dataset DIR")
+    predictor = _build_predictor(args)
+    started = time.perf_counter()
+    if args.synthetic:
+        report = evaluate_synthetic(predictor, args.episodes, shots=args.shots, labels=args.labels)
+        source = f"{args.episodes} held-out synthetic episodes, {args.labels} label(s)"
+    else:
+        try:
+            report = evaluate_folder(predictor, Path(args.dataset), shots=args.shots)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        source = f"dataset {args.dataset}"
+    print(f"{source}, {args.shots}-shot, weights {args.weights}, {time.perf_counter() - started:.1f} s")
+    for category, value in report.class_means.items():
+        print(f"  {category}: IoU {value:.4f} over {len(report.per_class[category])} target(s)")
+    print(f"mIoU={report.miou:.4f}")
+    return 0
+
+
 def _connection(args: argparse.Namespace):
     from worker import get_connection
 
@@ -344,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)
+
+    evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")
+    evaluate.add_argument("--synthetic", action="store_true", help="generated shape episodes (seeds never used in training)")
+    evaluate.add_argument("--episodes", type=int, default=200)
+    evaluate.add_argument("--labels", type=int, default=1, help="categories per synthetic episode")
+    evaluate.add_argument("--dataset", help="folder with one subfolder per class of name.jpg + name.png pairs")
+    evaluate.add_argument("--shots", type=int, default=1, help="K prompts per episode (feature ensemble)")
+    _add_model_options(evaluate, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    evaluate.set_defaults(handler=cmd_eval)
 
     from .settings import ENVIRONMENT
 

@@ -84,3 +84,28 @@ def make_scene(
             other[shape] = False  # occluded
         masks[kind] |= shape
     return Scene(Image.fromarray(pixels.astype(np.uint8)), masks)
+
+
+@dataclass
+class Episode:
+    """K annotated prompts and the targets to segment, for one category (semantic) or several (multi-label)."""
+
+    categories: tuple[str, ...]
+    prompts: list[Scene]
+    targets: list[Scene]
+
+
+def make_episode(
+    seed: int,
+    shots: int = 1,
+    targets: int = 1,
+    size: tuple[int, int] = (96, 96),
+    labels: int = 1,
+) -> Episode:
+    """An episode whose prompts and targets all contain the chosen categories, among distractors; every image
+    comes from its own seed, so held-out episodes (other seeds) never share an image with training ones."""
+    rng = np.random.default_rng(seed)
+    chosen = tuple(str(c) for c in rng.choice(CATEGORIES, size=labels, replace=False))
+    base = int(rng.integers(0, 2**31 - 1))
+    make = lambda offset: make_scene(base + offset, size=size, shapes=(max(2, labels + 1), 4), must_include=chosen)  # noqa: E731
+    return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])
