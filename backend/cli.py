@@ -142,6 +142,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_tiny(args: argparse.Namespace) -> int:
+    import torch
+
+    from seggpt_core.training import TrainSettings, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every)
+    best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
+    print(f"best held-out 1-shot mIoU {best['miou']:.4f} at step {best['step']} ({best['seconds']} s); weights in {args.out}")
+    return 0
+
+
 def _connection(args: argparse.Namespace):
     from worker import get_connection
 
@@ -367,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)
+
+    trainer = commands.add_parser("train-tiny", help="train the small SegGPT on synthetic shape episodes (CPU is enough)")
+    trainer.add_argument("--out", required=True, help="directory for config.json + model.safetensors (best checkpoint)")
+    trainer.add_argument("--steps", type=int, default=3000)
+    trainer.add_argument("--batch", type=int, default=32)
+    trainer.add_argument("--lr", type=float, default=1e-3)
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--eval-every", type=int, default=500)
+    trainer.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    trainer.set_defaults(handler=cmd_train_tiny)
 
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")
     evaluate.add_argument("--synthetic", action="store_true", help="generated shape episodes (seeds never used in training)")

@@ -191,7 +191,7 @@ class SegGptAttention(nn.Module):
                     out_shape = (q.shape[0], q.shape[1], query_rows, cols, rows, cols)
                     buffer = scratch.get(out_shape, q) if scratch is not None else None
                     bias = torch.add(bias_h, bias_w, out=buffer) if buffer is not None else bias_h + bias_w
-                    bias = bias.view(q.shape[0], q.shape[1], q.shape[2], -1)
+                    bias = bias.reshape(q.shape[0], q.shape[1], q.shape[2], -1)  # a copy only off the buffer path
                     kv = slice(start, start + step), slice(head, head + heads)
                     row_outs.append(F.scaled_dot_product_attention(q, key[kv], value[kv], attn_mask=bias))
                 outs.append(row_outs[0] if len(row_outs) == 1 else torch.cat(row_outs, dim=1))
