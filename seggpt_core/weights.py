@@ -38,8 +38,8 @@ SAFETENSORS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _METADATA_KEY = "seggpt_config"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-# Weights shipped inside the package, by name (filled as the project trains its own models).
-SHIPPED_WEIGHTS: dict[str, Path] = {}
+# Weights shipped inside the package, by name: the project's own small model, trained by `seggpt-ls train-tiny`.
+SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-shapes": Path(__file__).parent / "weights_data" / "tiny-shapes"}
 
 # Original (Painter/SegGPT) name -> transformers name. "{i}" stands for a layer index; a name ending in "$" is a
 # whole key (a parameter), any other a prefix (a module). Both directions are compiled from this one table.
@@ -240,6 +240,8 @@ def resolve_weights(weights: str | Path) -> Path:
     """The local file or directory that `weights` names, downloading a hub id if needed."""
     text = str(weights)
     if text in SHIPPED_WEIGHTS:
+        if not (SHIPPED_WEIGHTS[text] / SAFETENSORS_NAME).is_file():
+            raise WeightsError(f"weights {text!r} are not shipped in this version yet; train them with `seggpt-ls train-tiny --out DIR` and pass DIR")
         return SHIPPED_WEIGHTS[text]
     path = Path(text).expanduser()
     if path.exists():

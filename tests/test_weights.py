@@ -153,3 +153,8 @@ def test_unreachable_hub_id_explains_what_to_do(tmp_path):
     assert result.returncode != 0
     assert "WeightsError: cannot fetch 'BAAI/seggpt-vit-large' from the Hugging Face hub" in result.stderr
     assert "pass the local directory" in result.stderr
+
+
+def test_a_named_model_that_is_not_shipped_says_how_to_get_it():
+    with pytest.raises(WeightsError, match="'tiny-shapes' are not shipped in this version yet; train them with `seggpt-ls train-tiny"):
+        load_model("tiny-shapes")
