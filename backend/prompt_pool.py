@@ -49,9 +49,21 @@ class PromptPool:
         return int(self.connection.hlen(self.key))
 
     def version(self) -> str:
-        """Digest of the pool's content: the same annotations give the same version."""
+        """Digest of the pool's content: the same annotations give the same version. Cached in Redis and dropped
+        on every write, because Label Studio asks for it (through /setup) before every prediction."""
+        # Tagged with the write generation read before the entries: a write racing this computation bumps the
+        # generation, so the value computed here is never served for the newer content.
+        generation = (self.connection.get(f"{self.key}:generation") or b"0").decode()
+        cached = (self.connection.get(f"{self.key}:version") or b"").decode()
+        if cached.startswith(f"{generation}:"):
+            return cached.split(":", 1)[1]
         items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
-        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+        version = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+        self.connection.set(f"{self.key}:version", f"{generation}:{version}")
+        return version
+
+    def _changed(self) -> None:
+        self.connection.incr(f"{self.key}:generation")
 
     def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> tuple[str | None, int]:
         """Store the candidate prompts for the image field `data_key`, newest first: for each label, up to
@@ -72,6 +84,7 @@ class PromptPool:
             if image is None:
                 log.warning("prompt image of task %s is gone from Redis; dropping the entry", entry["task"])
                 self.connection.hdel(self.key, entry["entry"])
+                self._changed()
                 continue
             masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
             records.append(PromptRecord(image, masks))
@@ -100,6 +113,7 @@ class PromptPool:
             masks = masks_from_annotation(annotation.get("result"), field_controls, (image.height, image.width))
             if not masks:
                 self.connection.hdel(self.key, entry_id)
+                self._changed()
                 continue
             encoded = {label: mask_to_b64png(mask) for label, mask in masks.items()}
             entry = {
@@ -114,17 +128,22 @@ class PromptPool:
                 "digest": hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()[:16],
             }
             self.connection.hset(self.key, entry_id, json.dumps(entry))
+            self._changed()
             stored.extend(masks)
         return stored
 
     def remove_task(self, task_id: int) -> int:
         doomed = [e["entry"] for e in self.entries() if e["task"] == task_id]
-        return int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+        removed = int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+        self._changed()
+        return removed
 
     def remove_annotations(self, annotation_ids: Iterable[int]) -> int:
         ids = set(annotation_ids)
         doomed = [e["entry"] for e in self.entries() if e["annotation"] in ids]
-        return int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+        removed = int(self.connection.hdel(self.key, *doomed)) if doomed else 0
+        self._changed()
+        return removed
 
     def save_controls(self, controls: Sequence[Control], label_config: str) -> None:
         self.connection.set(f"{self.key}:config", json.dumps({"label_config": label_config, "controls": [asdict(c) for c in controls]}))

@@ -253,3 +253,16 @@ def test_transient_media_errors_are_retried_with_backoff(stack):
     assert media.flaky_left == 0
     assert len([r for r in media.requests if r.startswith("/flaky")]) - before == 3  # two refusals, then the image
     assert all(region["original_width"] == 80 for region in result["result"])
+
+
+def test_pool_version_is_cached_and_follows_every_change(stack):
+    pool = PromptPool(stack["redis"], 4545)
+    empty = pool.version()
+    _fill_pool(stack, 4545, CONFIG)
+    filled = pool.version()
+    assert filled != empty and pool.version() == filled  # cached, same answer
+    entry = pool.entries()[0]
+    pool.remove_annotations([entry["annotation"]])
+    assert pool.version() not in (filled, empty)
+    pool.remove_task(pool.entries()[0]["task"])
+    assert pool.size() == 0 and pool.version() == empty
