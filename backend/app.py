@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from worker import get_connection
 
-from .routers import health, metrics, predict, setup, webhook
+from .routers import health, metrics, predict, setup, train, webhook
 from .settings import Settings
 
 __all__ = ["create_app"]
@@ -31,6 +31,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="seggpt-ls", lifespan=lifespan)
     app.state.settings = settings
-    for module in (health, setup, predict, webhook, metrics):
+    for module in (health, setup, predict, train, webhook, metrics):
         app.include_router(module.router)
     return app

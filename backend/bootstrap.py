@@ -143,15 +143,15 @@ def start_bootstrap(
         field_tasks = [t for t in pending if (t.get("data") or {}).get(data_key) is not None]
         if not field_tasks:
             continue
-        digest, _ = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
-        if digest is None:
+        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        if not prompts.usable:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
         refs = [{"id": t["id"], "image": {"label_studio": {"value": t["data"][data_key], "task": t["id"]}}} for t in field_tasks]
         size = chunk_size or settings.chunk_size
         _, ids = enqueue_segmentation(
-            connection, digest, refs, chunk_size=size, queue=settings.queue,
-            namespace=f"{batch.namespace}:{data_key}", sink="label_studio", options=settings.prediction_options,
+            connection, prompts.digest, refs, chunk_size=size, queue=settings.queue,
+            namespace=f"{batch.namespace}:{data_key}", sink="label_studio", options=prompts.options(settings.prediction_options),
             extra={"project": project, "model_version": version, "controls": [asdict(c) for c in field_controls],
                    "bulk": True, "replace_older": replace_older},
         )

@@ -288,6 +288,61 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return _print_batch(connection, batch)
 
 
+def cmd_train_prompt(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker import enqueue_call
+
+    from .bootstrap import project_controls
+    from .prompt_pool import PromptPool
+    from .prompt_training import TRAIN_FUNCTION
+    from .services import build_services
+    from .settings import Settings
+
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, tune_steps=args.steps)
+    for variable, value in (("LABEL_STUDIO_URL", settings.label_studio_url), ("LABEL_STUDIO_API_KEY", settings.label_studio_api_key)):
+        if value:
+            os.environ[variable] = value  # a local worker started below reads them from its environment
+    connection = _connection(args)
+    project_controls(build_services(settings), PromptPool(connection, args.project))  # the job reads the saved config
+    job = enqueue_call(connection, TRAIN_FUNCTION, {"project": args.project, "steps": settings.tune_steps},
+                       queue=settings.queue, description=f"tune the prompt of project {args.project}")
+    print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
+    if args.no_wait:
+        print("follow it with: seggpt-ls status")
+        return 0
+    workers = _local_workers_if_none(connection, args)
+    try:
+        with tqdm(total=None, unit="step", desc="prompt tuning", dynamic_ncols=True) as bar:
+            while True:
+                job.refresh()
+                meta = job.get_meta()
+                if meta.get("total") and bar.total != meta["total"]:
+                    bar.total = meta["total"]
+                bar.update(int(meta.get("done") or 0) - bar.n)
+                if "loss" in meta:
+                    bar.set_postfix(loss=meta["loss"])
+                if job.get_status() in ("finished", "failed", "canceled", "stopped"):
+                    break
+                time.sleep(0.5)
+    finally:
+        for process in workers:
+            process.wait()
+    if job.get_status() != "finished":
+        result = job.latest_result()
+        reason = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+        print(f"error: prompt tuning {job.get_status()}: {reason[0] if reason else 'see the worker log'}", file=sys.stderr)
+        return 1
+    from .predict_service import model_version
+
+    outcome = job.return_value()
+    for data_key, field in outcome["fields"].items():
+        print(f"${data_key}: {field['examples']} labeled task(s), labels {', '.join(field['labels'])}, "
+              f"final loss {field['final_loss']}, saved to {field['path']}")
+    print(f"model version {model_version(settings, outcome['pool_version'])}: /predict and bootstrap use the tuned prompt from now on")
+    return 0
+
+
 def cmd_retry_failed(args: argparse.Namespace) -> int:
     from worker import retry_failed
     from worker.defaults import DEFAULT_QUEUE
@@ -383,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = commands.add_parser("train-tiny", help="train the small SegGPT on synthetic shape episodes (CPU is enough)")
     trainer.add_argument("--out", required=True, help="directory for config.json + model.safetensors (best checkpoint)")
-    trainer.add_argument("--steps", type=int, default=3000)
+    trainer.add_argument("--steps", type=int, default=5000)
     trainer.add_argument("--batch", type=int, default=32)
     trainer.add_argument("--lr", type=float, default=1e-3)
     trainer.add_argument("--seed", type=int, default=0)
@@ -428,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status --project")
     bootstrap.set_defaults(handler=cmd_bootstrap)
     status.set_defaults(handler=cmd_status)
+
+    tune = commands.add_parser("train-prompt", help="learn a prompt for a project's labels from its labeled tasks (prompt tuning, as a job)")
+    _add_redis_option(tune)
+    tune.add_argument("--project", type=int, required=True)
+    tune.add_argument("--label-studio-url", default=None, help="default: LABEL_STUDIO_URL")
+    tune.add_argument("--api-key", default=None, help="default: LABEL_STUDIO_API_KEY (legacy token or personal access token)")
+    tune.add_argument("--steps", type=int, default=None, help="optimisation steps per image field (default: SEGGPT_TUNE_STEPS)")
+    tune.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status")
+    tune.set_defaults(handler=cmd_train_prompt)
 
     retry = commands.add_parser("retry-failed", help="re-queue failed jobs (tasks already done are skipped)")
     _add_redis_option(retry)

@@ -152,7 +152,6 @@ def run_on_queue(
         report.results.append(ImageResult(path, (document["height"], document["width"]), masks, scores))
     for task_id, reason in job_failures(connection, job_ids).items():
         report.failed[str(by_id[task_id])] = reason
-    report.results.sort(key=lambda r: list(by_id.values()).index(r.path))
     return report
 
 

@@ -18,7 +18,7 @@ __all__ = ["sync_pool", "update_pool_for_task", "remove_pool_annotations", "prel
 log = logging.getLogger(__name__)
 
 
-def _pool_and_controls(payload: dict):
+def pool_and_controls(payload: dict):
     job = get_current_job()
     pool = PromptPool(job.connection, payload["project"])
     saved = pool.load_controls()
@@ -32,7 +32,7 @@ def _pool_and_controls(payload: dict):
 
 def sync_pool(payload: dict) -> dict:
     """Rebuild a project's prompt pool from Label Studio: `{"project": id, "label_config": "<View>..."}`."""
-    job, pool, controls = _pool_and_controls(payload)
+    job, pool, controls = pool_and_controls(payload)
     services = services_from_env()
     report = sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls)
     job.meta.update({"entries": report["entries"], "errors": report["errors"]})
@@ -42,7 +42,7 @@ def sync_pool(payload: dict) -> dict:
 
 def update_pool_for_task(payload: dict) -> dict:
     """Re-read one task's annotations from Label Studio (webhook bodies are only hints) and update the pool."""
-    job, pool, controls = _pool_and_controls(payload)
+    job, pool, controls = pool_and_controls(payload)
     services = services_from_env()
     client = services.require_client()
     task = client.task(payload["task"])
@@ -70,7 +70,7 @@ def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
 
 def prelabel_tasks(payload: dict) -> dict:
     """New tasks were imported: predict them with the current prompts, once the project has a prompt."""
-    job, pool, controls = _pool_and_controls(payload)
+    job, pool, controls = pool_and_controls(payload)
     services = services_from_env()
     if pool.size() == 0:
         return {"queued": 0, "reason": "no prompts yet"}
@@ -80,7 +80,7 @@ def prelabel_tasks(payload: dict) -> dict:
 
 def remove_pool_annotations(payload: dict) -> dict:
     """Drop entries whose annotation was deleted; the task's other annotations are re-read."""
-    job, pool, controls = _pool_and_controls(payload)
+    job, pool, controls = pool_and_controls(payload)
     gone = set(payload["annotations"])
     tasks = {e["task"] for e in pool.entries() if e["annotation"] in gone}
     removed = pool.remove_annotations(gone)

@@ -75,8 +75,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     pending: dict[int, set[str]] = {}  # task position -> data keys still expected
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
-        digest, count = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
-        if digest is None:
+        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        if not prompts.usable:
             log.info("project %s: no prompts yet for $%s; annotate a few tasks first", pid, data_key)
             continue
         batch = []
@@ -89,9 +89,9 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             pending.setdefault(position, set()).add(data_key)
         if batch:
             _, ids = enqueue_segmentation(
-                connection, digest, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
+                connection, prompts.digest, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
                 namespace=f"{request_id}:{data_key}", sink="label_studio",
-                options=settings.prediction_options,
+                options=prompts.options(settings.prediction_options),
                 extra={"project": pid, "model_version": version, "controls": [asdict(c) for c in field_controls], "request": f"{request_id}:{data_key}"},
             )
             job_ids.extend(ids)

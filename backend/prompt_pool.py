@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 import redis
@@ -21,7 +21,7 @@ from worker.codec import b64png_to_mask, mask_to_b64png
 from .label_config import Control
 from .ls_format import masks_from_annotation
 
-__all__ = ["PromptPool", "newest_annotation"]
+__all__ = ["PromptPool", "PromptRef", "newest_annotation"]
 
 log = logging.getLogger(__name__)
 PREFIX = "seggpt:pool"
@@ -33,6 +33,22 @@ def newest_annotation(annotations: Iterable[dict]) -> dict | None:
     if not usable:
         return None
     return max(usable, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """What a segmentation job is prompted with for one image field: a stored prompt set and/or a learned prompt."""
+
+    digest: str | None
+    learned: str | None = None
+    count: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.digest is not None or self.learned is not None
+
+    def options(self, base: dict) -> dict:
+        return {**base, "learned_prompt": self.learned} if self.learned else dict(base)
 
 
 class PromptPool:
@@ -58,17 +74,32 @@ class PromptPool:
         if cached.startswith(f"{generation}:"):
             return cached.split(":", 1)[1]
         items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
-        version = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+        learned = sorted(self.learned_prompts().items())
+        version = hashlib.sha256(json.dumps([items, learned] if learned else items).encode()).hexdigest()[:16]
         self.connection.set(f"{self.key}:version", f"{generation}:{version}")
         return version
 
     def _changed(self) -> None:
         self.connection.incr(f"{self.key}:generation")
 
-    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> tuple[str | None, int]:
+    def learned_prompts(self) -> dict[str, str]:
+        """image field -> digest of its learned (tuned) prompt, for the fields that have one."""
+        return {k.decode(): v.decode() for k, v in self.connection.hgetall(f"{self.key}:learned").items()}
+
+    def set_learned_prompt(self, data_key: str, digest: str) -> None:
+        """Use the tuned prompt `digest` (see `worker.store_learned_prompt`) for `data_key` from now on."""
+        self.connection.hset(f"{self.key}:learned", data_key, digest)
+        self._changed()
+
+    def clear_learned_prompts(self) -> None:
+        self.connection.delete(f"{self.key}:learned")
+        self._changed()
+
+    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> PromptRef:
         """Store the candidate prompts for the image field `data_key`, newest first: for each label, up to
         `max_per_label` of the newest entries that annotate it. Workers pick K per target from these.
-        Returns (digest or None when no entry annotates any label, number of prompts)."""
+        A learned prompt of the field, when there is one, comes along and predicts the labels it was tuned on."""
+        learned = self.learned_prompts().get(data_key)
         wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
         entries = [e for e in self.entries() if e["data_key"] == data_key]
         entries.sort(key=lambda e: (e["updated_at"], str(e["annotation"])), reverse=True)
@@ -89,8 +120,8 @@ class PromptPool:
             masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
             records.append(PromptRecord(image, masks))
         if not records:
-            return None, 0
-        return store_prompt_set(self.connection, records), len(records)
+            return PromptRef(None, learned, 0)
+        return PromptRef(store_prompt_set(self.connection, records), learned, len(records))
 
     # ---- writing -------------------------------------------------------------------------------------------
     def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:

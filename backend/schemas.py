@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SetupRequest", "PredictRequest", "WebhookEvent"]
+__all__ = ["SetupRequest", "PredictRequest", "TrainRequest", "WebhookEvent"]
 
 
 class SetupRequest(BaseModel):
@@ -24,6 +24,13 @@ class PredictRequest(BaseModel):
     project: str | int | None = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    project: str | int = Field(description="'<id>.<timestamp>' or '<id>'")
+    label_config: str | None = None
+    annotations: list[dict[str, Any]] | None = None  # ignored: the job re-reads the project's annotations
 
 
 class WebhookEvent(BaseModel):

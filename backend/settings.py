@@ -33,6 +33,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
     "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
     "keep_old_predictions": ("SEGGPT_KEEP_OLD_PREDICTIONS", "on relabel, keep older predictions (false: delete this backend's older ones)"),
+    "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
 }
 
 
@@ -77,6 +78,7 @@ class Settings:
     auto_relabel: bool = False
     auto_prelabel: bool = True
     keep_old_predictions: bool = True
+    tune_steps: int = 150
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,6 +92,8 @@ class Settings:
             problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if self.prompt_strategy not in ("similar", "recent"):
             problems.append(f"SEGGPT_PROMPT_STRATEGY must be similar or recent, got {self.prompt_strategy!r}")
+        if self.tune_steps < 1:
+            problems.append(f"SEGGPT_TUNE_STEPS must be >= 1, got {self.tune_steps}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
@@ -113,12 +117,6 @@ class Settings:
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
-
-    @property
-    def model_settings(self):
-        from worker.runtime import ModelSettings
-
-        return ModelSettings(weights=self.weights, device=self.device or None, dtype=None if self.dtype == "auto" else self.dtype)
 
     def fingerprint(self) -> dict:
         """The settings that change what a prediction looks like: part of the model version."""

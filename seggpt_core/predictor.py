@@ -8,7 +8,7 @@ prompts share one forward, each painted in its own palette color.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .transforms import (
 )
 
 __all__ = ["Prompt", "PreparedTarget", "Segmentation", "SegGptPredictor"]
+
+if TYPE_CHECKING:
+    from .prompt_tuning import LearnedPrompt
 
 
 @dataclass(frozen=True)
@@ -109,20 +112,27 @@ class SegGptPredictor:
         self.device, self.dtype = param.device, param.dtype
         self._groups: list[_LabelGroup] = []
         self._annotated_by: dict[str, tuple[int, ...]] = {}
+        self._learned: _LabelGroup | None = None
 
     @property
     def labels(self) -> list[str]:
-        """Labels of the current prompt set, in the order they were first seen."""
-        return list(self._annotated_by) if self._groups else []
+        """Labels of the current prompt set, in the order they were first seen (learned-prompt labels last)."""
+        return list(self._annotated_by) + (list(self._learned.labels) if self._learned else [])
 
     @property
     def groups(self) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
-        """(labels, prompt indices) of each forward group: labels annotated by exactly the same prompts."""
-        return [(tuple(group.labels), group.prompt_indices) for group in self._groups]
+        """(labels, prompt indices) of each forward group: labels annotated by exactly the same prompts. A learned
+        prompt's group has no prompt indices."""
+        every = self._groups + ([self._learned] if self._learned else [])
+        return [(tuple(group.labels), group.prompt_indices) for group in every]
 
-    def set_prompts(self, prompts: Sequence[Prompt]) -> None:
-        """Validate and preprocess `prompts` onto the device, once for all following `predict` calls."""
-        if not prompts:
+    def set_prompts(self, prompts: Sequence[Prompt], learned: "LearnedPrompt | None" = None) -> None:
+        """Validate and preprocess `prompts` onto the device, once for all following `predict` calls.
+
+        With a `learned` prompt (see `prompt_tuning`), its labels are predicted from it alone; the other labels
+        still come from `prompts`.
+        """
+        if not prompts and learned is None:
             raise PromptError("no prompts given: at least one annotated image is needed")
         images: list[Image.Image] = []
         masks: list[dict[str, np.ndarray]] = []
@@ -145,16 +155,28 @@ class SegGptPredictor:
         self._tensors: dict[int, torch.Tensor] = {}
         self._small_masks: dict[tuple[int, str], np.ndarray] = {}
         self._group_cache: dict[tuple, list[_LabelGroup]] = {}
+        self._learned = self._prepare_learned(learned) if learned is not None else None
+        covered = set(learned.labels) if learned is not None else set()
         annotated_by: dict[str, list[int]] = {}
         for index, prompt_masks in enumerate(masks):
             for label in prompt_masks:
-                annotated_by.setdefault(label, []).append(index)
+                if label not in covered:
+                    annotated_by.setdefault(label, []).append(index)
         self._annotated_by = {label: tuple(indices) for label, indices in annotated_by.items()}
-        self._groups = self._groups_for(self._annotated_by)
+        self._groups = self._groups_for(self._annotated_by) if self._annotated_by else []
+
+    def _prepare_learned(self, learned: "LearnedPrompt") -> _LabelGroup:
+        expected = (3, *self.size)
+        if tuple(learned.image.shape) != expected or tuple(learned.mask.shape) != expected:
+            raise PromptError(f"learned prompt is {tuple(learned.image.shape)}, this model takes {expected}: "
+                              "it was tuned for another model; tune it again")
+        to = dict(device=self.device, dtype=self.dtype)
+        labels = list(learned.labels)
+        return _LabelGroup(labels, (), make_palette(len(labels)), learned.image[None].to(**to), learned.mask[None].to(**to))
 
     @property
     def prompt_count(self) -> int:
-        return len(self._images) if self._groups else 0
+        return len(self._images) if self._groups or self._learned else 0
 
     def annotated_by(self) -> dict[str, tuple[int, ...]]:
         """label -> indices of the prompts that annotate it."""
@@ -251,7 +273,7 @@ class SegGptPredictor:
     ) -> list[Segmentation]:
         """Segment prepared targets. `selections`, one per target, restrict each label to chosen prompts
         (label -> prompt indices); by default every label uses every prompt that annotates it."""
-        if not self._groups:
+        if not self._groups and self._learned is None:
             raise RuntimeError("no prompts set: call set_prompts() before predict()")
         if selections is not None and len(selections) != len(targets):
             raise ValueError(f"{len(selections)} selections for {len(targets)} targets")
@@ -262,7 +284,8 @@ class SegGptPredictor:
             signature = tuple(sorted((label, tuple(indices)) for label, indices in selection.items()))
             batches.setdefault(signature, []).append(position)
         for signature, positions in batches.items():
-            for group in self._groups_for(dict(signature)):
+            groups = self._groups_for(dict(signature)) if signature else []
+            for group in groups + ([self._learned] if self._learned else []):
                 per_forward = max(1, self.max_batch_rows // group.rows)
                 for start in range(0, len(positions), per_forward):
                     chunk = positions[start : start + per_forward]

@@ -60,6 +60,7 @@ def make_scene(
     categories: tuple[str, ...] = CATEGORIES,
     shapes: tuple[int, int] = (2, 5),
     must_include: tuple[str, ...] = (),
+    sizes: tuple[float, float] = (0.08, 0.2),
 ) -> Scene:
     """A scene of `shapes[0]..shapes[1]` shapes (later ones occlude earlier ones), fully determined by `seed`."""
     rng = np.random.default_rng(seed)
@@ -74,7 +75,7 @@ def make_scene(
     rng.shuffle(kinds)
     masks = {c: np.zeros(size, dtype=bool) for c in categories}
     for kind in kinds:
-        radius = rng.uniform(0.08, 0.2) * min(height, width)
+        radius = rng.uniform(*sizes) * min(height, width)
         cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
         shape = _draw(kind, size, cx, cy, radius, rng.uniform(0, 2 * np.pi))
         color = rng.integers(0, 256, size=3)
@@ -101,11 +102,14 @@ def make_episode(
     targets: int = 1,
     size: tuple[int, int] = (96, 96),
     labels: int = 1,
+    sizes: tuple[float, float] = (0.12, 0.28),
+    distractors: int = 2,
 ) -> Episode:
     """An episode whose prompts and targets all contain the chosen categories, among distractors; every image
     comes from its own seed, so held-out episodes (other seeds) never share an image with training ones."""
     rng = np.random.default_rng(seed)
     chosen = tuple(str(c) for c in rng.choice(CATEGORIES, size=labels, replace=False))
     base = int(rng.integers(0, 2**31 - 1))
-    make = lambda offset: make_scene(base + offset, size=size, shapes=(max(2, labels + 1), 4), must_include=chosen)  # noqa: E731
+    shapes = (labels + 1, labels + distractors)  # at least one distractor, at most `distractors`
+    make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes)  # noqa: E731
     return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])

@@ -22,7 +22,7 @@ from seggpt_core.synthetic import make_scene
 from worker import EmbeddedRedis
 
 from .media_server import MediaServer
-from .queue_helpers import start_worker
+from .queue_helpers import start_worker, wait_for
 
 RECORDED = Path(__file__).parent / "recorded"  # copies of shared/reference/ls-1.23.2-requests
 
@@ -195,13 +195,57 @@ def test_bad_images_fail_alone_with_their_reason(stack, caplog):
 
 def test_webhooks_answer_at_once_and_enqueue(stack):
     for name, status in (("webhook_ANNOTATION_CREATED.json", "queued"), ("webhook_ANNOTATIONS_DELETED.json", "queued"),
-                         ("webhook_START_TRAINING.json", "not available"), ("webhook_TASKS_CREATED.json", "queued")):
+                         ("webhook_START_TRAINING.json", "queued"), ("webhook_TASKS_CREATED.json", "queued")):
         started = time.perf_counter()
         response = stack["client"].post("/webhook", json=recorded(name))
         elapsed = time.perf_counter() - started
         assert response.status_code == 200 and response.json()["status"] == status, name
         assert elapsed < 1.0  # Label Studio waits 1 s for a webhook
     assert stack["client"].post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).json()["status"] == "ignored"
+
+
+@pytest.mark.parametrize("route", ["webhook", "legacy-train"])
+def test_training_tunes_a_prompt_that_changes_the_version_and_the_predictions(stack, route):
+    from worker import fetch_job
+
+    project = 4242 if route == "webhook" else 4243
+    _fill_pool(stack, project, CONFIG)
+    pool = PromptPool(stack["redis"], project)
+    setup = {**recorded("setup.json"), "project": f"{project}.1"}
+    before = stack["client"].post("/setup", json=setup).json()["model_version"]
+    task = {"id": 7, "data": {"image": f"{stack['media'].url}/good.png"}}
+    untuned = stack["client"].post("/predict", json={"tasks": [task], "project": f"{project}.1", "label_config": CONFIG}).json()["results"][0]
+    with TestClient(create_app(stack["settings"].with_(tune_steps=12))) as client:
+        if route == "webhook":
+            event = {**recorded("webhook_START_TRAINING.json"), "project": {"id": project, "label_config": CONFIG}}
+            answer = client.post("/webhook", json=event).json()
+        else:
+            answer = client.post("/train", json={**recorded("train_legacy_flag_off.json"), "project": f"{project}.17"}).json()
+    assert answer["status"] == "queued"
+    job = fetch_job(stack["redis"], answer["job"])
+    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), 120, what="the tuning job")
+    assert job.get_status() == "finished", job.latest_result().exc_string
+    outcome = job.return_value()
+    field = outcome["fields"]["image"]
+    assert field["examples"] == 2 and sorted(field["labels"]) == ["Cat", "Dog"]
+    assert Path(field["path"]).is_file() and job.get_meta()["done"] == 12 == job.get_meta()["total"]
+    assert pool.learned_prompts() == {"image": field["digest"]}
+    after = stack["client"].post("/setup", json=setup).json()["model_version"]
+    assert after != before and pool.version() == outcome["pool_version"]  # /setup tells Label Studio of the new version
+    tuned = stack["client"].post("/predict", json={"tasks": [task], "project": f"{project}.1", "label_config": CONFIG}).json()["results"][0]
+    assert tuned["model_version"] == after and {r["value"]["brushlabels"][0] for r in tuned["result"]} <= {"Cat", "Dog"}
+    assert tuned["result"] != untuned["result"]  # painted from the learned prompt, not the pool's
+
+
+def test_training_without_labeled_tasks_fails_with_a_reason(stack):
+    from worker import fetch_job
+
+    with TestClient(create_app(stack["settings"].with_(tune_steps=3))) as client:
+        answer = client.post("/train", json={"project": "5151.3", "label_config": CONFIG}).json()
+    job = fetch_job(stack["redis"], answer["job"])
+    wait_for(lambda: job.get_status(refresh=True) == "failed" and job.latest_result() is not None, 120, what="the job to fail")
+    assert "no labeled task to tune a prompt on" in job.latest_result().exc_string
+    assert client is not None and stack["client"].post("/train", json={"project": "x.y"}).status_code == 422
 
 
 def test_metrics_count_requests(stack):

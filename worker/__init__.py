@@ -2,7 +2,7 @@
 
 from .connection import EmbeddedRedis, data_dir, get_connection
 from .errors import ChunkIncomplete, QueueUnavailable, TransientError
-from .prompt_sets import PromptRecord, load_prompt_set, store_prompt_set
+from .prompt_sets import PromptRecord, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_set
 from .queue import (
     chunked,
     enqueue_call,
@@ -34,6 +34,7 @@ __all__ = [
     "get_queue",
     "job_failures",
     "job_progress",
+    "load_learned_prompt",
     "load_prompt_set",
     "queue_status",
     "register_sink",
@@ -41,5 +42,6 @@ __all__ = [
     "results_key",
     "retry_failed",
     "store_blob",
+    "store_learned_prompt",
     "store_prompt_set",
 ]

@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, KEY_PREFIX, RESULT_TTL
 from .gpu_worker import worker_info_key
+from .tasks import done_key
 
 __all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "retry_failed", "queue_status"]
 
@@ -35,7 +36,7 @@ def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
 
 def enqueue_segmentation(
     connection: redis.Redis,
-    prompt_set: str,
+    prompt_set: str | None,
     tasks: Sequence[dict],
     *,
     chunk_size: int = CHUNK_SIZE,
@@ -49,7 +50,7 @@ def enqueue_segmentation(
     """Split `tasks` into chunks and enqueue one job each. Returns (namespace, job ids).
 
     Each task is `{"id": ..., "image": {<source>: <value>}, ...}`; `extra` is copied into every payload for
-    the sink (e.g. a project id).
+    the sink (e.g. a project id). `prompt_set` may be None when `options["learned_prompt"]` covers every label.
     """
     for index, task in enumerate(tasks):
         if "id" not in task or "image" not in task:
@@ -134,7 +135,7 @@ def job_failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, s
         if job.get_status(refresh=False) == "failed":
             result = job.latest_result()
             lines = (result.exc_string or "").strip().splitlines() if result else []
-            done = {member.decode() for member in connection.smembers(f"{KEY_PREFIX}:chunk:{job.id}:done")}
+            done = {member.decode() for member in connection.smembers(done_key(job.id))}
             for task in job.args[0].get("tasks", []):
                 if str(task["id"]) not in done:
                     failures.setdefault(str(task["id"]), lines[-1] if lines else "the job failed")

@@ -68,13 +68,16 @@ class WorkerRuntime:
             return self.settings.device or "auto"
         return str(next(self.model.parameters()).device)
 
-    def predictor_for(self, connection: redis.Redis, digest: str, options: dict | None = None) -> Any:
-        """A predictor with the prompt set `digest` prepared, from the cache when this worker has seen it."""
+    def predictor_for(self, connection: redis.Redis, digest: str | None, options: dict | None = None) -> Any:
+        """A predictor with the prompt set `digest` prepared, from the cache when this worker has seen it.
+
+        `options["learned_prompt"]` names a tuned prompt (see `store_learned_prompt`) used for its labels; with
+        one, `digest` may be None."""
         from seggpt_core import SegGptPredictor
 
-        from .prompt_sets import load_prompt_set
+        from .prompt_sets import load_learned_prompt, load_prompt_set
 
-        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble")}
+        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "learned_prompt")}
         key = (digest, tuple(sorted(options.items())))
         predictor = self._predictors.get(key)
         if predictor is not None:
@@ -86,7 +89,9 @@ class WorkerRuntime:
             spatial_ensemble=bool(options.get("spatial_ensemble", False)),
             max_batch_rows=self.settings.max_batch_rows,
         )
-        predictor.set_prompts(load_prompt_set(connection, digest))
+        learned = options.get("learned_prompt")
+        predictor.set_prompts(load_prompt_set(connection, digest) if digest else [],
+                              learned=load_learned_prompt(connection, learned) if learned else None)
         predictor.embeddings = None  # filled on first use by `prompt_embeddings`
         self.prompt_preparations += 1
         self._predictors[key] = predictor

@@ -12,6 +12,7 @@ from worker import enqueue_call
 
 from ..dependencies import RedisDep, SettingsDep
 from ..metrics import count
+from ..prompt_training import TRAIN_FUNCTION
 from ..schemas import WebhookEvent
 
 router = APIRouter()
@@ -41,5 +42,8 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
         enqueue_call(connection, "backend.jobs.prelabel_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue)
         return {"status": "queued", "action": event.action, "tasks": len(ids)}
     if event.action == "START_TRAINING":
-        return {"status": "not available", "detail": "training (prompt tuning) is not available yet; predictions use the annotations as prompts directly"}
+        # Prompt tuning is long work: it goes on the bulk queue, behind nothing interactive.
+        job = enqueue_call(connection, TRAIN_FUNCTION, {**base, "steps": settings.tune_steps}, queue=settings.queue,
+                           description=f"tune the prompt of project {project}")
+        return {"status": "queued", "action": event.action, "job": job.id}
     return {"status": "ignored", "action": event.action}

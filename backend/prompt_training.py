@@ -1,0 +1,91 @@
+"""Prompt tuning for a Label Studio project, as a job: the project's labeled tasks teach one learned prompt per
+image field; the frozen SegGPT in the worker process does the work.
+
+Started by `seggpt-ls train-prompt` or the START_TRAINING webhook. The result is saved under MODEL_DIR (a file per
+field) and in Redis (so every worker, on any machine, can use it); recording it in the pool changes the model
+version, so `/predict` and `bootstrap` use it from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from rq import get_current_job
+
+from worker import data_dir, store_learned_prompt
+
+from .jobs import pool_and_controls
+from .prompt_pool import PromptPool, sync_from_label_studio
+from .services import services_from_env
+
+__all__ = ["train_prompt", "learned_prompt_path", "TRAIN_FUNCTION"]
+
+log = logging.getLogger(__name__)
+
+TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
+
+
+def learned_prompt_path(project: int, data_key: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in data_key)
+    return data_dir() / "prompts" / f"project-{int(project)}" / f"{safe}.safetensors"
+
+
+def _examples(pool: PromptPool, data_key: str) -> list:
+    from seggpt_core import Prompt
+    from worker.codec import b64png_to_mask
+
+    examples = []
+    for entry in sorted(pool.entries(), key=lambda e: str(e["entry"])):
+        if entry["data_key"] != data_key:
+            continue
+        image = pool.connection.get(entry["image"]["blob"])
+        if image is None:
+            log.warning("task %s: prompt image gone from Redis; not used for tuning", entry["task"])
+            continue
+        examples.append(Prompt(image, {label: b64png_to_mask(m) for label, m in entry["masks"].items()}))
+    return examples
+
+
+def train_prompt(payload: dict) -> dict:
+    """`{"project": id, "label_config": "<View>..." (optional), "steps": N, "sync": true}` -> per-field report."""
+    from seggpt_core.prompt_tuning import TuneSettings, tune_prompt
+    from worker.runtime import get_runtime
+
+    job, pool, controls = pool_and_controls(payload)
+    services = services_from_env()
+    if payload.get("sync", True) and services.client is not None:
+        sync_from_label_studio(pool, services.client, services.fetcher.fetch, controls)
+    settings = TuneSettings(steps=int(payload.get("steps") or TuneSettings.steps))
+    model = get_runtime().load()
+    data_keys = sorted({c.data_key for c in controls})
+    fields = {key: _examples(pool, key) for key in data_keys}
+    total = settings.steps * sum(1 for examples in fields.values() if examples)
+    if total == 0:
+        raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
+    job.meta.update({"total": total, "done": 0, "failed": 0, "stage": "tuning"})
+    job.save_meta()
+    report, finished, last_save = {}, 0, 0.0
+    for data_key, examples in fields.items():
+        if not examples:
+            continue
+
+        def progress(step: int, steps: int, loss: float) -> None:
+            nonlocal last_save
+            if step == steps or time.monotonic() - last_save > 0.5:  # meta writes are cheap, not free
+                job.meta.update({"done": finished + step, "loss": round(loss, 5), "field": data_key})
+                job.save_meta()
+                last_save = time.monotonic()
+
+        learned = tune_prompt(model, examples, settings, progress=progress)
+        finished += settings.steps
+        path = learned.save(learned_prompt_path(pool.project, data_key))
+        digest = store_learned_prompt(job.connection, learned.to_bytes())
+        pool.set_learned_prompt(data_key, digest)
+        report[data_key] = {"examples": len(examples), "labels": [l.split("\x1f", 1)[-1] for l in learned.labels],
+                            "final_loss": learned.info["final_loss"], "path": str(path), "digest": digest}
+    # The model version also depends on the serving settings, which this worker may not share: report the pool's.
+    job.meta.update({"stage": "done"})
+    job.save_meta()
+    return {"project": pool.project, "fields": report, "pool_version": pool.version()}

@@ -1,0 +1,26 @@
+"""POST /train: Label Studio's legacy training call (`{"annotations", "project", "label_config"}`), sent where the
+webhook flow is switched off. It starts the same prompt-tuning job as the START_TRAINING webhook."""
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from worker import enqueue_call
+
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..metrics import count
+from ..predict_service import project_id
+from ..prompt_training import TRAIN_FUNCTION
+from ..schemas import TrainRequest
+
+router = APIRouter(dependencies=[Depends(require_basic_auth)])
+
+
+@router.post("/train")
+def train(body: TrainRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+    try:
+        project = project_id(body.project)
+    except ValueError as exc:
+        raise HTTPException(422, f"body.project: {exc}") from None
+    count(connection, "train_requests")
+    job = enqueue_call(connection, TRAIN_FUNCTION, {"project": project, "label_config": body.label_config, "steps": settings.tune_steps},
+                       queue=settings.queue, description=f"tune the prompt of project {project}")
+    return {"status": "queued", "job": job.id}
