@@ -138,6 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{source}, {args.shots}-shot, weights {args.weights}, {time.perf_counter() - started:.1f} s")
     for category, value in report.class_means.items():
         print(f"  {category}: IoU {value:.4f} over {len(report.per_class[category])} target(s)")
+    print(f"prediction score vs IoU: Spearman {report.score_iou_spearman:.3f} over {len(report.scored)} mask(s)")
     print(f"mIoU={report.miou:.4f}")
     return 0
 

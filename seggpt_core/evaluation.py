@@ -12,9 +12,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .predictor import Prompt, SegGptPredictor
-from .synthetic import CATEGORIES, Scene, make_episode
+from .synthetic import Episode, Scene, make_episode
 
-__all__ = ["EvalReport", "iou", "evaluate_synthetic", "evaluate_folder", "HELD_OUT_SEED"]
+__all__ = ["EvalReport", "iou", "spearman", "evaluate_episodes", "evaluate_synthetic", "evaluate_folder", "HELD_OUT_SEED"]
 
 # Training draws episode seeds below this; evaluation above it, so held-out episodes are never seen.
 HELD_OUT_SEED = 10_000_000
@@ -28,9 +28,17 @@ def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
 @dataclass
 class EvalReport:
     per_class: dict[str, list[float]] = field(default_factory=dict)
+    scored: list[tuple[float, float]] = field(default_factory=list)  # (prediction score, IoU) where a score is known
 
-    def add(self, category: str, value: float) -> None:
+    def add(self, category: str, value: float, score: float | None = None) -> None:
         self.per_class.setdefault(category, []).append(value)
+        if score is not None:
+            self.scored.append((score, value))
+
+    @property
+    def score_iou_spearman(self) -> float:
+        """How well prediction scores rank the masks by quality (1.0: perfectly)."""
+        return spearman([s for s, _ in self.scored], [v for _, v in self.scored]) if len(self.scored) > 1 else 0.0
 
     @property
     def class_means(self) -> dict[str, float]:
@@ -47,16 +55,21 @@ def _score(predictor: SegGptPredictor, prompts: Sequence[Scene], targets: Sequen
     predictor.set_prompts([Prompt(s.image, {c: s.masks[c] for c in categories}) for s in prompts])
     for target, result in zip(targets, predictor.predict([t.image for t in targets])):
         for category in categories:
-            report.add(category, iou(result.masks[category], target.masks[category]))
+            report.add(category, iou(result.masks[category], target.masks[category]), result.scores[category])
+
+
+def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode], report: EvalReport | None = None) -> EvalReport:
+    """Score given episodes (e.g. the ones an end-to-end run sent through Label Studio)."""
+    report = report if report is not None else EvalReport()
+    for episode in episodes:
+        _score(predictor, episode.prompts, episode.targets, episode.categories, report)
+    return report
 
 
 def evaluate_synthetic(predictor: SegGptPredictor, episodes: int, shots: int = 1, labels: int = 1,
                        size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED) -> EvalReport:
-    report = EvalReport()
-    for index in range(episodes):
-        episode = make_episode(first_seed + index, shots=shots, targets=1, size=size, labels=labels)
-        _score(predictor, episode.prompts, episode.targets, episode.categories, report)
-    return report
+    generated = (make_episode(first_seed + i, shots=shots, targets=1, size=size, labels=labels) for i in range(episodes))
+    return evaluate_episodes(predictor, generated)
 
 
 def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1) -> EvalReport:
@@ -76,3 +89,22 @@ def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1)
             raise ValueError(f"{folder}: needs more than {shots} image/mask pairs, found {len(pairs)}")
         _score(predictor, pairs[:shots], pairs[shots:], [folder.name], report)
     return report
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Rank correlation (ties get their mean rank); 0.0 when either side is constant."""
+    def ranks(values: Sequence[float]) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(values, kind="mergesort")
+        ranked = np.empty(len(values))
+        ranked[order] = np.arange(len(values))
+        for value in np.unique(values):
+            tied = values == value
+            ranked[tied] = ranked[tied].mean()
+        return ranked
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+

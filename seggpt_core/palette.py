@@ -24,7 +24,7 @@ def make_palette(num_labels: int) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8)
 
 
-def decode_colors(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decode_colors(rgb: np.ndarray, palette: np.ndarray, with_runner_up: bool = False) -> tuple[np.ndarray, ...]:
     """Nearest palette color of every pixel.
 
     Args:
@@ -34,28 +34,34 @@ def decode_colors(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.
     Returns:
         indices (...) uint8 into the palette, and confidence (...) float32 in [0, 1]: the margin
         (d2 - d1) / (d2 + d1) between the nearest (d1) and second-nearest (d2) color distances. 1 means the
-        pixel sits exactly on a palette color, 0 means it is halfway between two.
+        pixel sits exactly on a palette color, 0 means it is halfway between two. With `with_runner_up`, a third
+        array: the index of the second-nearest color.
     """
     colors = palette.astype(np.float32)
     pixels = rgb.reshape(-1, 3).astype(np.float32, copy=False)
     if colors.shape[0] == 1:
-        indices = np.zeros(pixels.shape[0], dtype=np.uint8)
-        return indices.reshape(rgb.shape[:-1]), np.ones(rgb.shape[:-1], dtype=np.float32)
+        indices = np.zeros(rgb.shape[:-1], dtype=np.uint8)
+        return (indices, np.ones(rgb.shape[:-1], dtype=np.float32)) + ((indices.copy(),) if with_runner_up else ())
     # One pass per color, keeping the nearest and second-nearest squared distances: with a handful of colors this
     # is several times faster than an (N, C) distance matrix and a partition over it.
     r, g, b = (np.ascontiguousarray(pixels[:, k]) for k in range(3))
     first = np.full(r.shape, np.inf, dtype=np.float32)
     second = np.full(r.shape, np.inf, dtype=np.float32)
     indices = np.zeros(r.shape, dtype=np.uint8)
+    runner_up = np.zeros(r.shape, dtype=np.uint8) if with_runner_up else None
     for index, (cr, cg, cb) in enumerate(colors):
         d = (r - cr) ** 2
         d += (g - cg) ** 2
         d += (b - cb) ** 2
         closer = d < first
+        if runner_up is not None:
+            runner_up[closer] = indices[closer]
+            runner_up[~closer & (d < second)] = index
         np.minimum(second, np.where(closer, first, d), out=second)
         np.minimum(first, d, out=first)
         indices[closer] = index
     d1, d2 = np.sqrt(first), np.sqrt(second)
     confidence = (d2 - d1) / np.maximum(d2 + d1, 1e-6)
     shape = rgb.shape[:-1]
-    return indices.astype(np.uint8).reshape(shape), confidence.astype(np.float32).reshape(shape)
+    decoded = (indices.reshape(shape), confidence.astype(np.float32).reshape(shape))
+    return decoded + (runner_up.reshape(shape),) if runner_up is not None else decoded

@@ -309,11 +309,14 @@ class SegGptPredictor:
 
     @staticmethod
     def _decode(rgb: np.ndarray, group: _LabelGroup, size: tuple[int, int], result: Segmentation) -> None:
-        indices, confidence = decode_colors(rgb, group.palette)
+        indices, confidence, runner_up = decode_colors(rgb, group.palette, with_runner_up=True)
         full = resize_label_map(indices, size)
+        inside, outside = (1 + confidence) / 2, (1 - confidence) / 2
         for value, label in enumerate(group.labels, start=1):
             predicted = indices == value
-            # Mean color margin over the predicted region; over the whole image when the label is absent.
-            region = confidence[predicted] if predicted.any() else confidence
-            result.scores[label] = float(region.mean())
+            # Soft IoU of the mask with the painted colors: a pixel belongs to the label by (1 + margin) / 2 where
+            # the label's color is nearest, by (1 - margin) / 2 where it is second. Crisp painting scores 1; a mask
+            # with wide fringes of in-between colors scores low; no mask scores 0.
+            union = np.count_nonzero(predicted) + float(outside[(runner_up == value) & ~predicted].sum())
+            result.scores[label] = float(inside[predicted].sum() / union) if union else 0.0
             result.masks[label] = full == value

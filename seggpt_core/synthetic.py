@@ -10,9 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CATEGORIES", "Scene", "make_scene"]
+__all__ = ["CATEGORIES", "Scene", "make_scene", "make_episode", "category_scenes"]
 
 CATEGORIES = ("disc", "square", "triangle", "star", "ring")
+# Shape radius as a share of the shorter side, in episodes: small enough for overlaps, large enough that a 4-pixel
+# patch grid at 48 px still sees the corners and holes that tell the categories apart.
+EPISODE_SIZES = (0.12, 0.28)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def make_episode(
     targets: int = 1,
     size: tuple[int, int] = (96, 96),
     labels: int = 1,
-    sizes: tuple[float, float] = (0.12, 0.28),
+    sizes: tuple[float, float] = EPISODE_SIZES,
     distractors: int = 2,
 ) -> Episode:
     """An episode whose prompts and targets all contain the chosen categories, among distractors; every image
@@ -113,3 +116,8 @@ def make_episode(
     shapes = (labels + 1, labels + distractors)  # at least one distractor, at most `distractors`
     make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes)  # noqa: E731
     return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])
+
+
+def category_scenes(category: str, count: int, first_seed: int, size: tuple[int, int] = (96, 96)) -> list[Scene]:
+    """`count` scenes that all contain `category` among one or two distractors, drawn like episode images."""
+    return [make_scene(first_seed + i, size=size, shapes=(2, 3), must_include=(category,), sizes=EPISODE_SIZES) for i in range(count)]

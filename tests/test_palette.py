@@ -37,3 +37,12 @@ def test_confidence_falls_between_colors():
     assert confidence[0, 0] == pytest.approx(1.0)
     assert confidence[0, 1] < 0.01  # halfway: no confidence
     assert confidence[0, 3] < confidence[0, 0] and confidence[0, 2] > 0.9
+
+
+def test_runner_up_is_the_second_nearest_color():
+    palette = make_palette(5)
+    rgb = np.random.default_rng(5).uniform(0, 255, size=(9, 11, 3)).astype(np.float32)
+    indices, confidence, runner_up = decode_colors(rgb, palette, with_runner_up=True)
+    order = np.argsort(((rgb[..., None, :] - palette.astype(np.float32)) ** 2).sum(-1), axis=-1)
+    assert np.array_equal(indices, order[..., 0]) and np.array_equal(runner_up, order[..., 1])
+    assert np.array_equal(decode_colors(rgb, palette)[1], confidence)  # the same answer without it

@@ -219,3 +219,24 @@ def test_large_jpegs_decode_reduced_yet_masks_keep_the_original_size(predictor):
     square = _scene(40, 60, seed=14)[1]
     predictor.set_prompts([Prompt(_scene(40, 60, seed=14)[0], {"square": square})])
     assert predictor.predict_prepared([prepared])[0].masks["square"].shape == (1920, 1080)
+
+
+def test_score_is_the_soft_iou_of_the_mask_with_the_painted_colors():
+    """Crisp painting scores 1, fringes of in-between colors lower it, no mask scores 0 (see _decode)."""
+    from seggpt_core.predictor import Segmentation, _LabelGroup
+    from seggpt_core.palette import make_palette
+
+    palette = make_palette(1)
+    group = _LabelGroup(["x"], (0,), palette, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+    crisp = np.zeros((8, 8, 3), np.float32)
+    crisp[2:6, 2:6] = 255
+    blurred = crisp.copy()
+    blurred[1, 1:7] = blurred[6, 1:7] = 100  # a fringe: below halfway, so outside the mask but close to it
+    blurred[2:6, 2:6] = 170
+    scores = []
+    for rgb in (crisp, blurred, np.zeros_like(crisp)):
+        result = Segmentation({}, {}, (8, 8))
+        SegGptPredictor._decode(rgb, group, (8, 8), result)
+        scores.append(result.scores["x"])
+    assert scores[0] == pytest.approx(1.0) and 0.2 < scores[1] < 0.9 and scores[2] == 0.0
+    assert np.array_equal(result.masks["x"], np.zeros((8, 8), bool))
