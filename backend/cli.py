@@ -13,9 +13,8 @@ from typing import Sequence
 __all__ = ["main"]
 
 SAMPLES = Path(__file__).parent / "samples"
-# Until the project ships trained weights, the demo runs a seeded random network: the pipeline is real,
-# the masks are not meaningful.
-DEMO_WEIGHTS = "random:tiny"
+# The project's own small SegGPT, trained on synthetic shapes (`seggpt-ls train-tiny`), shipped in seggpt_core.
+DEMO_WEIGHTS = "tiny-shapes"
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> None:
@@ -25,6 +24,8 @@ def _add_model_options(parser: argparse.ArgumentParser, default_weights: str) ->
     parser.add_argument("--embedding-type", default="instance", choices=["instance", "semantic"])
     parser.add_argument("--spatial-ensemble", action="store_true", help="stitch prompts into one canvas instead of the feature ensemble")
     parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
+    parser.add_argument("--labels-per-forward", type=int, default=0,
+                        help="paint at most N labels per forward (0: all that share prompts; 1 for tiny-shapes, trained on one color)")
 
 
 def _build_predictor(args: argparse.Namespace):
@@ -37,7 +38,8 @@ def _build_predictor(args: argparse.Namespace):
     model = load_model(args.weights, device=args.device, dtype=dtype)
     param = next(model.parameters())
     print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
-    return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble, max_batch_rows=args.batch_size)
+    return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble,
+                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward)
 
 
 def _list_images(directory: Path) -> list[Path]:
@@ -48,7 +50,7 @@ def _list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path, preview: bool, formats: list[str]) -> int:
+def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path, preview: bool, formats: list[str], truth: Path | None = None) -> int:
     from .folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
 
     prompts = load_prompts(specs)
@@ -60,7 +62,7 @@ def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path,
     else:
         connection = _connection(args)
         workers = _local_workers_if_none(connection, args, _model_flags(args))
-        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble}
+        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble, "labels_per_forward": args.labels_per_forward}
         try:
             report = run_on_queue(connection, prompts, images, options)
         finally:
@@ -74,7 +76,28 @@ def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path,
     for path, reason in report.failed.items():
         print(f"  failed {path}: {reason}")
     print(f"wrote {len(outputs)} file(s) under {out}" + (f"; preview: {out / 'preview.png'}" if preview else ""))
+    if truth is not None:
+        _print_truth_iou(report, labels, truth)
     return 1 if report.failed else 0
+
+
+def _print_truth_iou(report, labels: list[str], truth: Path) -> None:
+    """IoU of every mask against `truth/<image stem>_<label>.png` (the bundled images come with their truth)."""
+    import numpy as np
+    from PIL import Image
+
+    from seggpt_core.evaluation import EvalReport, iou
+
+    scores = EvalReport()
+    for result in report.results:
+        for label in labels:
+            path = truth / f"{result.path.stem}_{label}.png"
+            if path.is_file():
+                with Image.open(path) as mask:
+                    scores.add(label, iou(result.masks[label], np.asarray(mask.convert("L")) > 127))
+    if scores.per_class:
+        print("IoU against the generator's ground truth: " + ", ".join(f"{c} {v:.3f}" for c, v in scores.class_means.items())
+              + f"; mIoU {scores.miou:.3f}")
 
 
 def _model_flags(args: argparse.Namespace) -> list[str]:
@@ -110,13 +133,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in ("disc", "star")]
     images = sorted(SAMPLES.glob("target_*.png"))
     print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels disc, star)")
-    if args.weights.startswith("random:"):
+    if args.weights == DEMO_WEIGHTS:
+        print(f"weights: {DEMO_WEIGHTS}, the project's own small SegGPT trained on synthetic shapes (not the real "
+              "SegGPT: pass --weights BAAI/seggpt-vit-large for that), each label painted in its own forward")
+    elif args.weights.startswith("random:"):
         print(
             f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole path "
             "(embedded Redis, a worker process, preprocessing, canvas, ensemble, decoding, masks, preview), but "
             "its masks carry no meaning. Pass --weights BAAI/seggpt-vit-large (or a local copy) for real segmentations."
         )
-    return _run_segment(args, specs, images, Path(args.out), True, ["png", "ls-json", "coco"])
+    return _run_segment(args, specs, images, Path(args.out), True, ["png", "ls-json", "coco"], truth=SAMPLES / "truth")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -413,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="seggpt-demo-out", help="output directory (default: %(default)s)")
     _add_model_options(demo, DEMO_WEIGHTS)
     _add_queue_options(demo)
-    demo.set_defaults(handler=cmd_demo, image_prefix=None)
+    demo.set_defaults(handler=cmd_demo, image_prefix=None, labels_per_forward=1)
 
     segment = commands.add_parser("segment", help="segment a folder of images from annotated prompt images")
     segment.add_argument("--prompt", action="append", metavar="IMAGE:MASK[:LABEL]", help="a prompt image and a mask of one label; repeat for more labels or images")

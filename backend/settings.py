@@ -33,6 +33,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
     "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
     "keep_old_predictions": ("SEGGPT_KEEP_OLD_PREDICTIONS", "on relabel, keep older predictions (false: delete this backend's older ones)"),
+    "labels_per_forward": ("SEGGPT_LABELS_PER_FORWARD", "paint at most N labels per forward (0: all that share prompts; 1 for small models such as tiny-shapes)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
 }
 
@@ -78,6 +79,7 @@ class Settings:
     auto_relabel: bool = False
     auto_prelabel: bool = True
     keep_old_predictions: bool = True
+    labels_per_forward: int = 0
     tune_steps: int = 150
 
     def __post_init__(self) -> None:
@@ -121,12 +123,14 @@ class Settings:
     def fingerprint(self) -> dict:
         """The settings that change what a prediction looks like: part of the model version."""
         return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype,
-                "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy}
+                "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy,
+                **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {})}
 
     @property
     def prediction_options(self) -> dict:
         """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type."""
-        return {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy}
+        options = {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy}
+        return {**options, "labels_per_forward": self.labels_per_forward} if self.labels_per_forward else options
 
     @property
     def candidates_per_label(self) -> int:

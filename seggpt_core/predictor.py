@@ -89,6 +89,9 @@ class SegGptPredictor:
             of the feature ensemble.
         max_batch_rows: upper bound on prompt rows per forward; targets are batched T at a time with T * K rows.
         max_pixels: images larger than this are refused (decompression-bomb guard).
+        labels_per_forward: at most this many labels painted in one forward (0: all labels that share prompts, as
+            the official demos do). 1 paints every label alone in white: more forwards, but a small model trained on
+            one color per episode (like `tiny-shapes`) needs it.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class SegGptPredictor:
         spatial_ensemble: bool = False,
         max_batch_rows: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        labels_per_forward: int = 0,
     ) -> None:
         if embedding_type not in ("instance", "semantic"):
             raise ValueError(f"embedding_type must be 'instance' or 'semantic', got {embedding_type!r}")
@@ -107,6 +111,7 @@ class SegGptPredictor:
         self.spatial_ensemble = spatial_ensemble
         self.max_batch_rows = max(1, int(max_batch_rows))
         self.max_pixels = max_pixels
+        self.labels_per_forward = max(0, int(labels_per_forward))
         self.size = model.config.half_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -205,7 +210,13 @@ class SegGptPredictor:
                 raise PromptError(f"label {label!r}: prompts {strays} do not annotate it")
             by_prompts.setdefault(tuple(indices), []).append(label)
         # Colors follow the sorted label names: the same prompts give the same painting however they arrived.
-        groups = [self._prepare_group(sorted(labels), indices) for indices, labels in by_prompts.items()]
+        step = self.labels_per_forward or None
+        groups = [
+            self._prepare_group(ordered[start : start + step] if step else ordered, indices)
+            for indices, labels in by_prompts.items()
+            for ordered in [sorted(labels)]
+            for start in range(0, len(ordered), step or len(ordered))
+        ]
         if len(self._group_cache) >= 64:
             self._group_cache.pop(next(iter(self._group_cache)))
         self._group_cache[signature] = groups

@@ -31,11 +31,18 @@ def _prompt_args() -> list[str]:
             "--prompt", f"{SAMPLES / 'prompt.png'}:{SAMPLES / 'prompt_star.png'}"]
 
 
+# What tiny-shapes scores on the six bundled targets, less a margin (see the note of issue 7 for the measured value).
+DEMO_MIOU_FLOOR = 0.5
+
+
 def test_demo_runs_the_queue_path_and_writes_every_format(tmp_path, model_dir, capsys):
     assert main(["demo", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "untrained, seeded random network" in printed  # the demo says honestly what its masks are
+    assert "the project's own small SegGPT trained on synthetic shapes" in printed  # it says honestly what it runs
     assert "through the queue" in printed
+    # the bundled images come with the generator's truth: the shipped model must actually find the shapes
+    line = next(l for l in printed.splitlines() if l.startswith("IoU against the generator's ground truth"))
+    assert float(line.rsplit("mIoU ", 1)[1]) >= DEMO_MIOU_FLOOR, line
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert results["labels"] == ["disc", "star"]
@@ -131,4 +138,4 @@ def test_console_script_is_installed(tmp_path):
     finally:
         EmbeddedRedis(tmp_path / "data" / "redis").stop()
     assert result.returncode == 0, result.stderr
-    assert "segmented 3 image(s)" in result.stdout
+    assert "segmented 6 image(s)" in result.stdout

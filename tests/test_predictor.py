@@ -240,3 +240,14 @@ def test_score_is_the_soft_iou_of_the_mask_with_the_painted_colors():
         scores.append(result.scores["x"])
     assert scores[0] == pytest.approx(1.0) and 0.2 < scores[1] < 0.9 and scores[2] == 0.0
     assert np.array_equal(result.masks["x"], np.zeros((8, 8), bool))
+
+
+def test_labels_per_forward_paints_each_label_alone(tiny_model):
+    image, square, disc = _scene(60, 80, seed=5)
+    target, _, _ = _scene(70, 90, seed=7)
+    separate = SegGptPredictor(tiny_model, labels_per_forward=1)
+    result = separate.segment([target], [Prompt(image, {"square": square, "disc": disc})])[0]
+    assert separate.groups == [(("disc",), (0,)), (("square",), (0,))]
+    for label, mask in (("disc", disc), ("square", square)):  # each exactly as if it were the only label
+        alone = SegGptPredictor(tiny_model).segment([target], [Prompt(image, {label: mask})])[0]
+        assert np.array_equal(result.masks[label], alone.masks[label])

@@ -77,7 +77,7 @@ class WorkerRuntime:
 
         from .prompt_sets import load_learned_prompt, load_prompt_set
 
-        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "learned_prompt")}
+        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "learned_prompt", "labels_per_forward")}
         key = (digest, tuple(sorted(options.items())))
         predictor = self._predictors.get(key)
         if predictor is not None:
@@ -87,6 +87,7 @@ class WorkerRuntime:
             self.load(),
             embedding_type=options.get("embedding_type", "instance"),
             spatial_ensemble=bool(options.get("spatial_ensemble", False)),
+            labels_per_forward=int(options.get("labels_per_forward") or 0),
             max_batch_rows=self.settings.max_batch_rows,
         )
         learned = options.get("learned_prompt")

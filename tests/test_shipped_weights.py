@@ -1,0 +1,65 @@
+"""The shipped small model, `tiny-shapes`: CI evaluates it (never retrains it). Floors sit a little under the
+values measured when it was trained (see docs/benchmarks.md), so a regression anywhere on the path fails here."""
+
+from __future__ import annotations
+
+import pytest
+
+from seggpt_core import Prompt, SegGptPredictor, build_model, load_model
+from seggpt_core.evaluation import HELD_OUT_SEED, EvalReport, evaluate_synthetic, iou
+from seggpt_core.prompt_tuning import TuneSettings, tune_prompt
+from seggpt_core.synthetic import category_scenes
+
+ONE_SHOT_FLOOR = 0.75  # the issue's target; measured: see docs/benchmarks.md
+SPEARMAN_FLOOR = 0.3
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return SegGptPredictor(load_model("tiny-shapes", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_shot(predictor):
+    return evaluate_synthetic(predictor, 200)
+
+
+def test_tiny_shapes_loads_by_name_with_its_config():
+    model = load_model("tiny-shapes", device="cpu")
+    assert model.config.half_size == (48, 48) and model.config.patch_size == 4
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_one_shot_miou_on_200_held_out_episodes(one_shot):
+    assert sum(len(v) for v in one_shot.per_class.values()) == 200 and len(one_shot.per_class) == 5
+    assert one_shot.miou >= ONE_SHOT_FLOOR, one_shot.class_means
+
+
+def test_random_weights_of_the_same_config_score_below_0_3():
+    random = SegGptPredictor(build_model(load_model("tiny-shapes", device="cpu").config, seed=0))
+    assert evaluate_synthetic(random, 50).miou < 0.3
+
+
+def test_feature_ensemble_of_5_scores_at_least_as_well_as_one_shot(predictor, one_shot):
+    # the same seeds give the same targets and the same first prompt, plus four more prompts
+    five = evaluate_synthetic(predictor, 200, shots=5)
+    assert five.miou >= one_shot.miou, (five.class_means, one_shot.class_means)
+
+
+def test_prediction_scores_rank_masks_by_iou(one_shot):
+    assert one_shot.score_iou_spearman >= SPEARMAN_FLOOR
+
+
+def test_a_tuned_prompt_beats_one_shot(predictor):
+    """Prompt tuning on 12 labeled scenes per category, SegGPT frozen, against one-shot from the first of them."""
+    model = predictor.model
+    one, tuned = EvalReport(), EvalReport()
+    for offset, category in enumerate(("star", "triangle")):
+        examples = [Prompt(s.image, {category: s.masks[category]}) for s in category_scenes(category, 12, HELD_OUT_SEED + 1_400_000 + 1000 * offset)]
+        targets = category_scenes(category, 20, HELD_OUT_SEED + 1_500_000 + 1000 * offset)
+        learned = tune_prompt(model, examples, TuneSettings(steps=60))
+        for report, prompts, prompt in ((one, examples[:1], None), (tuned, [], learned)):
+            predictor.set_prompts(prompts, learned=prompt)
+            for target, result in zip(targets, predictor.predict([t.image for t in targets])):
+                report.add(category, iou(result.masks[category], target.masks[category]))
+    assert tuned.miou > one.miou, (tuned.class_means, one.class_means)
