@@ -236,7 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, counts in status["queues"].items():
         print(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
     for job in status["running"]:
-        print(f"  running {job['id']}: {job['done']}/{job['total']} done, {job['failed']} failed")
+        print(f"  running {job['id']} ({job['description']}): {job['done']}/{job['total']} done, {job['failed']} failed")
     for job in status["failed"]:
         print(f"  failed  {job['id']}: {job['done']}/{job['total']} done; {job.get('reason', '')}")
     print(f"workers: {len(status['workers'])}")

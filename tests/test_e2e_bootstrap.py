@@ -157,3 +157,28 @@ def test_import_triggers_prelabeling_of_new_tasks(label_studio, media, backend):
     assert len(new_ids) == 3
     by_task = _wait(lambda: (b := _predictions_by_task(label_studio, project)) and new_ids <= set(b) and b, 120, "the imported tasks to be pre-labeled")
     assert all(len(by_task[t]) == 1 for t in new_ids)
+
+
+def test_start_training_and_train_prompt_tune_a_prompt_that_bootstrap_uses(label_studio, media, backend):
+    from backend.prompt_pool import PromptPool
+
+    project, tasks = _project(label_studio, media, "prompt tuning", annotated=3)
+    ml = label_studio.connect_backend(project, backend.url, backend.user, backend.password)
+    pool = PromptPool(backend.redis(), project)
+    _wait(lambda: pool.size() == 3, 120, "the prompt pool")
+    # "Start training" in Label Studio: it sends START_TRAINING to /webhook, which queues the tuning job
+    label_studio.api("POST", f"/api/ml/{ml['id']}/train")
+    first = _wait(lambda: pool.learned_prompts().get("image"), 180, "a learned prompt from START_TRAINING")
+    assert (backend.model_dir / "prompts" / f"project-{project}" / "image.safetensors").is_file()
+    # the CLI does the same, with its own step count, and reports the new model version
+    cli = _cli(backend, label_studio, "train-prompt", "--project", str(project), "--steps", "7")
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output
+    assert "3 labeled task(s), labels Disc, Star" in output
+    assert pool.learned_prompts()["image"] != first  # fewer steps: another prompt
+    version = output.rsplit("model version ", 1)[1].split(":", 1)[0]
+    cli = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--limit", "4")
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output
+    by_task = _predictions_by_task(label_studio, project)
+    assert len(by_task) == 4 and all(p["model_version"] == version for ps in by_task.values() for p in ps)

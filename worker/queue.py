@@ -165,7 +165,8 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
                 if job is None:
                     continue
                 meta = job.get_meta(refresh=False)
-                entry = {"id": job.id, "queue": name, "done": meta.get("done", 0), "failed": meta.get("failed", 0), "total": meta.get("total", 0)}
+                entry = {"id": job.id, "queue": name, "description": job.description or "", "done": meta.get("done", 0),
+                         "failed": meta.get("failed", 0), "total": meta.get("total", 0)}
                 if bucket == "failed":
                     entry["reason"] = (job.latest_result().exc_string.strip().splitlines() or [""])[-1] if job.latest_result() else ""
                 status[bucket].append(entry)
