@@ -322,12 +322,15 @@ class SegGptPredictor:
     def _decode(rgb: np.ndarray, group: _LabelGroup, size: tuple[int, int], result: Segmentation) -> None:
         indices, confidence, runner_up = decode_colors(rgb, group.palette, with_runner_up=True)
         full = resize_label_map(indices, size)
-        inside, outside = (1 + confidence) / 2, (1 - confidence) / 2
+        # Score: the soft IoU of the mask with the painted colors. A pixel belongs to a label by (1 + margin) / 2
+        # where the label's color is nearest and by (1 - margin) / 2 where it is second (never both). Crisp painting
+        # scores 1, a mask with wide fringes of in-between colors scores low, no mask scores 0. Per-label sums come
+        # from four bincounts, whatever the number of labels.
+        colors = len(group.palette)
+        flat, runner, margin = indices.ravel(), runner_up.ravel(), confidence.ravel()
+        count, margin_in = np.bincount(flat, minlength=colors), np.bincount(flat, weights=margin, minlength=colors)
+        fringe, margin_out = np.bincount(runner, minlength=colors), np.bincount(runner, weights=margin, minlength=colors)
         for value, label in enumerate(group.labels, start=1):
-            predicted = indices == value
-            # Soft IoU of the mask with the painted colors: a pixel belongs to the label by (1 + margin) / 2 where
-            # the label's color is nearest, by (1 - margin) / 2 where it is second. Crisp painting scores 1; a mask
-            # with wide fringes of in-between colors scores low; no mask scores 0.
-            union = np.count_nonzero(predicted) + float(outside[(runner_up == value) & ~predicted].sum())
-            result.scores[label] = float(inside[predicted].sum() / union) if union else 0.0
+            union = count[value] + (fringe[value] - margin_out[value]) / 2
+            result.scores[label] = float((count[value] + margin_in[value]) / 2 / union) if count[value] else 0.0
             result.masks[label] = full == value

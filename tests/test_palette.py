@@ -46,3 +46,10 @@ def test_runner_up_is_the_second_nearest_color():
     order = np.argsort(((rgb[..., None, :] - palette.astype(np.float32)) ** 2).sum(-1), axis=-1)
     assert np.array_equal(indices, order[..., 0]) and np.array_equal(runner_up, order[..., 1])
     assert np.array_equal(decode_colors(rgb, palette)[1], confidence)  # the same answer without it
+
+
+def test_runner_up_with_two_colors_is_the_other_one():
+    palette = make_palette(1)
+    rgb = np.random.default_rng(6).uniform(0, 255, size=(5, 7, 3)).astype(np.float32)
+    indices, _, runner_up = decode_colors(rgb, palette, with_runner_up=True)
+    assert np.array_equal(runner_up, 1 - indices)
