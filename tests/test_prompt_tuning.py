@@ -72,3 +72,8 @@ def test_a_prompt_tuned_for_another_model_size_is_refused():
 def test_tuning_refuses_examples_without_labels():
     with pytest.raises(PromptError, match="at least one"):
         tune_prompt(build_model("tiny", seed=0), [])
+
+
+def test_a_large_project_is_sampled_down_to_max_examples():
+    learned = tune_prompt(build_model("tiny", seed=0), _examples(5), TuneSettings(steps=1, batch=2, max_examples=3))
+    assert learned.info["examples"] == 3
