@@ -331,7 +331,15 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
         if value:
             os.environ[variable] = value  # a local worker started below reads them from its environment
     connection = _connection(args)
-    project_controls(build_services(settings), PromptPool(connection, args.project))  # the job reads the saved config
+    pool = PromptPool(connection, args.project)
+    if args.clear:
+        from .predict_service import model_version
+
+        pool.clear_learned_prompts()
+        print(f"project {args.project}: learned prompts dropped; model version {model_version(settings, pool.version())} "
+              "predicts from the annotations again")
+        return 0
+    project_controls(build_services(settings), pool)  # the job reads the saved config
     job = enqueue_call(connection, TRAIN_FUNCTION, {"project": args.project, "steps": settings.tune_steps},
                        queue=settings.queue, description=f"tune the prompt of project {args.project}")
     print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
@@ -518,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--api-key", default=None, help="default: LABEL_STUDIO_API_KEY (legacy token or personal access token)")
     tune.add_argument("--steps", type=int, default=None, help="optimisation steps per image field (default: SEGGPT_TUNE_STEPS)")
     tune.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status")
+    tune.add_argument("--clear", action="store_true", help="drop the project's learned prompts: predict from the annotations again")
     tune.set_defaults(handler=cmd_train_prompt)
 
     retry = commands.add_parser("retry-failed", help="re-queue failed jobs (tasks already done are skipped)")

@@ -235,6 +235,11 @@ def test_training_tunes_a_prompt_that_changes_the_version_and_the_predictions(st
     tuned = stack["client"].post("/predict", json={"tasks": [task], "project": f"{project}.1", "label_config": CONFIG}).json()["results"][0]
     assert tuned["model_version"] == after and {r["value"]["brushlabels"][0] for r in tuned["result"]} <= {"Cat", "Dog"}
     assert tuned["result"] != untuned["result"]  # painted from the learned prompt, not the pool's
+    if route == "webhook":  # undo: back to the annotations, and to the version they give
+        from backend.cli import main
+
+        assert main(["train-prompt", "--redis-url", stack["settings"].redis_url, "--project", str(project), "--clear"]) == 0
+        assert pool.learned_prompts() == {} and stack["client"].post("/setup", json=setup).json()["model_version"] == before
 
 
 def test_training_without_labeled_tasks_fails_with_a_reason(stack):
