@@ -241,7 +241,7 @@ def resolve_weights(weights: str | Path) -> Path:
     text = str(weights)
     if text in SHIPPED_WEIGHTS:
         if not (SHIPPED_WEIGHTS[text] / SAFETENSORS_NAME).is_file():
-            raise WeightsError(f"weights {text!r} are not shipped in this version yet; train them with `seggpt-ls train-tiny --out DIR` and pass DIR")
+            raise WeightsError(f"weights {text!r} are not shipped in this version yet (or this install lacks its data files); train them with `seggpt-ls train-tiny --out DIR` and pass DIR")
         return SHIPPED_WEIGHTS[text]
     path = Path(text).expanduser()
     if path.exists():
