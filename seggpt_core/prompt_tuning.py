@@ -24,7 +24,7 @@ from .palette import make_palette
 from .predictor import Prompt
 from .transforms import as_mask, image_to_tensor, label_map_to_tensor, open_image, resize_label_map
 
-__all__ = ["LearnedPrompt", "TuneSettings", "tune_prompt"]
+__all__ = ["LearnedPrompt", "TuneSettings", "tune_prompt", "example_tensors"]
 
 # A step's progress report: (step, steps, loss).
 Progress = Callable[[int, int, float], None]
@@ -93,7 +93,9 @@ class TuneSettings:
     max_examples: int = 256  # a larger project is sampled: every example is held on the device as two canvases
 
 
-def _examples_to_tensors(model: SegGpt, examples: Sequence[Prompt], labels: Sequence[str]):
+def example_tensors(model: SegGpt, examples: Sequence[Prompt], labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, painted label canvases, foreground masks) of `examples` at the model's input size, label i of
+    `labels` in palette color i + 1: the targets of tuning, or of a held-out check."""
     size = model.config.half_size
     palette = make_palette(len(labels))
     images, canvases, foregrounds = [], [], []
@@ -129,7 +131,7 @@ def tune_prompt(
         keep = np.random.default_rng(settings.seed).choice(len(examples), settings.max_examples, replace=False)
         examples = [examples[i] for i in sorted(keep)]
     param = next(model.parameters())
-    images, canvases, foregrounds = _examples_to_tensors(model, examples, labels)
+    images, canvases, foregrounds = example_tensors(model, examples, labels)
     images, canvases = images.to(param.device, torch.float32), canvases.to(param.device, torch.float32)
     foregrounds = foregrounds.to(param.device)
     start = max(range(len(examples)), key=lambda i: (sum(l in examples[i].masks for l in labels), -i))
