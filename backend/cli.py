@@ -318,11 +318,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_train_prompt(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worker import enqueue_call
-
     from .bootstrap import project_controls
     from .prompt_pool import PromptPool
-    from .prompt_training import TRAIN_FUNCTION
+    from .prompt_training import enqueue_prompt_tuning
     from .services import build_services
     from .settings import Settings
 
@@ -340,8 +338,7 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
               "predicts from the annotations again")
         return 0
     project_controls(build_services(settings), pool)  # the job reads the saved config
-    job = enqueue_call(connection, TRAIN_FUNCTION, {"project": args.project, "steps": settings.tune_steps},
-                       queue=settings.queue, description=f"tune the prompt of project {args.project}")
+    job = enqueue_prompt_tuning(connection, settings, args.project)
     print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
     if args.no_wait:
         print("follow it with: seggpt-ls status")

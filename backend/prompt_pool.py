@@ -41,7 +41,6 @@ class PromptRef:
 
     digest: str | None
     learned: str | None = None
-    count: int = 0
 
     @property
     def usable(self) -> bool:
@@ -120,8 +119,8 @@ class PromptPool:
             masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
             records.append(PromptRecord(image, masks))
         if not records:
-            return PromptRef(None, learned, 0)
-        return PromptRef(store_prompt_set(self.connection, records), learned, len(records))
+            return PromptRef(None, learned)
+        return PromptRef(store_prompt_set(self.connection, records), learned)
 
     # ---- writing -------------------------------------------------------------------------------------------
     def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:

@@ -14,17 +14,24 @@ from pathlib import Path
 
 from rq import get_current_job
 
-from worker import data_dir, store_learned_prompt
+from worker import data_dir, enqueue_call, store_learned_prompt
 
 from .jobs import pool_and_controls
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 
-__all__ = ["train_prompt", "learned_prompt_path", "TRAIN_FUNCTION"]
+__all__ = ["train_prompt", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
+
+
+def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None):
+    """Queue `train_prompt` for `project` with the settings' step count. Long work: it goes on the bulk queue,
+    behind nothing interactive. Returns the RQ job."""
+    payload = {"project": project, "label_config": label_config, "steps": settings.tune_steps}
+    return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=f"tune the prompt of project {project}")
 
 
 def learned_prompt_path(project: int, data_key: str) -> Path:

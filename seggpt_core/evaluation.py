@@ -58,9 +58,9 @@ def _score(predictor: SegGptPredictor, prompts: Sequence[Scene], targets: Sequen
             report.add(category, iou(result.masks[category], target.masks[category]), result.scores[category])
 
 
-def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode], report: EvalReport | None = None) -> EvalReport:
+def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode]) -> EvalReport:
     """Score given episodes (e.g. the ones an end-to-end run sent through Label Studio)."""
-    report = report if report is not None else EvalReport()
+    report = EvalReport()
     for episode in episodes:
         _score(predictor, episode.prompts, episode.targets, episode.categories, report)
     return report

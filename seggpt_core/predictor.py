@@ -128,8 +128,7 @@ class SegGptPredictor:
     def groups(self) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
         """(labels, prompt indices) of each forward group: labels annotated by exactly the same prompts. A learned
         prompt's group has no prompt indices."""
-        every = self._groups + ([self._learned] if self._learned else [])
-        return [(tuple(group.labels), group.prompt_indices) for group in every]
+        return [(tuple(group.labels), group.prompt_indices) for group in self._with_learned(self._groups)]
 
     def set_prompts(self, prompts: Sequence[Prompt], learned: "LearnedPrompt | None" = None) -> None:
         """Validate and preprocess `prompts` onto the device, once for all following `predict` calls.
@@ -169,6 +168,10 @@ class SegGptPredictor:
                     annotated_by.setdefault(label, []).append(index)
         self._annotated_by = {label: tuple(indices) for label, indices in annotated_by.items()}
         self._groups = self._groups_for(self._annotated_by) if self._annotated_by else []
+
+    def _with_learned(self, groups: list[_LabelGroup]) -> list[_LabelGroup]:
+        """`groups` plus the learned prompt's group, when there is one (it always takes part)."""
+        return groups + [self._learned] if self._learned is not None else groups
 
     def _prepare_learned(self, learned: "LearnedPrompt") -> _LabelGroup:
         expected = (3, *self.size)
@@ -295,8 +298,7 @@ class SegGptPredictor:
             signature = tuple(sorted((label, tuple(indices)) for label, indices in selection.items()))
             batches.setdefault(signature, []).append(position)
         for signature, positions in batches.items():
-            groups = self._groups_for(dict(signature)) if signature else []
-            for group in groups + ([self._learned] if self._learned else []):
+            for group in self._with_learned(self._groups_for(dict(signature)) if signature else []):
                 per_forward = max(1, self.max_batch_rows // group.rows)
                 for start in range(0, len(positions), per_forward):
                     chunk = positions[start : start + per_forward]

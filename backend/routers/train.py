@@ -3,12 +3,10 @@ webhook flow is switched off. It starts the same prompt-tuning job as the START_
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from worker import enqueue_call
-
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..metrics import count
 from ..predict_service import project_id
-from ..prompt_training import TRAIN_FUNCTION
+from ..prompt_training import enqueue_prompt_tuning
 from ..schemas import TrainRequest
 
 router = APIRouter(dependencies=[Depends(require_basic_auth)])
@@ -21,6 +19,5 @@ def train(body: TrainRequest, settings: SettingsDep, connection: RedisDep) -> di
     except ValueError as exc:
         raise HTTPException(422, f"body.project: {exc}") from None
     count(connection, "train_requests")
-    job = enqueue_call(connection, TRAIN_FUNCTION, {"project": project, "label_config": body.label_config, "steps": settings.tune_steps},
-                       queue=settings.queue, description=f"tune the prompt of project {project}")
+    job = enqueue_prompt_tuning(connection, settings, project, body.label_config)
     return {"status": "queued", "job": job.id}

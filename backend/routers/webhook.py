@@ -12,7 +12,7 @@ from worker import enqueue_call
 
 from ..dependencies import RedisDep, SettingsDep
 from ..metrics import count
-from ..prompt_training import TRAIN_FUNCTION
+from ..prompt_training import enqueue_prompt_tuning
 from ..schemas import WebhookEvent
 
 router = APIRouter()
@@ -42,8 +42,6 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
         enqueue_call(connection, "backend.jobs.prelabel_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue)
         return {"status": "queued", "action": event.action, "tasks": len(ids)}
     if event.action == "START_TRAINING":
-        # Prompt tuning is long work: it goes on the bulk queue, behind nothing interactive.
-        job = enqueue_call(connection, TRAIN_FUNCTION, {**base, "steps": settings.tune_steps}, queue=settings.queue,
-                           description=f"tune the prompt of project {project}")
+        job = enqueue_prompt_tuning(connection, settings, project, label_config)
         return {"status": "queued", "action": event.action, "job": job.id}
     return {"status": "ignored", "action": event.action}
