@@ -203,6 +203,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
         max_batch_rows=args.batch_size,
+        low_memory=args.low_memory,
     )
     run_worker(
         _connection(args),
@@ -464,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_option(worker)
     _add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    from worker.runtime import ModelSettings
+
+    worker.add_argument("--low-memory", action="store_true", default=ModelSettings.from_env().low_memory,
+                        help="give freed activations back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)

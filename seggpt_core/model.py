@@ -22,9 +22,12 @@ from .config import SegGptConfig
 __all__ = ["SegGpt", "default_masked_positions"]
 
 # Bound on the elements of one attention-bias block, per device type; rows are processed in chunks under it.
-_BIAS_ELEMENTS_PER_CHUNK = {"cpu": 2**23, "cuda": 2**28}
+_BIAS_ELEMENTS_PER_CHUNK = {"cpu": 2**22, "cuda": 2**28}
+# Bound on the elements of the MLP's hidden activation, per device type, without autograd: tokens are processed in
+# chunks under it. On the CPU the full (2, 1568, 4096) activation of ViT-L's first blocks and its GELU copy are 100 MB.
+_MLP_ELEMENTS_PER_CHUNK = {"cpu": 2**22}
 # Patch rows the decoder paints at a time, per device type (None: all at once).
-_DECODER_ROWS_PER_BLOCK: dict[str, int | None] = {"cpu": 8}
+_DECODER_ROWS_PER_BLOCK: dict[str, int | None] = {"cpu": 4}
 
 
 class _Scratch:
@@ -156,9 +159,15 @@ class SegGptAttention(nn.Module):
         if cached is not None:
             return cached
         tables = (self._relative_table(rows, self.rel_pos_h), self._relative_table(cols, self.rel_pos_w))
-        if not self.training:
+        if not self.training and self.rel_pos_h.device.type != "cpu":
             self._table_cache = {key: tuple(t.detach() for t in tables)}
         return tables
+
+    def _qkv(self, hidden: torch.Tensor, first_query_row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, rows, cols, _ = hidden.shape
+        qkv = self.qkv(hidden).reshape(batch, rows * cols, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # (R, heads, N, d)
+        return query[:, :, first_query_row * cols :], key, value
 
     def forward(self, hidden: torch.Tensor, first_query_row: int = 0, scratch: _Scratch | None = None) -> torch.Tensor:
         """hidden (R, rows, cols, C) -> (R, rows - first_query_row, cols, C).
@@ -166,38 +175,36 @@ class SegGptAttention(nn.Module):
         Keys and values cover the whole grid; queries start at `first_query_row`.
         """
         batch, rows, cols, channels = hidden.shape
-        qkv = self.qkv(hidden).reshape(batch, rows * cols, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # (R, heads, N, d)
         query_rows = rows - first_query_row
-        query = query[:, :, first_query_row * cols :]
         if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(query, key, value)
-        else:
-            table_h, table_w = self.relative_tables(rows, cols)
-            table_h = table_h[first_query_row:]
-            # The bias is (rows x heads x queries x keys): build and use it a block of rows and heads at a time.
-            limit = _BIAS_ELEMENTS_PER_CHUNK.get(hidden.device.type, 2**27)
-            per_head = query_rows * cols * rows * cols
-            heads = max(1, min(self.num_heads, limit // per_head))
-            step = max(1, limit // (per_head * self.num_heads)) if heads == self.num_heads else 1
-            outs = []
-            for start in range(0, batch, step):
-                row_outs = []
-                for head in range(0, self.num_heads, heads):
-                    q = query[start : start + step, head : head + heads]
-                    grid_q = q.reshape(q.shape[0], q.shape[1], query_rows, cols, -1)
-                    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)[..., :, None]
-                    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)[..., None, :]
-                    out_shape = (q.shape[0], q.shape[1], query_rows, cols, rows, cols)
-                    buffer = scratch.get(out_shape, q) if scratch is not None else None
-                    bias = torch.add(bias_h, bias_w, out=buffer) if buffer is not None else bias_h + bias_w
-                    bias = bias.reshape(q.shape[0], q.shape[1], q.shape[2], -1)  # a copy only off the buffer path
-                    kv = slice(start, start + step), slice(head, head + heads)
-                    row_outs.append(F.scaled_dot_product_attention(q, key[kv], value[kv], attn_mask=bias))
-                outs.append(row_outs[0] if len(row_outs) == 1 else torch.cat(row_outs, dim=1))
-            out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        out = out.transpose(1, 2).reshape(batch, query_rows, cols, channels)
-        return self.proj(out)
+            out = F.scaled_dot_product_attention(*self._qkv(hidden, first_query_row))
+            return self.proj(out.transpose(1, 2).reshape(batch, query_rows, cols, channels))
+        table_h, table_w = self.relative_tables(rows, cols)
+        table_h = table_h[first_query_row:]
+        # The bias is (rows x heads x queries x keys): build and use it a block of rows and heads at a time, and
+        # project q, k, v per block of rows too, so that only one block's activations are alive at once.
+        limit = _BIAS_ELEMENTS_PER_CHUNK.get(hidden.device.type, 2**27)
+        per_head = query_rows * cols * rows * cols
+        heads = max(1, min(self.num_heads, limit // per_head))
+        step = max(1, limit // (per_head * self.num_heads)) if heads == self.num_heads else 1
+        outs = []
+        for start in range(0, batch, step):
+            query, key, value = self._qkv(hidden[start : start + step], first_query_row)
+            head_outs = []
+            for head in range(0, self.num_heads, heads):
+                q = query[:, head : head + heads]
+                grid_q = q.reshape(q.shape[0], q.shape[1], query_rows, cols, -1)
+                bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)[..., :, None]
+                bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)[..., None, :]
+                out_shape = (q.shape[0], q.shape[1], query_rows, cols, rows, cols)
+                buffer = scratch.get(out_shape, q) if scratch is not None else None
+                bias = torch.add(bias_h, bias_w, out=buffer) if buffer is not None else bias_h + bias_w
+                bias = bias.reshape(q.shape[0], q.shape[1], q.shape[2], -1)  # a copy only off the buffer path
+                heads_kv = slice(head, head + heads)
+                head_outs.append(F.scaled_dot_product_attention(q, key[:, heads_kv], value[:, heads_kv], attn_mask=bias))
+            out = head_outs[0] if len(head_outs) == 1 else torch.cat(head_outs, dim=1)
+            outs.append(self.proj(out.transpose(1, 2).reshape(out.shape[0], query_rows, cols, channels)))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 class SegGptMlp(nn.Module):
@@ -207,7 +214,16 @@ class SegGptMlp(nn.Module):
         self.lin2 = nn.Linear(config.mlp_dim, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lin2(F.gelu(self.lin1(hidden)))
+        limit = _MLP_ELEMENTS_PER_CHUNK.get(hidden.device.type)
+        tokens = hidden.numel() // hidden.shape[-1]
+        if limit is None or torch.is_grad_enabled() or tokens * self.lin1.out_features <= limit:
+            return self.lin2(F.gelu(self.lin1(hidden)))
+        flat = hidden.reshape(tokens, hidden.shape[-1])
+        out = flat.new_empty(tokens, self.lin2.out_features)
+        step = max(1, limit // self.lin1.out_features)
+        for start in range(0, tokens, step):
+            out[start : start + step] = self.lin2(F.gelu(self.lin1(flat[start : start + step])))
+        return out.reshape(*hidden.shape[:-1], self.lin2.out_features)
 
 
 class SegGptLayer(nn.Module):
@@ -230,8 +246,12 @@ class SegGptLayer(nn.Module):
             groups = bottom.reshape(-1, num_prompts, *bottom.shape[1:])
             bottom = groups.mean(dim=1, keepdim=True).expand_as(groups).reshape(bottom.shape)
             attended = torch.cat((top, bottom), dim=1)
-        hidden = hidden[:, first_query_row:] + attended
-        return hidden + self.mlp(self.layernorm_after(hidden))
+        if torch.is_grad_enabled():
+            hidden = hidden[:, first_query_row:] + attended
+            return hidden + self.mlp(self.layernorm_after(hidden))
+        # Inference: residual adds in place into fresh tensors, two fewer full-size activations alive at once.
+        hidden = attended.add_(hidden[:, first_query_row:])
+        return self.mlp(self.layernorm_after(hidden)).add_(hidden)
 
 
 class SegGptEncoder(nn.Module):

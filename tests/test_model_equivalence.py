@@ -102,6 +102,24 @@ def test_attention_in_blocks_of_rows_and_heads_is_exact(tiny_pair, tiny_model, m
     assert (per_head - expected).abs().max().item() <= TOLERANCE
 
 
+def test_mlp_in_chunks_of_tokens_is_exact(tiny_pair, tiny_model, monkeypatch):
+    """Without autograd the MLP runs a chunk of tokens at a time on the CPU (memory); the result must not change,
+    including a last chunk shorter than the others."""
+    import seggpt_core.model as model_module
+
+    reference, _, config = tiny_pair
+    inputs = random_inputs(config, batch=2, seed=13)
+    with torch.no_grad():
+        monkeypatch.setitem(model_module._MLP_ELEMENTS_PER_CHUNK, "cpu", None)
+        whole = tiny_model(**inputs)
+        mlp_width = tiny_model.model.encoder.layers[0].mlp.lin1.out_features
+        monkeypatch.setitem(model_module._MLP_ELEMENTS_PER_CHUNK, "cpu", 7 * mlp_width)  # 7 tokens: ragged tail
+        chunked = tiny_model(**inputs)
+        expected = reference(**inputs).pred_masks
+    assert (chunked - whole).abs().max().item() <= 1e-5
+    assert (chunked - expected).abs().max().item() <= TOLERANCE
+
+
 def test_decoder_in_blocks_of_rows_is_exact(tiny_pair, tiny_model, monkeypatch):
     import seggpt_core.model as model_module
 
