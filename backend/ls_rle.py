@@ -30,7 +30,10 @@ def _bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
 def mask_to_rle(mask: np.ndarray) -> list[int]:
     """The RLE of a (height, width) boolean or 0/255 mask as Label Studio stores it: an RGBA buffer of
     (height * width * 4) values, each pixel's 4 channels equal (0 or 255)."""
-    flat = (np.asarray(mask).reshape(-1) != 0).astype(np.uint8) * 255
+    mask = np.asarray(mask)
+    # 0/1 bytes without a copy for boolean masks: scaling a full-size copy to 0/255 cost 1.2 of the 1.9 ms a
+    # 1920x1080 mask took (bench/cpu_cost_per_task.py); only the run starts are scaled.
+    flat = (mask if mask.dtype == np.bool_ else mask != 0).reshape(-1).view(np.uint8)
     total = flat.size * 4
     if flat.size == 0:
         raise ValueError("cannot encode an empty mask")
@@ -38,7 +41,7 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     boundaries = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     starts = np.concatenate([[0], boundaries])
     lengths = np.diff(np.concatenate([starts, [flat.size]])) * 4
-    words = flat[starts]
+    words = flat[starts].astype(np.int64) * 255
     # split runs longer than the largest field can count
     pieces = (lengths + _MAX_RUN - 1) // _MAX_RUN
     words = np.repeat(words, pieces)

@@ -38,13 +38,13 @@ def decode_colors(rgb: np.ndarray, palette: np.ndarray, with_runner_up: bool = F
         array: the index of the second-nearest color.
     """
     colors = palette.astype(np.float32)
-    pixels = rgb.reshape(-1, 3).astype(np.float32, copy=False)
     if colors.shape[0] == 1:
         indices = np.zeros(rgb.shape[:-1], dtype=np.uint8)
         return (indices, np.ones(rgb.shape[:-1], dtype=np.float32)) + ((indices.copy(),) if with_runner_up else ())
     # One pass per color, keeping the nearest and second-nearest squared distances: with a handful of colors this
     # is several times faster than an (N, C) distance matrix and a partition over it.
-    r, g, b = (np.ascontiguousarray(pixels[:, k]) for k in range(3))
+    # Channel planes straight from `rgb`: a planar array viewed as (..., 3) yields them without copies.
+    r, g, b = (np.ascontiguousarray(rgb[..., k], dtype=np.float32).reshape(-1) for k in range(3))
     first = np.full(r.shape, np.inf, dtype=np.float32)
     second = np.full(r.shape, np.inf, dtype=np.float32)
     indices = np.zeros(r.shape, dtype=np.uint8)

@@ -326,12 +326,14 @@ class SegGptPredictor:
         full = resize_label_map(indices, size)
         # Score: the soft IoU of the mask with the painted colors. A pixel belongs to a label by (1 + margin) / 2
         # where the label's color is nearest and by (1 - margin) / 2 where it is second (never both). Crisp painting
-        # scores 1, a mask with wide fringes of in-between colors scores low, no mask scores 0. Per-label sums come
-        # from four bincounts, whatever the number of labels.
+        # scores 1, a mask with wide fringes of in-between colors scores low, no mask scores 0.
+        # Two bincounts over (nearest, runner-up) pairs give all four per-color sums.
         colors = len(group.palette)
-        flat, runner, margin = indices.ravel(), runner_up.ravel(), confidence.ravel()
-        count, margin_in = np.bincount(flat, minlength=colors), np.bincount(flat, weights=margin, minlength=colors)
-        fringe, margin_out = np.bincount(runner, minlength=colors), np.bincount(runner, weights=margin, minlength=colors)
+        pairs = indices.ravel().astype(np.intp) * colors + runner_up.ravel()
+        pair_count = np.bincount(pairs, minlength=colors * colors).reshape(colors, colors)
+        pair_margin = np.bincount(pairs, weights=confidence.ravel(), minlength=colors * colors).reshape(colors, colors)
+        count, margin_in = pair_count.sum(axis=1), pair_margin.sum(axis=1)
+        fringe, margin_out = pair_count.sum(axis=0), pair_margin.sum(axis=0)
         for value, label in enumerate(group.labels, start=1):
             union = count[value] + (fringe[value] - margin_out[value]) / 2
             result.scores[label] = float((count[value] + margin_in[value]) / 2 / union) if count[value] else 0.0
