@@ -41,9 +41,9 @@ def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = No
     return subprocess.Popen(command, env=worker_env(model_dir, **(env or {})), stdout=output, stderr=subprocess.STDOUT)
 
 
-def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "backend.cli", "worker", "--burst", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
-    return subprocess.run(command, env=worker_env(model_dir), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=worker_env(model_dir, **(env or {})), capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

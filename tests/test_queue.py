@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -104,17 +105,24 @@ def test_model_is_loaded_once_across_jobs(redis_conn, model_dir, queue_name):
     assert metas[-1]["worker"]["prompt_preparations"] == 1  # the prompt set was prepared once per worker
 
 
+CORES = len(os.sched_getaffinity(0))
+
+
+# One torch thread leaves cores free, so loading and writing overlap the forward in threads; a torch thread per core
+# makes them run in turn in the job's thread. Either way a bad task fails alone.
 @pytest.mark.fault
-def test_fault_corrupt_image_in_a_chunk(redis_conn, model_dir, queue_name):
+@pytest.mark.parametrize("torch_threads", sorted({1, CORES}))
+def test_fault_corrupt_image_in_a_chunk(redis_conn, model_dir, queue_name, torch_threads):
     digest = store_prompt_set(redis_conn, [scene_prompt(4)])
     tasks = [{"id": f"t{i}", "image": store_blob(redis_conn, target_bytes(40 + i))} for i in range(3)]
     tasks.insert(1, {"id": "corrupt", "image": store_blob(redis_conn, target_bytes(44)[:300])})
     tasks.append({"id": "missing", "image": {"path": "/nonexistent/image.png"}})
     namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=10, queue=queue_name)
-    assert run_burst_worker(model_dir, queue_name).returncode == 0
+    assert run_burst_worker(model_dir, queue_name, env={"OMP_NUM_THREADS": str(torch_threads)}).returncode == 0
     job = fetch_job(redis_conn, job_id)
     assert job.get_status() == "finished"
     meta = job.get_meta()
+    assert meta["overlapped"] is (torch_threads < CORES)
     assert (meta["done"], meta["failed"], meta["total"]) == (3, 2, 5)
     assert "task corrupt: corrupt or truncated image" in meta["failed_tasks"]["corrupt"]
     assert "no such file" in meta["failed_tasks"]["missing"]

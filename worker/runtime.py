@@ -70,6 +70,15 @@ class WorkerRuntime:
                 self.load_count += 1
             return self.model
 
+    def overlaps_host_work(self) -> bool:
+        """Whether image loading and result writing should run in threads beside the forward: yes unless the
+        forward runs on the CPU with a torch thread for every core this process may use."""
+        if not self.device.startswith("cpu"):
+            return True
+        import torch
+
+        return torch.get_num_threads() < len(os.sched_getaffinity(0))
+
     @property
     def device(self) -> str:
         if self.model is None:

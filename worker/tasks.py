@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from rq import get_current_job
@@ -77,6 +77,28 @@ def _tensor_image(tensor):
     return Image.fromarray(denormalize(tensor[None])[0].astype("uint8"))
 
 
+class _InlineExecutor:
+    """The `submit` of an executor, run at once in the calling thread."""
+
+    def __enter__(self) -> "_InlineExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # delivered through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+def _executor(threaded: bool, workers: int, name: str):
+    return ThreadPoolExecutor(workers, thread_name_prefix=name) if threaded else _InlineExecutor()
+
+
 def segment_chunk(payload: dict) -> dict:
     """Segment every task of a chunk with one prompt set; store results through the payload's sink.
 
@@ -125,7 +147,11 @@ def segment_chunk(payload: dict) -> dict:
 
     # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
     # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
-    with ThreadPoolExecutor(2, thread_name_prefix="seggpt-load") as loaders, ThreadPoolExecutor(1, thread_name_prefix="seggpt-write") as writer:
+    # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
+    # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
+    overlap = runtime.overlaps_host_work()
+    job.meta["overlapped"] = overlap
+    with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, 1, "seggpt-write") as writer:
         queue = deque((task, loaders.submit(prepare, task)) for task in pending[: 2 * batch])
         upcoming = iter(pending[2 * batch :])
         writes: list = []
