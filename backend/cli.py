@@ -153,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     predictor = _build_predictor(args)
     started = time.perf_counter()
     if args.synthetic:
-        report = evaluate_synthetic(predictor, args.episodes, shots=args.shots, labels=args.labels)
+        report = evaluate_synthetic(predictor, args.episodes, shots=args.shots, labels=args.labels, prompt_swap=args.prompt_swap)
         source = f"{args.episodes} held-out synthetic episodes, {args.labels} label(s)"
     else:
         try:
@@ -165,6 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for category, value in report.class_means.items():
         print(f"  {category}: IoU {value:.4f} over {len(report.per_class[category])} target(s)")
     print(f"prediction score vs IoU: Spearman {report.score_iou_spearman:.3f} over {len(report.scored)} mask(s)")
+    if report.swaps:
+        print(f"prompt of another category: mIoU {report.swapped_miou:.4f} (gap {report.miou - report.swapped_miou:.4f}; "
+              "near 0 means the model segments without reading its prompt)")
     print(f"mIoU={report.miou:.4f}")
     return 0
 
@@ -487,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--synthetic", action="store_true", help="generated shape episodes (seeds never used in training)")
     evaluate.add_argument("--episodes", type=int, default=200)
     evaluate.add_argument("--labels", type=int, default=1, help="categories per synthetic episode")
+    evaluate.add_argument("--prompt-swap", action="store_true", help="also segment each synthetic target with a prompt of another category (does the model read its prompt?)")
     evaluate.add_argument("--dataset", help="folder with one subfolder per class of name.jpg + name.png pairs")
     evaluate.add_argument("--shots", type=int, default=1, help="K prompts per episode (feature ensemble)")
     _add_model_options(evaluate, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))

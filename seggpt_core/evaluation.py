@@ -29,6 +29,10 @@ def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
 class EvalReport:
     per_class: dict[str, list[float]] = field(default_factory=dict)
     scored: list[tuple[float, float]] = field(default_factory=list)  # (prediction score, IoU) where a score is known
+    # With a prompt swap: the IoU with the target's category when the prompt showed another category, per target
+    # category, and the (target category, prompt category) pairs.
+    swapped: dict[str, list[float]] = field(default_factory=dict)
+    swaps: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, category: str, value: float, score: float | None = None) -> None:
         self.per_class.setdefault(category, []).append(value)
@@ -49,6 +53,12 @@ class EvalReport:
         means = self.class_means
         return float(np.mean(list(means.values()))) if means else 0.0
 
+    @property
+    def swapped_miou(self) -> float:
+        """mIoU when every prompt showed another category: as high as `miou` for a model that ignores its prompt,
+        far lower for one that reads it."""
+        return float(np.mean([np.mean(v) for v in self.swapped.values()])) if self.swapped else 0.0
+
 
 def _score(predictor: SegGptPredictor, prompts: Sequence[Scene], targets: Sequence[Scene], categories: Iterable[str], report: EvalReport) -> None:
     categories = list(categories)
@@ -67,9 +77,27 @@ def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode]) -
 
 
 def evaluate_synthetic(predictor: SegGptPredictor, episodes: int, shots: int = 1, labels: int = 1,
-                       size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED) -> EvalReport:
-    generated = (make_episode(first_seed + i, shots=shots, targets=1, size=size, labels=labels) for i in range(episodes))
-    return evaluate_episodes(predictor, generated)
+                       size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED, prompt_swap: bool = False) -> EvalReport:
+    """Held-out episodes. With `prompt_swap` (one label only), each target is also segmented with the prompts of
+    the next episode of another category, and scored against its own category (`swapped_miou`)."""
+    if not prompt_swap:
+        generated = (make_episode(first_seed + i, shots=shots, targets=1, size=size, labels=labels) for i in range(episodes))
+        return evaluate_episodes(predictor, generated)
+    if labels != 1:
+        raise ValueError("a prompt swap needs one label per episode")
+    made = [make_episode(first_seed + i, shots=shots, targets=1, size=size) for i in range(episodes)]
+    report = evaluate_episodes(predictor, made)
+    for index, episode in enumerate(made):
+        own = episode.categories[0]
+        other = next((e for e in made[index + 1 :] + made[:index] if e.categories[0] != own), None)
+        if other is None:
+            raise ValueError(f"a prompt swap needs episodes of at least two categories; all {episodes} show {own!r}")
+        shown = other.categories[0]
+        predictor.set_prompts([Prompt(p.image, {shown: p.masks[shown]}) for p in other.prompts])
+        for target, result in zip(episode.targets, predictor.predict([t.image for t in episode.targets])):
+            report.swapped.setdefault(own, []).append(iou(result.masks[shown], target.masks[own]))
+            report.swaps.append((own, shown))
+    return report
 
 
 def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1) -> EvalReport:

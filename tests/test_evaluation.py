@@ -58,3 +58,23 @@ def test_eval_command_on_a_folder_in_fss_layout(tmp_path, capsys):
     assert "disc: IoU" in output and "star: IoU" in output and "over 2 target(s)" in output
     with pytest.raises(SystemExit, match="needs more than 3"):
         main(["eval", "--dataset", str(tmp_path), "--shots", "3", "--weights", "random:tiny", "--device", "cpu"])
+
+
+def test_prompt_swap_shows_each_target_a_prompt_of_another_category(capsys):
+    from seggpt_core import SegGptPredictor, load_model
+    from seggpt_core.evaluation import evaluate_synthetic
+
+    predictor = SegGptPredictor(load_model("tiny-shapes", device="cpu"), labels_per_forward=1)
+    plain = evaluate_synthetic(predictor, 8)
+    swapped = evaluate_synthetic(predictor, 8, prompt_swap=True)
+    assert swapped.miou == plain.miou  # the ordinary scores are untouched
+    assert len(swapped.swaps) == 8 and all(own != shown for own, shown in swapped.swaps)
+    assert sorted(swapped.swapped) == sorted(plain.per_class)  # scored against each target's own category
+    assert 0.0 <= swapped.swapped_miou <= 1.0
+    with pytest.raises(ValueError, match="one label"):
+        evaluate_synthetic(predictor, 2, labels=2, prompt_swap=True)
+
+    assert main(["eval", "--synthetic", "--episodes", "6", "--weights", "tiny-shapes", "--device", "cpu", "--prompt-swap"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("prompt of another category: mIoU ") for line in lines)
+    assert lines[-1].startswith("mIoU=")
