@@ -77,7 +77,8 @@ class WorkerRuntime:
             return True
         import torch
 
-        return torch.get_num_threads() < len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return torch.get_num_threads() < cores
 
     @property
     def device(self) -> str:
