@@ -70,23 +70,25 @@ def main() -> None:
         digest = store_prompt_set(connection, [scene_prompt(1)])
         image = store_blob(connection, target_bytes(2, size=(480, 640)))
         workers = {}
-        for mode, flags in (("default", []), ("--low-memory", ["--low-memory"])):  # same jobs, one after the other
-            queue = f"memory-{len(workers)}"
-            jobs = [enqueue_segmentation(connection, digest, [{"id": n, "image": image}], queue=queue)[1][0] for n in range(JOBS)]
-            worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--queue", queue,
-                                       "--weights", str(weights), "--device", "cpu", "--dtype", "float32", *flags], env=env, cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                while any(fetch_job(connection, job).get_status() not in ("finished", "failed") for job in jobs):
-                    time.sleep(0.5)
-                done = [fetch_job(connection, job) for job in jobs]
-                # the first job pages the weights in; later ones show the steady forward time
-                seconds = [(job.ended_at - job.started_at).total_seconds() for job in done[1:]]
-                workers[mode] = (peak_mb(worker.pid), min(seconds), [str(job.get_status()) for job in done])
-            finally:
-                worker.terminate()
-                worker.wait(60)
-        server.stop()
+        try:
+            for mode, flags in (("default", []), ("--low-memory", ["--low-memory"])):  # same jobs, one after the other
+                queue = f"memory-{len(workers)}"
+                jobs = [enqueue_segmentation(connection, digest, [{"id": n, "image": image}], queue=queue)[1][0] for n in range(JOBS)]
+                worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "worker", "--queue", queue,
+                                           "--weights", str(weights), "--device", "cpu", "--dtype", "float32", *flags], env=env, cwd=ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    while any(fetch_job(connection, job).get_status() not in ("finished", "failed") for job in jobs):
+                        time.sleep(0.5)
+                    done = [fetch_job(connection, job) for job in jobs]
+                    # the first job pages the weights in; later ones show the steady forward time
+                    seconds = [(job.ended_at - job.started_at).total_seconds() for job in done[1:]]
+                    workers[mode] = (peak_mb(worker.pid), min(seconds), [str(job.get_status()) for job in done])
+                finally:
+                    worker.terminate()
+                    worker.wait(60)
+        finally:
+            server.stop()
     print(f"serve: peak RSS {serve_peak:.0f} MB after 60 requests; torch loaded: {torch_loaded} (goal: <= 250 MB, no torch)")
     for mode, (peak, seconds, statuses) in workers.items():
         print(f"worker {mode}: ViT-L fp32 on CPU, {JOBS} jobs ({', '.join(sorted(set(statuses)))}); weights {weights_mb:.0f} MB; "

@@ -1,9 +1,9 @@
 """Keep a long-lived inference process's resident memory near its working set.
 
 glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so after the first forward the
-activations of later ones come from the heap, which it seldom gives back: a CPU worker holding ViT-L kept about
-300 MB of freed activations resident. Pinning the threshold makes large blocks mmap'd again and returned on free.
-`bench/memory.py` measures the effect on the worker's peak; `bench/core_vs_transformers.py` its cost in speed.
+activations of later ones come from the heap, which it seldom gives back: a CPU worker holding ViT-L peaked about
+110 MB higher for it. Pinning the threshold makes large blocks mmap'd again and returned on free, at the price of
+faulting fresh pages in on every forward; `bench/memory.py` measures both the peak and the job time.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class ModelSettings:
     device: str | None = None
     dtype: str | None = None  # "float32", "bfloat16", "float16"; None: bf16 on CUDA, fp32 on CPU
     max_batch_rows: int = 8
-    # glibc returns freed activations to the OS at once: about 110 MB less peak for a ViT-L CPU worker, about 9%
-    # slower forwards on the CPU (fresh pages are faulted in). See bench/memory.py.
+    # glibc returns freed activations to the OS at once: a ViT-L CPU worker's peak 6% lower, its jobs about 20%
+    # longer (fresh pages are faulted in on every forward). Measured by bench/memory.py.
     low_memory: bool = False
 
     @classmethod
