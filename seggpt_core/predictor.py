@@ -17,6 +17,7 @@ from PIL import Image
 from .errors import ImageError, PromptError
 from .model import SegGpt
 from .palette import decode_colors, make_palette
+from .upsampled_mask import UpsampledMask
 from .transforms import (
     DEFAULT_MAX_PIXELS,
     ImageLike,
@@ -59,9 +60,12 @@ class PreparedTarget:
 
 @dataclass
 class Segmentation:
-    """One target's result: a boolean mask at the original size and a score in [0, 1] per label."""
+    """One target's result: a boolean mask at the original size and a score in [0, 1] per label.
 
-    masks: dict[str, np.ndarray]
+    The predictor's masks are `UpsampledMask`s: read-only, built at full size only when their pixels are read
+    (`np.asarray(mask)`); whether one is empty and its run-length encoding come from the model-sized map."""
+
+    masks: dict[str, np.ndarray | UpsampledMask]
     scores: dict[str, float]
     size: tuple[int, int]
 
@@ -323,7 +327,6 @@ class SegGptPredictor:
     @staticmethod
     def _decode(rgb: np.ndarray, group: _LabelGroup, size: tuple[int, int], result: Segmentation) -> None:
         indices, confidence, runner_up = decode_colors(rgb, group.palette, with_runner_up=True)
-        full = resize_label_map(indices, size)
         # Score: the soft IoU of the mask with the painted colors. A pixel belongs to a label by (1 + margin) / 2
         # where the label's color is nearest and by (1 - margin) / 2 where it is second (never both). Crisp painting
         # scores 1, a mask with wide fringes of in-between colors scores low, no mask scores 0.
@@ -337,4 +340,4 @@ class SegGptPredictor:
         for value, label in enumerate(group.labels, start=1):
             union = count[value] + (fringe[value] - margin_out[value]) / 2
             result.scores[label] = float((count[value] + margin_in[value]) / 2 / union) if count[value] else 0.0
-            result.masks[label] = full == value
+            result.masks[label] = UpsampledMask(indices, value, size)
