@@ -1,8 +1,8 @@
 """All the CPU work of one task except the forward, for a 1920x1080 JPEG with 3 labels, on one core.
 
-Steps: decode, preprocess (resize + normalize), color decoding of the painted 448x448 output with mask upsampling to
-1920x1080 and scores (ours: the predictor's own `_decode`, reported under color_decode), brush RLE, result JSON. Ours (reduced-scale JPEG decode, one index-map upsampling, numpy RLE) against
-the naive path (full-resolution decode, per-label resize, the SDK's `mask2rle`), side by side, interleaved.
+Steps: decode, preprocess (resize + normalize), color decoding of the painted 448x448 output with the masks at
+1920x1080 and scores (ours: the predictor's own `_decode`, reported under color_decode), brush RLE, result JSON.
+Ours (reduced-scale JPEG decode, masks kept model-sized, numpy RLE from the small map's runs) against the naive path (full-resolution decode, per-label resize, the SDK's `mask2rle`), side by side, interleaved.
 The painted output is a fixed synthetic canvas (three colored shapes plus noise), so both paths decode the same
 thing. Prints per-step medians; the last line is `ratio=<ours/naive>`.
 
@@ -61,10 +61,10 @@ def ours(data: bytes, painted: torch.Tensor, palette: np.ndarray, times: dict) -
     image_to_tensor(image, SIZE)
     t2 = time.perf_counter()
     rgb = denormalize(painted)[0]
-    # the predictor's own decoding: colors (with runner-up), one index-map upsampling, masks and scores
+    # the predictor's own decoding: colors (with runner-up), scores, and lazy full-size masks
     result = Segmentation({}, {}, size)
     SegGptPredictor._decode(rgb, GROUP, size, result)
-    t3 = t4 = time.perf_counter()  # reported under color_decode (upsampling is inside it)
+    t3 = t4 = time.perf_counter()  # ours has no upsampling step: the RLE reads the model-sized map
     masks = {label_key("tag", label): result.masks[label] for label in LABELS}
     scores = {label_key("tag", label): result.scores[label] for label in LABELS}
     prediction = prediction_for(1, [CONTROL], masks, scores, "v")

@@ -64,6 +64,7 @@ def make_scene(
     shapes: tuple[int, int] = (2, 5),
     must_include: tuple[str, ...] = (),
     sizes: tuple[float, float] = (0.08, 0.2),
+    colors: dict[str, np.ndarray] | None = None,
 ) -> Scene:
     """A scene of `shapes[0]..shapes[1]` shapes (later ones occlude earlier ones), fully determined by `seed`."""
     rng = np.random.default_rng(seed)
@@ -82,6 +83,8 @@ def make_scene(
         cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
         shape = _draw(kind, size, cx, cy, radius, rng.uniform(0, 2 * np.pi))
         color = rng.integers(0, 256, size=3)
+        if colors is not None and kind in colors:
+            color = colors[kind]
         texture = rng.normal(0, rng.uniform(0, 25), size=(height, width, 3))
         pixels[shape] = np.clip(color + texture[shape], 0, 255)
         for other in masks.values():
@@ -107,6 +110,7 @@ def make_episode(
     labels: int = 1,
     sizes: tuple[float, float] = EPISODE_SIZES,
     distractors: int = 2,
+    shared_colors: bool = False,
 ) -> Episode:
     """An episode whose prompts and targets all contain the chosen categories, among distractors; every image
     comes from its own seed, so held-out episodes (other seeds) never share an image with training ones."""
@@ -114,7 +118,11 @@ def make_episode(
     chosen = tuple(str(c) for c in rng.choice(CATEGORIES, size=labels, replace=False))
     base = int(rng.integers(0, 2**31 - 1))
     shapes = (labels + 1, labels + distractors)  # at least one distractor, at most `distractors`
-    make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes)  # noqa: E731
+    colors = None
+    if shared_colors:
+        palette_rng = np.random.default_rng(base - 1)
+        colors = {c: palette_rng.integers(0, 256, size=3) for c in chosen}
+    make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes, colors=colors)  # noqa: E731
     return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])
 
 
