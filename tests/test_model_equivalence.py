@@ -120,6 +120,27 @@ def test_mlp_in_chunks_of_tokens_is_exact(tiny_pair, tiny_model, monkeypatch):
     assert (chunked - expected).abs().max().item() <= TOLERANCE
 
 
+def test_attention_in_blocks_of_query_rows_is_exact(tiny_pair, tiny_model, monkeypatch):
+    """Below one head's bias (the low-memory setting of ViT-L) the queries go a few grid rows at a time: same
+    canvas, and the same target-only output, with a ragged last block."""
+    import seggpt_core.model as model_module
+
+    reference, _, config = tiny_pair
+    inputs = random_inputs(config, batch=2, seed=14)
+    rows, cols = tiny_model.config.grid
+    with torch.no_grad():
+        whole = tiny_model(**inputs)
+        whole_target = tiny_model(**inputs, target_only=True)
+        monkeypatch.setitem(model_module._BIAS_ELEMENTS_PER_CHUNK, "cpu", 3 * cols * rows * cols)  # 3 query rows
+        blocked = tiny_model(**inputs)
+        blocked_target = tiny_model(**inputs, target_only=True)
+        expected = reference(**inputs).pred_masks
+    assert rows % 3 != 0
+    assert (blocked - whole).abs().max().item() <= 1e-5
+    assert (blocked_target - whole_target).abs().max().item() <= 1e-5
+    assert (blocked - expected).abs().max().item() <= TOLERANCE
+
+
 def test_decoder_in_blocks_of_rows_is_exact(tiny_pair, tiny_model, monkeypatch):
     import seggpt_core.model as model_module
 

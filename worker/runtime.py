@@ -26,8 +26,9 @@ class ModelSettings:
     device: str | None = None
     dtype: str | None = None  # "float32", "bfloat16", "float16"; None: bf16 on CUDA, fp32 on CPU
     max_batch_rows: int = 8
-    # glibc returns freed activations to the OS at once: a ViT-L CPU worker's peak 6% lower, its jobs about 20%
-    # longer (fresh pages are faulted in on every forward). Measured by bench/memory.py.
+    # glibc returns freed activations to the OS at once, attention and MLP blocks are 4x smaller, the heap is
+    # trimmed after every job: a ViT-L CPU worker's peak is lower, its jobs longer (fresh pages are faulted in on
+    # every forward). bench/memory.py measures both.
     low_memory: bool = False
 
     @classmethod
@@ -61,14 +62,24 @@ class WorkerRuntime:
 
                 if self.settings.low_memory:
                     from seggpt_core.host_memory import pin_mmap_threshold
+                    from seggpt_core.model import limit_cpu_activations
 
                     pin_mmap_threshold()  # before any forward
+                    limit_cpu_activations(4)
                 started = time.perf_counter()
                 dtype = getattr(torch, self.settings.dtype) if self.settings.dtype else None
                 self.model = load_model(self.settings.weights, device=self.settings.device, dtype=dtype)
+                self.release_memory()
                 self.load_seconds = time.perf_counter() - started
                 self.load_count += 1
             return self.model
+
+    def release_memory(self) -> None:
+        """With `low_memory`, give the heap's free pages back to the OS (after loading, and after every job)."""
+        if self.settings.low_memory:
+            from seggpt_core.host_memory import release_free_heap
+
+            release_free_heap()
 
     def overlaps_host_work(self) -> bool:
         """Whether image loading and result writing should run in threads beside the forward: yes unless the

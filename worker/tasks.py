@@ -191,6 +191,7 @@ def segment_chunk(payload: dict) -> dict:
         "worker": runtime.stats(),
     })
     job.save_meta()
+    runtime.release_memory()
     if transient:
         raise ChunkIncomplete(f"{len(transient)} task(s) kept failing transiently: {transient}")
     return {"total": len(tasks), "done": len(already), "failed": failed}
