@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.runtime import ModelSettings
 
     worker.add_argument("--low-memory", action="store_true", default=ModelSettings.from_env().low_memory,
-                        help="give freed activations back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
+                        help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)
