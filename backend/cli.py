@@ -179,7 +179,9 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every)
+    settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
+                             shifted_steps=args.shifted_steps, fade_until=args.fade_until,
+                             episode_size=(args.episode_size, args.episode_size) if args.episode_size else None)
     best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
     print(f"best held-out 1-shot mIoU {best['miou']:.4f} at step {best['step']} ({best['seconds']} s); weights in {args.out}")
     return 0
@@ -484,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--eval-every", type=int, default=500)
     trainer.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    trainer.add_argument("--shifted-steps", type=int, default=0, help="curriculum: every episode a shifted copy of its prompt scene until this step (default: off)")
+    trainer.add_argument("--fade-until", type=int, default=0, help="curriculum: shifted copies fade out linearly until this step")
+    trainer.add_argument("--episode-size", type=int, default=0, help="generate episodes at this side, then resize (default: the model's half size)")
     trainer.set_defaults(handler=cmd_train_tiny)
 
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")

@@ -77,16 +77,15 @@ def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode]) -
 
 
 def evaluate_synthetic(predictor: SegGptPredictor, episodes: int, shots: int = 1, labels: int = 1,
-                       size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED, prompt_swap: bool = False,
-                       shared_colors: bool = False) -> EvalReport:
+                       size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED, prompt_swap: bool = False) -> EvalReport:
     """Held-out episodes. With `prompt_swap` (one label only), each target is also segmented with the prompts of
     the next episode of another category, and scored against its own category (`swapped_miou`)."""
     if not prompt_swap:
-        generated = (make_episode(first_seed + i, shots=shots, targets=1, size=size, labels=labels, shared_colors=shared_colors) for i in range(episodes))
+        generated = (make_episode(first_seed + i, shots=shots, targets=1, size=size, labels=labels) for i in range(episodes))
         return evaluate_episodes(predictor, generated)
     if labels != 1:
         raise ValueError("a prompt swap needs one label per episode")
-    made = [make_episode(first_seed + i, shots=shots, targets=1, size=size, shared_colors=shared_colors) for i in range(episodes)]
+    made = [make_episode(first_seed + i, shots=shots, targets=1, size=size) for i in range(episodes)]
     report = evaluate_episodes(predictor, made)
     for index, episode in enumerate(made):
         own = episode.categories[0]

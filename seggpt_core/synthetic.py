@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CATEGORIES", "Scene", "make_scene", "make_episode", "category_scenes"]
+__all__ = ["CATEGORIES", "Scene", "make_scene", "make_episode", "shifted_copy_episode", "category_scenes"]
 
 CATEGORIES = ("disc", "square", "triangle", "star", "ring")
 # Shape radius as a share of the shorter side, in episodes: small enough for overlaps, large enough that a 4-pixel
@@ -64,7 +64,6 @@ def make_scene(
     shapes: tuple[int, int] = (2, 5),
     must_include: tuple[str, ...] = (),
     sizes: tuple[float, float] = (0.08, 0.2),
-    colors: dict[str, np.ndarray] | None = None,
 ) -> Scene:
     """A scene of `shapes[0]..shapes[1]` shapes (later ones occlude earlier ones), fully determined by `seed`."""
     rng = np.random.default_rng(seed)
@@ -83,8 +82,6 @@ def make_scene(
         cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
         shape = _draw(kind, size, cx, cy, radius, rng.uniform(0, 2 * np.pi))
         color = rng.integers(0, 256, size=3)
-        if colors is not None and kind in colors:
-            color = colors[kind]
         texture = rng.normal(0, rng.uniform(0, 25), size=(height, width, 3))
         pixels[shape] = np.clip(color + texture[shape], 0, 255)
         for other in masks.values():
@@ -110,7 +107,6 @@ def make_episode(
     labels: int = 1,
     sizes: tuple[float, float] = EPISODE_SIZES,
     distractors: int = 2,
-    shared_colors: bool = False,
 ) -> Episode:
     """An episode whose prompts and targets all contain the chosen categories, among distractors; every image
     comes from its own seed, so held-out episodes (other seeds) never share an image with training ones."""
@@ -118,12 +114,22 @@ def make_episode(
     chosen = tuple(str(c) for c in rng.choice(CATEGORIES, size=labels, replace=False))
     base = int(rng.integers(0, 2**31 - 1))
     shapes = (labels + 1, labels + distractors)  # at least one distractor, at most `distractors`
-    colors = None
-    if shared_colors:
-        palette_rng = np.random.default_rng(base - 1)
-        colors = {c: palette_rng.integers(0, 256, size=3) for c in chosen}
-    make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes, colors=colors)  # noqa: E731
+    make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes)  # noqa: E731
     return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])
+
+
+def shifted_copy_episode(seed: int, step: int, size: tuple[int, int] = (96, 96)) -> Episode:
+    """A training curriculum's first stage: the target is the prompt's own scene rolled by a whole number of `step`
+    pixels (one patch of the model) in each direction, so that every target patch has an identical prompt patch.
+    Learning to find it is learning to match content across the canvas, which ordinary episodes alone did not
+    teach in the time a CPU allows (docs/benchmarks.md)."""
+    episode = make_episode(seed, shots=1, targets=1, size=size)
+    prompt = episode.prompts[0]
+    rng = np.random.default_rng(seed + 7)
+    shift = tuple(int(v) * step for v in rng.integers(1, 11, size=2))
+    image = np.roll(np.asarray(prompt.image), shift, axis=(0, 1))
+    masks = {c: np.roll(m, shift, axis=(0, 1)) for c, m in prompt.masks.items()}
+    return Episode(episode.categories, episode.prompts, [Scene(Image.fromarray(image), masks)])
 
 
 def category_scenes(category: str, count: int, first_seed: int, size: tuple[int, int] = (96, 96)) -> list[Scene]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from seggpt_core import load_model
@@ -27,6 +28,33 @@ def test_batches_pair_prompt_and_target_masks_of_one_color():
         prompt_color = batch["prompt_masks"][index].flatten(1).max(dim=1).values
         label_color = batch["labels"][index].flatten(1).max(dim=1).values
         assert torch.allclose(prompt_color, label_color)  # the color to paint is the prompt's
+
+
+def test_shifted_copies_hold_the_prompt_scene_rolled_by_whole_patches():
+    from seggpt_core.synthetic import shifted_copy_episode
+
+    episode = shifted_copy_episode(11, 8)
+    prompt, target = np.asarray(episode.prompts[0].image), np.asarray(episode.targets[0].image)
+    shifts = [(dy, dx) for dy in range(0, 96, 8) for dx in range(0, 96, 8)
+              if np.array_equal(np.roll(prompt, (dy, dx), axis=(0, 1)), target)]
+    assert len(shifts) == 1 and shifts[0] != (0, 0)
+    category = episode.categories[0]
+    assert np.array_equal(np.roll(episode.prompts[0].masks[category], shifts[0], axis=(0, 1)), episode.targets[0].masks[category])
+    batch = make_batch([11, 12], (48, 48), shifted=[True, False], episode_size=(96, 96), shift_step=8)
+    assert batch["pixel_values"].shape == (2, 3, 48, 48) and batch["foreground"][0].any()
+
+
+def test_the_curriculum_fades_shifted_copies_out():
+    settings = TrainSettings(shifted_steps=10, fade_until=30)
+    assert [settings.shifted_share(s) for s in (1, 10, 20, 30, 40)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert TrainSettings().shifted_share(1) == 0.0  # off by default: the shipped recipe
+
+
+def test_train_with_the_shifted_copy_curriculum(tmp_path):
+    settings = TrainSettings(steps=2, batch=2, warmup=1, eval_every=2, eval_episodes=2, shifted_steps=1, fade_until=2,
+                             episode_size=(96, 96))
+    best = train(settings, tmp_path / "w", log=lambda line: None)
+    assert best["step"] == 2 and load_model(tmp_path / "w", device="cpu").config.patch_size == 4
 
 
 def test_train_saves_a_loadable_checkpoint(tmp_path):
