@@ -3,7 +3,8 @@
 glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so after the first forward the
 activations of later ones come from the heap, which it seldom gives back: a CPU worker holding ViT-L peaked about
 110 MB higher for it. Pinning the threshold makes large blocks mmap'd again and returned on free, at the price of
-faulting fresh pages in on every forward; `bench/memory.py` measures both the peak and the job time.
+faulting fresh pages in on every forward; `bench/memory.py` measures both the peak and the job time. Small blocks
+freed inside the heap stay resident until the heap is trimmed, which a low-memory worker does between jobs.
 """
 
 from __future__ import annotations

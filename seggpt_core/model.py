@@ -32,8 +32,9 @@ _DECODER_ROWS_PER_BLOCK: dict[str, int | None] = {"cpu": 4}
 
 def limit_cpu_activations(divisor: int) -> None:
     """Divide this process's CPU bounds on an attention-bias block and an MLP chunk by `divisor` (a worker's
-    --low-memory): for ViT-L, attention then takes a head's queries a block of grid rows at a time. With 4, a
-    ViT-L forward's peak fell by about 15 MB for no measured loss of speed (bench/memory.py)."""
+    --low-memory): for ViT-L, attention then takes a head's queries a block of grid rows at a time. With 4, the
+    peak of a ViT-L forward in a probe process fell by about 15 MB, no slower; bench/memory.py measures the
+    whole --low-memory worker."""
     for bounds in (_BIAS_ELEMENTS_PER_CHUNK, _MLP_ELEMENTS_PER_CHUNK):
         if bounds.get("cpu"):
             bounds["cpu"] = max(1, bounds["cpu"] // divisor)
