@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from .transforms import resize_label_map
+
 __all__ = ["UpsampledMask", "nearest_source_indices"]
 
 
@@ -94,10 +96,8 @@ class UpsampledMask:
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         if self._full is None:
-            cells = np.ascontiguousarray(self.label_map == self.value).view(np.uint8)
-            # Pillow's NEAREST resize is several times faster than fancy indexing at this size
-            resized = Image.fromarray(cells, mode="L").resize((self.shape[1], self.shape[0]), Image.NEAREST)
-            self._full = np.asarray(resized).view(bool)
+            # the eager path's own resize (Pillow's NEAREST, several times faster than fancy indexing at this size)
+            self._full = resize_label_map(self.label_map == self.value, self.shape).view(bool)
         if dtype is not None and np.dtype(dtype) != self.dtype:
             return self._full.astype(dtype)
         return self._full.copy() if copy else self._full
