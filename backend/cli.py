@@ -181,7 +181,9 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
                              shifted_steps=args.shifted_steps, fade_until=args.fade_until,
-                             episode_size=(args.episode_size, args.episode_size) if args.episode_size else None)
+                             episode_size=(args.episode_size, args.episode_size) if args.episode_size else None,
+                             warmup=args.warmup, distractors=args.distractors, distractor_weight=args.distractor_weight,
+                             init=args.init)
     best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
     print(f"best held-out 1-shot mIoU {best['miou']:.4f} at step {best['step']} ({best['seconds']} s); weights in {args.out}")
     return 0
@@ -489,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--shifted-steps", type=int, default=0, help="curriculum: every episode a shifted copy of its prompt scene until this step (default: off)")
     trainer.add_argument("--fade-until", type=int, default=0, help="curriculum: shifted copies fade out linearly until this step")
     trainer.add_argument("--episode-size", type=int, default=0, help="generate episodes at this side, then resize (default: the model's half size)")
+    trainer.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay")
+    trainer.add_argument("--distractors", type=int, default=2, help="up to this many other shapes in each episode image")
+    trainer.add_argument("--distractor-weight", type=float, default=0.0, help="share of the loss for the target's shapes of other categories (default: none of their own)")
+    trainer.add_argument("--init", help="start from these weights (e.g. tiny-shapes) instead of random ones: fine-tuning")
     trainer.set_defaults(handler=cmd_train_tiny)
 
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")

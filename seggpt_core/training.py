@@ -30,7 +30,7 @@ from .model import SegGpt
 from .predictor import SegGptPredictor
 from .synthetic import make_episode, shifted_copy_episode
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
-from .weights import save_model
+from .weights import load_model, save_model
 
 __all__ = ["TrainSettings", "train"]
 
@@ -49,6 +49,9 @@ class TrainSettings:
     shifted_steps: int = 0  # every episode a shifted copy until this step ...
     fade_until: int = 0  # ... then a falling share of them, none from this step on
     episode_size: tuple[int, int] | None = None  # generated at this size, then resized (default: the model's)
+    distractors: int = 2  # up to this many other shapes in each episode image
+    distractor_weight: float = 0.0  # the other shapes' own share of the loss (0: they are plain background)
+    init: str | None = None  # weights to start from (fine-tuning) instead of random ones
 
     def shifted_share(self, step: int) -> float:
         if step <= self.shifted_steps:
@@ -68,17 +71,18 @@ def _colored(mask: np.ndarray, color: np.ndarray, size: tuple[int, int]) -> torc
 
 
 def make_batch(seeds: list[int], size: tuple[int, int], shifted: list[bool] | None = None,
-               episode_size: tuple[int, int] | None = None, shift_step: int = 8) -> dict[str, torch.Tensor]:
+               episode_size: tuple[int, int] | None = None, shift_step: int = 8, distractors: int = 2) -> dict[str, torch.Tensor]:
     """Tensors for one batch of 1-shot semantic episodes, each painted in its own random saturated color; where
     `shifted` says so, a shifted copy (rolled by multiples of `shift_step` generated pixels) instead. Episodes
-    are generated at `episode_size` (default `size`) and resized to `size`."""
+    are generated at `episode_size` (default `size`) and resized to `size`, with up to `distractors` other shapes.
+    `distractor_pixels` marks the target's shapes of other categories (what reading the prompt must leave out)."""
     episode_size = episode_size or size
-    targets, prompts, prompt_masks, labels, foreground = [], [], [], [], []
+    targets, prompts, prompt_masks, labels, foreground, others = [], [], [], [], [], []
     for index, seed in enumerate(seeds):
         if shifted is not None and shifted[index]:
             episode = shifted_copy_episode(seed, shift_step, size=episode_size)
         else:
-            episode = make_episode(seed, shots=1, targets=1, size=episode_size)
+            episode = make_episode(seed, shots=1, targets=1, size=episode_size, distractors=distractors)
         category = episode.categories[0]
         rng = np.random.default_rng(seed + 1)
         color = rng.integers(0, 256, size=3).astype(np.float32)
@@ -90,28 +94,53 @@ def make_batch(seeds: list[int], size: tuple[int, int], shifted: list[bool] | No
         label, fg = _colored(target.masks[category], color, size)
         labels.append(label)
         foreground.append(fg)
+        other = np.logical_or.reduce([m for c, m in target.masks.items() if c != category])
+        others.append(_colored(other, color, size)[1] & ~fg)
     return {
         "pixel_values": torch.stack(targets),
         "prompt_pixel_values": torch.stack(prompts),
         "prompt_masks": torch.stack(prompt_masks),
         "labels": torch.stack(labels),
         "foreground": torch.stack(foreground),
+        "distractor_pixels": torch.stack(others),
     }
 
 
-def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """Smooth L1 (beta 0.01) per pixel, with the foreground and the background of each sample weighted 1:1."""
+def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch.Tensor,
+                  distractor_pixels: torch.Tensor | None = None, distractor_weight: float = 0.0) -> torch.Tensor:
+    """Smooth L1 (beta 0.01) per pixel, with the foreground and the background of each sample weighted 1:1.
+
+    With `distractor_weight` w, the other shapes of a sample (`distractor_pixels`) get w of its weight on their own
+    and the foreground and the plain background (1 - w) / 2 each. Otherwise a painted distractor costs only its
+    small share of the background, which made "paint every shape" a deep minimum; w = 1/3 was measured to make
+    painting nothing one, so w must stay below the foreground's share."""
     per_pixel = F.smooth_l1_loss(painted, labels, reduction="none", beta=0.01).mean(dim=1)
     fg = foreground.float()
-    fg_share = fg.mean(dim=(1, 2), keepdim=True).clamp(1e-3, 1 - 1e-3)
-    weights = fg / (2 * fg_share) + (1 - fg) / (2 * (1 - fg_share))
+    if distractor_pixels is None or distractor_weight <= 0:
+        fg_share = fg.mean(dim=(1, 2), keepdim=True).clamp(1e-3, 1 - 1e-3)
+        weights = fg / (2 * fg_share) + (1 - fg) / (2 * (1 - fg_share))
+        return (per_pixel * weights).mean()
+    others = distractor_pixels.float() * (1 - fg)
+    plain = 1 - fg - others
+
+    def share(mask: torch.Tensor) -> torch.Tensor:
+        return mask.mean(dim=(1, 2), keepdim=True).clamp(1e-3)
+
+    has_others = (others.sum(dim=(1, 2), keepdim=True) > 0).float()
+    side = (1 - distractor_weight) / 2
+    weights = (side * fg / share(fg) + distractor_weight * has_others * others / share(others)
+               + (side + distractor_weight * (1 - has_others)) * plain / share(plain))
     return (per_pixel * weights).mean()
 
 
 def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = print) -> dict:
     """Train from scratch; saves the best checkpoint (by held-out 1-shot mIoU) under `out_dir`."""
     torch.manual_seed(settings.seed)
-    model: SegGpt = build_model(settings.variant, seed=settings.seed).train()
+    if settings.init:
+        model: SegGpt = load_model(settings.init, device="cpu").float().train()
+        model.requires_grad_(True)
+    else:
+        model = build_model(settings.variant, seed=settings.seed).train()
     size = model.config.half_size
     episode_size = settings.episode_size or size
     shift_step = model.config.patch_size * episode_size[0] // size[0]  # one patch, in generated pixels
@@ -132,9 +161,9 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
         seeds = rng.integers(0, HELD_OUT_SEED, size=settings.batch).tolist()
         # drawn only with the curriculum on, so that the default recipe's random stream stays the shipped one's
         shifted = (rng.random(settings.batch) < settings.shifted_share(step)).tolist() if curriculum else None
-        batch = make_batch(seeds, size, shifted, episode_size, shift_step)
+        batch = make_batch(seeds, size, shifted, episode_size, shift_step, settings.distractors)
         painted = model(batch["pixel_values"], batch["prompt_pixel_values"], batch["prompt_masks"], target_only=True)
-        loss = balanced_loss(painted, batch["labels"], batch["foreground"])
+        loss = balanced_loss(painted, batch["labels"], batch["foreground"], batch["distractor_pixels"], settings.distractor_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -20,6 +20,26 @@ def test_balanced_loss_gives_foreground_and_background_equal_weight():
     assert balanced_loss(labels, labels, foreground).item() == 0.0
 
 
+def test_distractor_weight_makes_painting_other_shapes_cost_its_share():
+    labels = torch.zeros(1, 3, 10, 10)
+    foreground = torch.zeros(1, 10, 10, dtype=torch.bool)
+    others = torch.zeros(1, 10, 10, dtype=torch.bool)
+    foreground[0, :1] = True  # 10% the category, 10% other shapes, 80% plain background
+    others[0, 1:2] = True
+    labels[:, :, :1] = 2.0
+    exact = labels.clone()
+    painted_others = labels.clone()
+    painted_others[:, :, 1:2] = 2.0
+    plain_only = balanced_loss(painted_others, labels, foreground)  # other shapes are 1/9 of the background there
+    weighted = balanced_loss(painted_others, labels, foreground, others, distractor_weight=0.2)
+    assert balanced_loss(exact, labels, foreground, others, 0.2).item() == 0.0
+    assert torch.isclose(weighted, torch.tensor(0.2 * 2.0), atol=1e-3)  # their whole share, an error of 2 per pixel
+    assert weighted > 3 * plain_only
+    # painting every shape still beats painting nothing while w stays below the foreground's share
+    painting_nothing = balanced_loss(torch.zeros_like(labels), labels, foreground, others, 0.2)
+    assert weighted < painting_nothing
+
+
 def test_batches_pair_prompt_and_target_masks_of_one_color():
     batch = make_batch([3, 4], (64, 64))
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["foreground"].shape == (2, 64, 64)
@@ -28,6 +48,9 @@ def test_batches_pair_prompt_and_target_masks_of_one_color():
         prompt_color = batch["prompt_masks"][index].flatten(1).max(dim=1).values
         label_color = batch["labels"][index].flatten(1).max(dim=1).values
         assert torch.allclose(prompt_color, label_color)  # the color to paint is the prompt's
+    assert not (batch["distractor_pixels"] & batch["foreground"]).any()
+    crowded = make_batch([3, 4, 5, 6], (64, 64), distractors=5)
+    assert crowded["distractor_pixels"].float().mean() > batch["distractor_pixels"].float().mean()
 
 
 def test_shifted_copies_hold_the_prompt_scene_rolled_by_whole_patches():
@@ -62,3 +85,13 @@ def test_train_saves_a_loadable_checkpoint(tmp_path):
     assert best["step"] == 3 and 0.0 <= best["miou"] <= 1.0
     model = load_model(tmp_path / "w", device="cpu")
     assert model.config.hidden_size == 96
+
+
+def test_fine_tuning_starts_from_given_weights_and_moves_them(tmp_path):
+    start = load_model("tiny-shapes", device="cpu")
+    settings = TrainSettings(steps=2, batch=2, warmup=1, eval_every=2, eval_episodes=2, init="tiny-shapes",
+                             distractors=4, distractor_weight=0.2, lr=1e-3)
+    train(settings, tmp_path / "w", log=lambda line: None)
+    tuned = load_model(tmp_path / "w", device="cpu")
+    deltas = [(a - b).abs().max().item() for a, b in zip(start.parameters(), tuned.parameters())]
+    assert 0 < max(deltas) < 0.05  # moved by two small steps, not re-initialised
