@@ -112,8 +112,8 @@ def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch
 
     With `distractor_weight` w, the other shapes of a sample (`distractor_pixels`) get w of its weight on their own
     and the foreground and the plain background (1 - w) / 2 each. Otherwise a painted distractor costs only its
-    small share of the background, which made "paint every shape" a deep minimum; w = 1/3 was measured to make
-    painting nothing one, so w must stay below the foreground's share."""
+    small share of the background, which made "paint every shape" a deep minimum. Measured (docs/benchmarks.md):
+    from scratch, w = 1/3 and even w = 0.2 collapse to painting nothing; as a fine-tune (`init`) w = 0.2 trains."""
     per_pixel = F.smooth_l1_loss(painted, labels, reduction="none", beta=0.01).mean(dim=1)
     fg = foreground.float()
     if distractor_pixels is None or distractor_weight <= 0:
@@ -134,7 +134,8 @@ def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch
 
 
 def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """Train from scratch; saves the best checkpoint (by held-out 1-shot mIoU) under `out_dir`."""
+    """Train from scratch (or from `settings.init`); saves the best checkpoint (by held-out 1-shot mIoU) under
+    `out_dir`."""
     torch.manual_seed(settings.seed)
     if settings.init:
         model: SegGpt = load_model(settings.init, device="cpu").float().train()
