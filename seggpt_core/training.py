@@ -29,7 +29,7 @@ from .evaluation import HELD_OUT_SEED, evaluate_synthetic
 from .model import SegGpt
 from .predictor import SegGptPredictor
 from .synthetic import make_episode, shifted_copy_episode
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, resize_label_map
 from .weights import load_model, save_model
 
 __all__ = ["TrainSettings", "train"]
@@ -59,11 +59,13 @@ class TrainSettings:
         return max(0.0, 1.0 - (step - self.shifted_steps) / max(1, self.fade_until - self.shifted_steps))
 
 
-def _colored(mask: np.ndarray, color: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    from PIL import Image
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return resize_label_map(mask.astype(np.uint8), size) > 0
 
+
+def _colored(mask: np.ndarray, color: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     height, width = size
-    small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+    small = _resized(mask, size)
     rgb = np.zeros((height, width, 3), np.float32)
     rgb[small] = color / 255.0
     normalized = (rgb - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
@@ -95,7 +97,7 @@ def make_batch(seeds: list[int], size: tuple[int, int], shifted: list[bool] | No
         labels.append(label)
         foreground.append(fg)
         other = np.logical_or.reduce([m for c, m in target.masks.items() if c != category])
-        others.append(_colored(other, color, size)[1] & ~fg)
+        others.append(torch.from_numpy(_resized(other, size)) & ~fg)
     return {
         "pixel_values": torch.stack(targets),
         "prompt_pixel_values": torch.stack(prompts),
@@ -117,14 +119,13 @@ def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch
     per_pixel = F.smooth_l1_loss(painted, labels, reduction="none", beta=0.01).mean(dim=1)
     fg = foreground.float()
     if distractor_pixels is None or distractor_weight <= 0:
-        fg_share = fg.mean(dim=(1, 2), keepdim=True).clamp(1e-3, 1 - 1e-3)
-        weights = fg / (2 * fg_share) + (1 - fg) / (2 * (1 - fg_share))
-        return (per_pixel * weights).mean()
-    others = distractor_pixels.float() * (1 - fg)
+        others = torch.zeros_like(fg)  # w = 0: one background, half the weight, as in the shipped recipe
+    else:
+        others = distractor_pixels.float() * (1 - fg)
     plain = 1 - fg - others
 
     def share(mask: torch.Tensor) -> torch.Tensor:
-        return mask.mean(dim=(1, 2), keepdim=True).clamp(1e-3)
+        return mask.mean(dim=(1, 2), keepdim=True).clamp(1e-3, 1 - 1e-3)
 
     has_others = (others.sum(dim=(1, 2), keepdim=True) > 0).float()
     side = (1 - distractor_weight) / 2
