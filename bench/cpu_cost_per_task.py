@@ -2,7 +2,10 @@
 
 Steps: decode, preprocess (resize + normalize), color decoding of the painted 448x448 output with the masks at
 1920x1080 and scores (ours: the predictor's own `_decode`, reported under color_decode), brush RLE, result JSON.
-Ours (reduced-scale JPEG decode, masks kept model-sized, numpy RLE from the small map's runs) against the naive path (full-resolution decode, per-label resize, the SDK's `mask2rle`), side by side, interleaved.
+Ours (reduced-scale JPEG decode kept in YCbCr, torch's antialiased bicubic on uint8, colors decoded through a
+table, masks kept model-sized, numpy RLE from the small map's runs) against the naive path (full-resolution decode,
+the official preprocessing: Pillow's bicubic resize and a float normalization, exact nearest-color decoding,
+per-label resize, the SDK's `mask2rle`), side by side, interleaved.
 The painted output is a fixed synthetic canvas (three colored shapes plus noise), so both paths decode the same
 thing. Prints per-step medians; the last line is `ratio=<ours/naive>`.
 
@@ -30,7 +33,7 @@ from backend.ls_format import label_key, prediction_for  # noqa: E402
 from seggpt_core.palette import decode_colors, make_palette  # noqa: E402
 from seggpt_core.predictor import SegGptPredictor, Segmentation, _LabelGroup  # noqa: E402
 from seggpt_core.synthetic import make_scene  # noqa: E402
-from seggpt_core.transforms import denormalize, image_to_tensor, label_map_to_tensor, open_image, open_reduced, resize_label_map  # noqa: E402
+from seggpt_core.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, image_to_tensor, label_map_to_tensor, open_image, open_reduced, resize_label_map  # noqa: E402
 
 SIZE = (448, 448)
 LABELS = ("Cat", "Dog", "Car")
@@ -76,6 +79,12 @@ def ours(data: bytes, painted: torch.Tensor, palette: np.ndarray, times: dict) -
     return {"bytes": len(body)}
 
 
+def official_preprocess(image: Image.Image) -> np.ndarray:
+    """What the official SegGPT code does: Pillow's bicubic resize, then (x / 255 - mean) / std."""
+    resized = np.asarray(image.resize(SIZE[::-1], Image.BICUBIC), dtype=np.float32) / 255.0
+    return ((resized - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)).transpose(2, 0, 1)
+
+
 def naive(data: bytes, painted: torch.Tensor, palette: np.ndarray, times: dict) -> dict:
     from label_studio_sdk.converter.brush import mask2rle
 
@@ -83,7 +92,7 @@ def naive(data: bytes, painted: torch.Tensor, palette: np.ndarray, times: dict) 
     image = open_image(data)
     size = (image.height, image.width)
     t1 = time.perf_counter()
-    image_to_tensor(image, SIZE)
+    official_preprocess(image)
     t2 = time.perf_counter()
     indices, confidence = decode_colors(denormalize(painted)[0], palette)
     t3 = time.perf_counter()

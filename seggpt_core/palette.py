@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-__all__ = ["make_palette", "decode_colors"]
+__all__ = ["make_palette", "decode_colors", "lookup_colors"]
+
+# Levels per channel of `lookup_colors`' table: 64 ** 3 entries, 1.5 MB a palette, built once (about 20 ms for 4
+# colors). The levels are k * 255 / 63, so that black and white, the colors the model is prompted with most,
+# are exact.
+_LEVELS = 64
 
 
 def make_palette(num_labels: int) -> np.ndarray:
@@ -78,3 +85,31 @@ def decode_colors(rgb: np.ndarray, palette: np.ndarray, with_runner_up: bool = F
     if with_runner_up:
         return decoded + ((runner_up if runner_up is not None else 1 - indices).reshape(shape),)
     return decoded
+
+
+@lru_cache(maxsize=8)
+def _color_table(palette: bytes, colors: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    levels = np.linspace(0.0, 255.0, _LEVELS, dtype=np.float32)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1)
+    table = decode_colors(grid, np.frombuffer(palette, np.uint8).reshape(colors, 3), with_runner_up=True)
+    return tuple(t.reshape(-1) for t in table)
+
+
+def lookup_colors(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`decode_colors(rgb, palette, with_runner_up=True)` of every pixel rounded to 64 levels per channel, read
+    from a table built once per palette: about 5x faster for a few colors (bench/cpu_cost_per_task.py).
+
+    Rounding moves a color by at most 3.5 (of 255) in distance, so only pixels that are nearly halfway between two
+    palette colors can change label, and confidence moves by a few hundredths at most.
+    """
+    palette = np.ascontiguousarray(palette, dtype=np.uint8)
+    indices, confidence, runner_up = _color_table(palette.tobytes(), len(palette))
+    quantized = np.multiply(rgb, (_LEVELS - 1) / 255.0, dtype=np.float32)
+    quantized += 0.5  # rounds, with the truncation below
+    np.clip(quantized, 0.0, _LEVELS - 1, out=quantized)
+    levels = quantized.astype(np.int32)
+    bits = _LEVELS.bit_length() - 1
+    keys = levels[..., 0] << (2 * bits)
+    keys |= levels[..., 1] << bits
+    keys |= levels[..., 2]
+    return indices[keys], confidence[keys], runner_up[keys]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .errors import ImageError, PromptError
 from .model import SegGpt
-from .palette import decode_colors, make_palette
+from .palette import lookup_colors, make_palette
 from .upsampled_mask import UpsampledMask
 from .transforms import (
     DEFAULT_MAX_PIXELS,
@@ -326,7 +326,7 @@ class SegGptPredictor:
 
     @staticmethod
     def _decode(rgb: np.ndarray, group: _LabelGroup, size: tuple[int, int], result: Segmentation) -> None:
-        indices, confidence, runner_up = decode_colors(rgb, group.palette, with_runner_up=True)
+        indices, confidence, runner_up = lookup_colors(rgb, group.palette)
         # Score: the soft IoU of the mask with the painted colors. A pixel belongs to a label by (1 + margin) / 2
         # where the label's color is nearest and by (1 - margin) / 2 where it is second (never both). Crisp painting
         # scores 1, a mask with wide fringes of in-between colors scores low, no mask scores 0.

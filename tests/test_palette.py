@@ -53,3 +53,33 @@ def test_runner_up_with_two_colors_is_the_other_one():
     rgb = np.random.default_rng(6).uniform(0, 255, size=(5, 7, 3)).astype(np.float32)
     indices, _, runner_up = decode_colors(rgb, palette, with_runner_up=True)
     assert np.array_equal(runner_up, 1 - indices)
+
+
+@pytest.mark.parametrize("num_labels", [1, 3, 7, 20])
+def test_lookup_matches_exact_decoding_but_at_near_ties(num_labels):
+    from seggpt_core.palette import lookup_colors
+
+    palette = make_palette(num_labels)
+    rng = np.random.default_rng(num_labels)
+    # painted-like pixels: palette colors plus noise, and uniform ones
+    noisy = palette[rng.integers(0, num_labels + 1, 4000)].astype(np.float32) + rng.normal(0, 40, (4000, 3))
+    rgb = np.clip(np.concatenate([noisy, rng.uniform(0, 255, (4000, 3))]), 0, 255).astype(np.float32).reshape(80, 100, 3)
+    exact = decode_colors(rgb, palette, with_runner_up=True)
+    looked_up = lookup_colors(rgb, palette)
+    distances = np.sqrt(((rgb[..., None, :] - palette.astype(np.float32)) ** 2).sum(-1))
+    ordered = np.sort(distances, axis=-1)
+    clear = ordered[..., 1] - ordered[..., 0] > 2 * 3.51  # rounding moves a color by at most 3.51 (sqrt(3) * 255/126)
+    assert clear.mean() > 0.75  # the test is not vacuous
+    assert np.array_equal(looked_up[0][clear], exact[0][clear])
+    moved = np.abs(looked_up[1] - exact[1])
+    assert moved.max() < 0.1 and moved.mean() < 0.01, (moved.max(), moved.mean())
+    assert (looked_up[0] == exact[0]).mean() > 0.99
+
+
+def test_lookup_is_exact_on_black_and_white():
+    from seggpt_core.palette import lookup_colors
+
+    rgb = np.array([[[0, 0, 0], [255, 255, 255]]], np.float32)
+    indices, confidence, runner_up = lookup_colors(rgb, make_palette(1))
+    assert indices.tolist() == [[0, 1]] and runner_up.tolist() == [[1, 0]]
+    assert confidence.tolist() == [[1.0, 1.0]]

@@ -1,0 +1,73 @@
+"""Image preprocessing: torch's resize against Pillow's, and JPEGs kept in YCbCr until after the resize."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seggpt_core.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, open_image, open_reduced
+
+STD_255 = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+
+
+def _photo(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    base = np.stack([np.sin(xx / 9.0 + k) * 90 + np.cos(yy / 13.0 - k) * 60 + 128 for k in range(3)], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **options)
+    return buffer.getvalue()
+
+
+def _pillow_reference(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    resized = np.asarray(image.resize(size[::-1], Image.BICUBIC), dtype=np.float32) / 255.0
+    normalized = (resized - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(normalized.transpose(2, 0, 1).copy())
+
+
+@pytest.mark.parametrize("source, size", [((540, 960), (448, 448)), ((37, 211), (448, 448)), ((300, 200), (96, 48)), ((1, 1), (8, 8))])
+def test_resize_computes_pillows_bicubic(source, size):
+    image = _photo(*source)
+    ours, pillow = image_to_tensor(image, size), _pillow_reference(image, size)
+    assert ours.shape == (3, *size) and ours.is_contiguous()
+    levels = ((ours - pillow).abs() * STD_255).max().item()  # in 0..255 steps
+    assert levels <= 2.01, levels
+
+
+def test_a_jfif_jpeg_stays_ycbcr_until_after_the_resize():
+    data = _jpeg(_photo(1080, 1920))
+    reduced, size = open_reduced(data, (448, 448))
+    assert (reduced.mode, reduced.size, size) == ("YCbCr", (960, 540), (1080, 1920))
+    from_rgb = image_to_tensor(open_reduced(data, (448, 448))[0].convert("RGB"), (448, 448))
+    ours = image_to_tensor(reduced, (448, 448))
+    difference = (ours - from_rgb).abs() * STD_255
+    # resizing before the conversion scales uint8 rounding by up to 1.77 (the Cb -> B factor)
+    assert difference.mean().item() < 1.0 and difference.max().item() < 8, (difference.mean(), difference.max())
+    # and the whole path stays close to the full decode the official code starts from
+    full = _pillow_reference(open_image(data), (448, 448))
+    assert ((ours - full).abs() * STD_255).mean().item() < 2.0
+
+
+@pytest.mark.parametrize("options, mode", [({"keep_rgb": True}, "RGB"), ({}, "YCbCr")])
+def test_rgb_coded_jpegs_are_not_asked_for_ycbcr(options, mode):
+    """libjpeg cannot turn an RGB-coded JPEG into YCbCr: such files must decode as before, not fail."""
+    image = _photo(600, 800, seed=3)
+    reduced, _ = open_reduced(_jpeg(image, **options), (224, 224))
+    assert reduced.mode == mode
+    tensor = image_to_tensor(reduced, (224, 224))
+    assert ((tensor - _pillow_reference(image, (224, 224))).abs() * STD_255).mean().item() < 3.0
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_other_jpeg_color_spaces_come_back_rgb(mode):
+    reduced, size = open_reduced(_jpeg(_photo(500, 700).convert(mode)), (100, 100))
+    assert reduced.mode == "RGB" and size == (500, 700)
+    assert image_to_tensor(reduced, (100, 100)).shape == (3, 100, 100)
