@@ -100,7 +100,7 @@ def lookup_colors(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.
     from a table built once per palette: about 5x faster for a few colors (bench/cpu_cost_per_task.py).
 
     Rounding moves a color by at most 3.5 (of 255) in distance, so only pixels that are nearly halfway between two
-    palette colors can change label, and confidence moves by a few hundredths at most.
+    palette colors can change label, and confidence moves by 0.013 on average and 0.07 at most (20 labels, tests).
     """
     palette = np.ascontiguousarray(palette, dtype=np.uint8)
     indices, confidence, runner_up = _color_table(palette.tobytes(), len(palette))
