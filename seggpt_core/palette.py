@@ -106,7 +106,8 @@ def lookup_colors(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.
     indices, confidence, runner_up = _color_table(palette.tobytes(), len(palette))
     quantized = np.multiply(rgb, (_LEVELS - 1) / 255.0, dtype=np.float32)
     quantized += 0.5  # rounds, with the truncation below
-    np.clip(quantized, 0.0, _LEVELS - 1, out=quantized)
+    np.fmax(quantized, 0.0, out=quantized)  # fmax/fmin, not clip: a NaN (a diverged half-precision output) reads as 0
+    np.fmin(quantized, _LEVELS - 1, out=quantized)
     levels = quantized.astype(np.int32)
     bits = _LEVELS.bit_length() - 1
     keys = levels[..., 0] << (2 * bits)

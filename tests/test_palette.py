@@ -79,7 +79,7 @@ def test_lookup_matches_exact_decoding_but_at_near_ties(num_labels):
 def test_lookup_is_exact_on_black_and_white():
     from seggpt_core.palette import lookup_colors
 
-    rgb = np.array([[[0, 0, 0], [255, 255, 255]]], np.float32)
+    rgb = np.array([[[0, 0, 0], [255, 255, 255], [np.nan, 300, -5]]], np.float32)
     indices, confidence, runner_up = lookup_colors(rgb, make_palette(1))
-    assert indices.tolist() == [[0, 1]] and runner_up.tolist() == [[1, 0]]
-    assert confidence.tolist() == [[1.0, 1.0]]
+    assert indices.tolist() == [[0, 1, 0]] and runner_up.tolist() == [[1, 0, 1]]
+    assert confidence[0, :2].tolist() == [1.0, 1.0]  # and out-of-range or NaN values are clamped, never an error
