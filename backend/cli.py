@@ -183,7 +183,7 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
                              shifted_steps=args.shifted_steps, fade_until=args.fade_until,
                              episode_size=(args.episode_size, args.episode_size) if args.episode_size else None,
                              warmup=args.warmup, distractors=args.distractors, distractor_weight=args.distractor_weight,
-                             init=args.init)
+                             init=args.init, pretrain_steps=args.pretrain_steps)
     best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
     print(f"best held-out 1-shot mIoU {best['miou']:.4f} at step {best['step']} ({best['seconds']} s); weights in {args.out}")
     return 0
@@ -495,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--distractors", type=int, default=2, help="up to this many other shapes in each episode image")
     trainer.add_argument("--distractor-weight", type=float, default=0.0, help="share of the loss for the target's shapes of other categories (default: none of their own)")
     trainer.add_argument("--init", help="start from these weights (e.g. tiny-shapes) instead of random ones: fine-tuning")
+    trainer.add_argument("--pretrain-steps", type=int, default=0, help="first, this many steps of per-patch shape-category classification (default: none)")
     trainer.set_defaults(handler=cmd_train_tiny)
 
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")

@@ -5,6 +5,11 @@ same-category region the model must paint in that color. The target half of the 
 tokens), the loss is smooth L1 (beta 0.01) on the painted target half, with foreground and background pixels
 weighted equally so that painting everything black is not a cheap minimum.
 
+An optional first stage (`pretrain_steps`, off by default): per-patch shape-category classification through the
+same forward, the mask stream all hidden, with a linear head that is thrown away afterwards. In-context training
+alone never taught the network to tell the categories apart in a CPU budget (it learns to paint every shape);
+the category loss on its own does (docs/benchmarks.md).
+
 An optional curriculum (off by default, and off for the shipped `tiny-shapes`): for `shifted_steps` steps every
 episode is a shifted copy (the target is the prompt's scene rolled by whole patches), then their share falls
 linearly to none at `fade_until`. Shifted copies make the network match content across the canvas within 250
@@ -28,7 +33,7 @@ from .build import build_model
 from .evaluation import HELD_OUT_SEED, evaluate_synthetic
 from .model import SegGpt
 from .predictor import SegGptPredictor
-from .synthetic import make_episode, shifted_copy_episode
+from .synthetic import CATEGORIES, EPISODE_SIZES, Scene, make_episode, make_scene, shifted_copy_episode
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, resize_label_map
 from .weights import load_model, save_model
 
@@ -52,6 +57,7 @@ class TrainSettings:
     distractors: int = 2  # up to this many other shapes in each episode image
     distractor_weight: float = 0.0  # the other shapes' own share of the loss (0: they are plain background)
     init: str | None = None  # weights to start from (fine-tuning) instead of random ones
+    pretrain_steps: int = 0  # steps of per-patch category classification before the in-context steps
 
     def shifted_share(self, step: int) -> float:
         if step <= self.shifted_steps:
@@ -108,6 +114,53 @@ def make_batch(seeds: list[int], size: tuple[int, int], shifted: list[bool] | No
     }
 
 
+def category_grid(scene: Scene, patch: int) -> torch.Tensor:
+    """(rows, cols) int64: each patch's most common label, 0 for background and i + 1 for CATEGORIES[i]."""
+    planes = np.stack([~np.logical_or.reduce([scene.masks[c] for c in CATEGORIES])] + [scene.masks[c] for c in CATEGORIES])
+    shares = F.avg_pool2d(torch.from_numpy(planes.astype(np.float32))[None], patch)[0]
+    return shares.argmax(dim=0)
+
+
+def pretrain_categories(model: SegGpt, settings: TrainSettings, log: Callable[[str], None] = print) -> None:
+    """Stage 1: train the encoder to label every patch of two stacked scenes with its shape category (the mask
+    stream hidden, so only the images speak), through a linear head used only here."""
+    config = model.config
+    size, patch = config.half_size, config.patch_size
+    head = torch.nn.Sequential(torch.nn.LayerNorm(config.hidden_size), torch.nn.Linear(config.hidden_size, len(CATEGORIES) + 1))
+    parameters = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    hidden_mask = torch.ones(1, config.grid[0] * config.grid[1], dtype=torch.bool)
+    rng = np.random.default_rng(settings.seed + 1)
+    encoder = model.model.encoder
+    accuracy: list[float] = []
+    for step in range(1, settings.pretrain_steps + 1):
+        warm = min(1.0, step / settings.warmup) if settings.warmup else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * warm * 0.5 * (1 + math.cos(math.pi * step / settings.pretrain_steps))
+        seeds = rng.integers(0, HELD_OUT_SEED, size=2 * settings.batch).tolist()
+        scenes = [make_scene(seed, size=size, shapes=(2, 1 + settings.distractors), sizes=EPISODE_SIZES) for seed in seeds]
+        images = torch.stack([image_to_tensor(scene.image, size) for scene in scenes])
+        labels = torch.stack([category_grid(scene, patch) for scene in scenes])
+        canvas = torch.cat((images[: settings.batch], images[settings.batch :]), dim=2)
+        labels = torch.cat((labels[: settings.batch], labels[settings.batch :]), dim=1)
+        hidden = model.model.embeddings(canvas, torch.zeros_like(canvas), hidden_mask, "instance")
+        for index, layer in enumerate(encoder.layers):
+            hidden = layer(hidden, 1)
+            if index == config.merge_index:
+                half = hidden.shape[0] // 2
+                hidden = (hidden[:half] + hidden[half:]) * 0.5
+        logits = head(encoder.layernorm(hidden))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        shapes = labels > 0
+        accuracy.append((logits.argmax(-1)[shapes] == labels[shapes]).float().mean().item())
+        if step % 50 == 0:
+            log(f"pretrain step {step} loss {loss.item():.4f} shape-patch accuracy (last 50) {np.mean(accuracy[-50:]):.3f}")
+
+
 def balanced_loss(painted: torch.Tensor, labels: torch.Tensor, foreground: torch.Tensor,
                   distractor_pixels: torch.Tensor | None = None, distractor_weight: float = 0.0) -> torch.Tensor:
     """Smooth L1 (beta 0.01) per pixel, with the foreground and the background of each sample weighted 1:1.
@@ -143,6 +196,8 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
         model.requires_grad_(True)
     else:
         model = build_model(settings.variant, seed=settings.seed).train()
+    if settings.pretrain_steps:
+        pretrain_categories(model, settings, log)
     size = model.config.half_size
     episode_size = settings.episode_size or size
     shift_step = model.config.patch_size * episode_size[0] // size[0]  # one patch, in generated pixels

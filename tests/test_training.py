@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 from seggpt_core import load_model
-from seggpt_core.training import TrainSettings, balanced_loss, make_batch, train
+from seggpt_core.build import build_model
+from seggpt_core.synthetic import CATEGORIES, make_scene
+from seggpt_core.training import TrainSettings, balanced_loss, category_grid, make_batch, pretrain_categories, train
 
 
 def test_balanced_loss_gives_foreground_and_background_equal_weight():
@@ -95,3 +97,30 @@ def test_fine_tuning_starts_from_given_weights_and_moves_them(tmp_path):
     tuned = load_model(tmp_path / "w", device="cpu")
     deltas = [(a - b).abs().max().item() for a, b in zip(start.parameters(), tuned.parameters())]
     assert 0 < max(deltas) < 0.05  # moved by two small steps, not re-initialised
+
+
+def test_category_grid_labels_each_patch_with_its_shape():
+    scene = make_scene(11, size=(48, 48), shapes=(2, 3))
+    grid = category_grid(scene, 4)
+    assert grid.shape == (12, 12)
+    for index, category in enumerate(CATEGORIES, start=1):
+        coverage = scene.masks[category].reshape(12, 4, 12, 4).mean(axis=(1, 3))
+        assert ((coverage > 0.5) <= (grid.numpy() == index)).all()  # a patch mostly of one shape carries its label
+    assert ((grid.numpy() == 0) == (np.logical_or.reduce(list(scene.masks.values())).reshape(12, 4, 12, 4).mean(axis=(1, 3)) <= 0.5)).mean() > 0.9
+
+
+def test_category_pretraining_trains_the_encoder_only():
+    model = build_model("shapes", seed=0).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lines = []
+    pretrain_categories(model, TrainSettings(pretrain_steps=50, batch=2, warmup=5), log=lines.append)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("model.encoder.layers.5.") for name in moved)
+    assert not any(name.startswith("decoder.") for name in moved)  # the painting head is not part of this stage
+    assert lines and lines[-1].startswith("pretrain step 50 loss")
+
+
+def test_train_runs_the_category_stage_first(tmp_path):
+    lines = []
+    train(TrainSettings(steps=2, batch=2, warmup=1, eval_every=2, eval_episodes=2, pretrain_steps=50), tmp_path / "w", log=lines.append)
+    assert lines[0].startswith("pretrain step 50") and load_model(tmp_path / "w", device="cpu").config.patch_size == 4
