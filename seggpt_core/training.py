@@ -114,6 +114,16 @@ def make_batch(seeds: list[int], size: tuple[int, int], shifted: list[bool] | No
     }
 
 
+def _warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then a cosine decay to zero at `steps`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def category_grid(scene: Scene, patch: int) -> torch.Tensor:
     """(rows, cols) int64: each patch's most common label, 0 for background and i + 1 for CATEGORIES[i]."""
     planes = np.stack([~np.logical_or.reduce([scene.masks[c] for c in CATEGORIES])] + [scene.masks[c] for c in CATEGORIES])
@@ -129,14 +139,11 @@ def pretrain_categories(model: SegGpt, settings: TrainSettings, log: Callable[[s
     head = torch.nn.Sequential(torch.nn.LayerNorm(config.hidden_size), torch.nn.Linear(config.hidden_size, len(CATEGORIES) + 1))
     parameters = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = _warmup_cosine(optimizer, settings.warmup, settings.pretrain_steps)
     hidden_mask = torch.ones(1, config.grid[0] * config.grid[1], dtype=torch.bool)
     rng = np.random.default_rng(settings.seed + 1)
-    encoder = model.model.encoder
     accuracy: list[float] = []
     for step in range(1, settings.pretrain_steps + 1):
-        warm = min(1.0, step / settings.warmup) if settings.warmup else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * warm * 0.5 * (1 + math.cos(math.pi * step / settings.pretrain_steps))
         seeds = rng.integers(0, HELD_OUT_SEED, size=2 * settings.batch).tolist()
         scenes = [make_scene(seed, size=size, shapes=(2, 1 + settings.distractors), sizes=EPISODE_SIZES) for seed in seeds]
         images = torch.stack([image_to_tensor(scene.image, size) for scene in scenes])
@@ -144,17 +151,15 @@ def pretrain_categories(model: SegGpt, settings: TrainSettings, log: Callable[[s
         canvas = torch.cat((images[: settings.batch], images[settings.batch :]), dim=2)
         labels = torch.cat((labels[: settings.batch], labels[settings.batch :]), dim=1)
         hidden = model.model.embeddings(canvas, torch.zeros_like(canvas), hidden_mask, "instance")
-        for index, layer in enumerate(encoder.layers):
-            hidden = layer(hidden, 1)
-            if index == config.merge_index:
-                half = hidden.shape[0] // 2
-                hidden = (hidden[:half] + hidden[half:]) * 0.5
-        logits = head(encoder.layernorm(hidden))
+        # the encoder's own forward (streams merged where the model merges them); its last feature is the deepest
+        deepest = model.model.encoder(hidden, 1)[..., -config.hidden_size :]
+        logits = head(deepest)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        scheduler.step()
         shapes = labels > 0
         accuracy.append((logits.argmax(-1)[shapes] == labels[shapes]).float().mean().item())
         if step % 50 == 0:
@@ -204,13 +209,7 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
     curriculum = settings.shifted_steps > 0 or settings.fade_until > 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
-    def schedule(step: int) -> float:
-        if step < settings.warmup:
-            return (step + 1) / settings.warmup
-        progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = _warmup_cosine(optimizer, settings.warmup, settings.steps)
     best = {"miou": -1.0, "step": 0}
     started = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
