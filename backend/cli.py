@@ -13,8 +13,9 @@ from typing import Sequence
 __all__ = ["main"]
 
 SAMPLES = Path(__file__).parent / "samples"
-# The project's own small SegGPT, trained on synthetic shapes (`seggpt-ls train-tiny`), shipped in seggpt_core.
-DEMO_WEIGHTS = "tiny-shapes"
+# The project's own small SegGPT, trained on synthetic appearance episodes (`seggpt-ls train-tiny`), shipped in
+# seggpt_core.
+DEMO_WEIGHTS = "tiny-appearance"
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> None:
@@ -25,7 +26,7 @@ def _add_model_options(parser: argparse.ArgumentParser, default_weights: str) ->
     parser.add_argument("--spatial-ensemble", action="store_true", help="stitch prompts into one canvas instead of the feature ensemble")
     parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
     parser.add_argument("--labels-per-forward", type=int, default=0,
-                        help="paint at most N labels per forward (0: all that share prompts; 1 for tiny-shapes, trained on one color)")
+                        help="paint at most N labels per forward (0: the model's own limit: 1 for tiny-appearance, trained on one color; none for SegGPT)")
 
 
 def _build_predictor(args: argparse.Namespace):
@@ -39,7 +40,7 @@ def _build_predictor(args: argparse.Namespace):
     param = next(model.parameters())
     print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
     return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble,
-                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward)
+                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward or None)
 
 
 def _list_images(directory: Path) -> list[Path]:
@@ -86,7 +87,7 @@ def _print_truth_iou(report, labels: list[str], truth: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from seggpt_core.evaluation import EvalReport, iou
+    from seggpt_core.research.evaluation import EvalReport, iou
 
     scores = EvalReport()
     for result in report.results:
@@ -126,16 +127,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return _run_segment(args, specs, images, Path(args.out), args.preview, formats)
 
 
+def demo_labels() -> list[str]:
+    """The bundled prompt's labels, from its mask files (`prompt_<label>.png`)."""
+    return sorted(path.stem[len("prompt_"):] for path in SAMPLES.glob("prompt_*.png"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .folder_mode import PromptSpec
 
     prompt = SAMPLES / "prompt.png"
-    specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in ("disc", "star")]
+    labels = demo_labels()
+    specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in labels]
     images = sorted(SAMPLES.glob("target_*.png"))
-    print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels disc, star)")
+    print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels {', '.join(labels)}: two of "
+          "four look-alike classes of blobs, told apart only by color and texture)")
     if args.weights == DEMO_WEIGHTS:
-        print(f"weights: {DEMO_WEIGHTS}, the project's own small SegGPT trained on synthetic shapes (not the real "
-              "SegGPT: pass --weights BAAI/seggpt-vit-large for that), each label painted in its own forward")
+        print(f"weights: {DEMO_WEIGHTS}, the project's own small SegGPT trained on synthetic appearance episodes (not "
+              "the real SegGPT: pass --weights BAAI/seggpt-vit-large for that), each label painted in its own forward")
     elif args.weights.startswith("random:"):
         print(
             f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole path "
@@ -146,28 +154,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from seggpt_core.evaluation import evaluate_folder, evaluate_synthetic
+    from seggpt_core.research.evaluation import evaluate_folder, evaluate_synthetic
 
     if bool(args.dataset) == bool(args.synthetic):
         raise SystemExit("give exactly one of --synthetic or --dataset DIR")
     predictor = _build_predictor(args)
     started = time.perf_counter()
     if args.synthetic:
-        report = evaluate_synthetic(predictor, args.episodes, shots=args.shots, labels=args.labels, prompt_swap=args.prompt_swap)
-        source = f"{args.episodes} held-out synthetic episodes, {args.labels} label(s)"
+        try:
+            report = evaluate_synthetic(predictor, args.episodes, shots=args.shots, labels=args.labels, prompt_swap=args.prompt_swap,
+                                        task=args.task, family=args.family, jitter=args.jitter)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        family = f", {args.family} family, jitter {args.jitter:g}" if args.task == "appearance" else ""
+        source = f"{args.episodes} held-out {args.task} episodes{family}, {args.labels} label(s)"
     else:
         try:
             report = evaluate_folder(predictor, Path(args.dataset), shots=args.shots)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         source = f"dataset {args.dataset}"
-    print(f"{source}, {args.shots}-shot, weights {args.weights}, {time.perf_counter() - started:.1f} s")
+    print(f"{source}, {args.shots}-shot, weights {args.weights}, {predictor.labels_per_forward or 'all'} label(s) per forward, "
+          f"{time.perf_counter() - started:.1f} s")
     for category, value in report.class_means.items():
         print(f"  {category}: IoU {value:.4f} over {len(report.per_class[category])} target(s)")
     print(f"prediction score vs IoU: Spearman {report.score_iou_spearman:.3f} over {len(report.scored)} mask(s)")
     if report.swaps:
-        print(f"prompt of another category: mIoU {report.swapped_miou:.4f} (gap {report.miou - report.swapped_miou:.4f}; "
-              "near 0 means the model segments without reading its prompt)")
+        print(f"prompt of another class: mIoU {report.swapped_miou:.4f} (ratio {report.swap_ratio:.3f} of the own prompt's; "
+              "near 1 means the model segments without reading its prompt)")
     print(f"mIoU={report.miou:.4f}")
     return 0
 
@@ -175,17 +189,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train_tiny(args: argparse.Namespace) -> int:
     import torch
 
-    from seggpt_core.training import TrainSettings, train
+    from seggpt_core.research.training import TrainSettings, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
-                             shifted_steps=args.shifted_steps, fade_until=args.fade_until,
-                             episode_size=(args.episode_size, args.episode_size) if args.episode_size else None,
-                             warmup=args.warmup, distractors=args.distractors, distractor_weight=args.distractor_weight,
-                             init=args.init, pretrain_steps=args.pretrain_steps)
+                             eval_episodes=args.eval_episodes, warmup=args.warmup, task=args.task, init=args.init)
     best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
-    print(f"best held-out 1-shot mIoU {best['miou']:.4f} at step {best['step']} ({best['seconds']} s); weights in {args.out}")
+    print(f"best held-out 1-shot mIoU {best['miou']:.4f} (another class's prompt: {best['swapped_miou']:.4f}) at step "
+          f"{best['step']} ({best['seconds']} s); weights in {args.out}")
     return 0
 
 
@@ -452,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="seggpt-demo-out", help="output directory (default: %(default)s)")
     _add_model_options(demo, DEMO_WEIGHTS)
     _add_queue_options(demo)
-    demo.set_defaults(handler=cmd_demo, image_prefix=None, labels_per_forward=1)
+    demo.set_defaults(handler=cmd_demo, image_prefix=None)
 
     segment = commands.add_parser("segment", help="segment a folder of images from annotated prompt images")
     segment.add_argument("--prompt", action="append", metavar="IMAGE:MASK[:LABEL]", help="a prompt image and a mask of one label; repeat for more labels or images")
@@ -480,29 +492,31 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
     worker.set_defaults(handler=cmd_worker)
 
-    trainer = commands.add_parser("train-tiny", help="train the small SegGPT on synthetic shape episodes (CPU is enough)")
+    from seggpt_core.research.tasks import TASKS
+
+    trainer = commands.add_parser("train-tiny", help="train the small SegGPT on synthetic in-context episodes (2 CPU cores, < 2 h)")
     trainer.add_argument("--out", required=True, help="directory for config.json + model.safetensors (best checkpoint)")
-    trainer.add_argument("--steps", type=int, default=5000)
-    trainer.add_argument("--batch", type=int, default=32)
+    trainer.add_argument("--task", choices=TASKS, default="appearance", help="appearance classes with paired labels (the shipped recipe) or shape categories (default: %(default)s)")
+    trainer.add_argument("--steps", type=int, default=3600)
+    trainer.add_argument("--batch", type=int, default=16, help="image pairs per step (appearance: two rows each)")
     trainer.add_argument("--lr", type=float, default=1e-3)
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--eval-every", type=int, default=500)
+    trainer.add_argument("--eval-episodes", type=int, default=60, help="held-out episodes scored (with the prompt swap) at each checkpoint")
     trainer.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    trainer.add_argument("--shifted-steps", type=int, default=0, help="curriculum: every episode a shifted copy of its prompt scene until this step (default: off)")
-    trainer.add_argument("--fade-until", type=int, default=0, help="curriculum: shifted copies fade out linearly until this step")
-    trainer.add_argument("--episode-size", type=int, default=0, help="generate episodes at this side, then resize (default: the model's half size)")
     trainer.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay")
-    trainer.add_argument("--distractors", type=int, default=2, help="up to this many other shapes in each episode image")
-    trainer.add_argument("--distractor-weight", type=float, default=0.0, help="share of the loss for the target's shapes of other categories (default: none of their own)")
-    trainer.add_argument("--init", help="start from these weights (e.g. tiny-shapes) instead of random ones: fine-tuning")
-    trainer.add_argument("--pretrain-steps", type=int, default=0, help="first, this many steps of per-patch shape-category classification (default: none)")
+    trainer.add_argument("--init", help="start from these weights (e.g. tiny-appearance) instead of random ones: fine-tuning")
     trainer.set_defaults(handler=cmd_train_tiny)
 
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")
-    evaluate.add_argument("--synthetic", action="store_true", help="generated shape episodes (seeds never used in training)")
+    evaluate.add_argument("--synthetic", action="store_true", help="generated episodes (seeds never used in training)")
+    evaluate.add_argument("--task", choices=TASKS, default="appearance", help="synthetic episodes of appearance classes or of shape categories (default: %(default)s)")
+    evaluate.add_argument("--family", choices=("train", "heldout"), default="train",
+                          help="appearance episodes drawn like training ones (other seeds) or from the held-out family of unseen textures, shapes and backgrounds")
+    evaluate.add_argument("--jitter", type=float, default=8.0, help="appearance: the instances' brightness spread (raise it for instances that vary)")
     evaluate.add_argument("--episodes", type=int, default=200)
-    evaluate.add_argument("--labels", type=int, default=1, help="categories per synthetic episode")
-    evaluate.add_argument("--prompt-swap", action="store_true", help="also segment each synthetic target with a prompt of another category (does the model read its prompt?)")
+    evaluate.add_argument("--labels", type=int, default=1, help="labels per synthetic episode")
+    evaluate.add_argument("--prompt-swap", action="store_true", help="also segment each synthetic target with another class's prompt (does the model read its prompt?)")
     evaluate.add_argument("--dataset", help="folder with one subfolder per class of name.jpg + name.png pairs")
     evaluate.add_argument("--shots", type=int, default=1, help="K prompts per episode (feature ensemble)")
     _add_model_options(evaluate, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))

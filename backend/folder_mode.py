@@ -224,6 +224,6 @@ def write_outputs(
     if preview:
         tiles = [(f"prompt {path.name}", overlay(open_image(str(path)), masks, list(labels))) for path, masks in prompts.items()]
         tiles += [(r.path.name, overlay(open_image(str(r.path)), r.masks, list(labels))) for r in report.results]
-        grid(tiles).save(out_dir / "preview.png")
+        grid(tiles, legend=list(labels)).save(out_dir / "preview.png")
         outputs.append(out_dir / "preview.png")
     return outputs

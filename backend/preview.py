@@ -27,8 +27,10 @@ def overlay(image: Image.Image, masks: Mapping[str, np.ndarray], labels: Sequenc
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def grid(tiles: Sequence[tuple[str, Image.Image]], tile_height: int = 200, columns: int = 4) -> Image.Image:
-    """Tiles scaled to one height, laid out in rows, each captioned."""
+def grid(tiles: Sequence[tuple[str, Image.Image]], tile_height: int = 200, columns: int = 4,
+         legend: Sequence[str] = ()) -> Image.Image:
+    """Tiles scaled to one height, laid out in rows, each captioned; with `legend`, a last row naming each label
+    beside a swatch of its display color."""
     scaled = []
     for caption, tile in tiles:
         width = max(1, round(tile.width * tile_height / max(1, tile.height)))
@@ -36,8 +38,15 @@ def grid(tiles: Sequence[tuple[str, Image.Image]], tile_height: int = 200, colum
     cell_width = max(tile.width for _, tile in scaled)
     rows = (len(scaled) + columns - 1) // columns
     caption_height = 14
-    sheet = Image.new("RGB", (cell_width * min(columns, len(scaled)), rows * (tile_height + caption_height)), "white")
+    legend_height = 20 * len(legend) + (8 if legend else 0)
+    width = max(cell_width * min(columns, len(scaled)), 160 if legend else 0)
+    sheet = Image.new("RGB", (width, rows * (tile_height + caption_height) + legend_height), "white")
     draw = ImageDraw.Draw(sheet)
+    top = rows * (tile_height + caption_height) + 4
+    for index, label in enumerate(legend):
+        y = top + 20 * index
+        draw.rectangle([4, y, 20, y + 14], fill=display_color(index), outline="black")
+        draw.text((26, y + 2), label[:60], fill="black")
     for index, (caption, tile) in enumerate(scaled):
         x, y = (index % columns) * cell_width, (index // columns) * (tile_height + caption_height)
         sheet.paste(tile, (x, y + caption_height))

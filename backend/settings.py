@@ -33,7 +33,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
     "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
     "keep_old_predictions": ("SEGGPT_KEEP_OLD_PREDICTIONS", "on relabel, keep older predictions (false: delete this backend's older ones)"),
-    "labels_per_forward": ("SEGGPT_LABELS_PER_FORWARD", "paint at most N labels per forward (0: all that share prompts; 1 for small models such as tiny-shapes)"),
+    "labels_per_forward": ("SEGGPT_LABELS_PER_FORWARD", "paint at most N labels per forward (0: the model's own limit, from its config: 1 for tiny-appearance, none for SegGPT)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
 }
 

@@ -32,7 +32,7 @@ from backend.label_config import Control  # noqa: E402
 from backend.ls_format import label_key, prediction_for  # noqa: E402
 from seggpt_core.palette import decode_colors, make_palette  # noqa: E402
 from seggpt_core.predictor import SegGptPredictor, Segmentation, _LabelGroup  # noqa: E402
-from seggpt_core.synthetic import make_scene  # noqa: E402
+from seggpt_core.research.shapes import make_scene  # noqa: E402
 from seggpt_core.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, image_to_tensor, label_map_to_tensor, open_image, open_reduced, resize_label_map  # noqa: E402
 
 SIZE = (448, 448)

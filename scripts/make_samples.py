@@ -1,5 +1,9 @@
-"""Regenerates the demo's bundled images (backend/samples) from fixed seeds: one annotated prompt (disc and star),
-six targets, and the generator's ground-truth masks of the targets (samples/truth), so the demo can report IoU.
+"""Regenerates the demo's bundled images (backend/samples) from fixed seeds: one annotated prompt image, six
+targets, and the generator's ground-truth masks of the targets (samples/truth), so the demo can report IoU.
+
+Every image holds blobs of four look-alike classes: two pairs that share colors and differ in texture (striped
+against checkered, dotted against plain). The prompt marks two of them, `striped` and `dotted`; the other two
+are there to show that the masks follow the prompt, not the objects.
 
     .venv/bin/python scripts/make_samples.py
 """
@@ -14,23 +18,34 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seggpt_core.synthetic import EPISODE_SIZES, make_scene  # noqa: E402
+from seggpt_core.research.appearance import AppearanceClass, make_appearance_scene  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "backend" / "samples"
-LABELS = ("disc", "star")
+CLASSES = {
+    "striped": AppearanceClass("stripes", (235, 150, 40), (250, 235, 190), 9.0, 0.6, 6.0),
+    "checkered": AppearanceClass("checker", (200, 105, 70), (245, 205, 160), 10.0, 0.2, 6.0),
+    "dotted": AppearanceClass("dots", (30, 120, 150), (235, 245, 250), 10.0, 0.0, 6.0),
+    "plain": AppearanceClass("flat", (40, 170, 140), (40, 170, 140), 9.0, 0.0, 6.0),
+}
+LABELS = ("dotted", "striped")
+SEED = 20261201
 
 
 def main() -> None:
     (SAMPLES / "truth").mkdir(parents=True, exist_ok=True)
     for old in [*SAMPLES.glob("*.png"), *(SAMPLES / "truth").glob("*.png")]:
         old.unlink()
-    draw = lambda seed, size: make_scene(seed, size=size, shapes=(3, 4), must_include=LABELS, sizes=EPISODE_SIZES)  # noqa: E731
-    prompt = draw(20261128, (120, 160))
+
+    def draw(seed: int, size: tuple[int, int]):
+        # the two labels and at least one look-alike of each
+        return make_appearance_scene(seed, CLASSES, tuple(CLASSES), size=size, blobs=(4, 6), sizes=(0.12, 0.2), min_share=0.04)
+
+    prompt = draw(SEED, (120, 160))
     prompt.image.save(SAMPLES / "prompt.png")
     for label in LABELS:
         Image.fromarray(prompt.masks[label].astype(np.uint8) * 255).save(SAMPLES / f"prompt_{label}.png")
     for index, size in enumerate(((120, 160), (150, 140), (128, 128), (96, 160), (140, 180), (120, 120)), start=1):
-        scene = draw(20261128 + index, size)
+        scene = draw(SEED + index, size)
         scene.image.save(SAMPLES / f"target_{index}.png")
         for label in LABELS:
             Image.fromarray(scene.masks[label].astype(np.uint8) * 255).save(SAMPLES / "truth" / f"target_{index}_{label}.png")

@@ -9,7 +9,11 @@ from typing import Any
 
 from .errors import WeightsError
 
-__all__ = ["SegGptConfig"]
+__all__ = ["SegGptConfig", "LABELS_PER_FORWARD_KEY"]
+
+# An extra config.json key this project writes: the most labels the model paints well in one forward (0 or absent:
+# any number, as the real SegGPT). A small model trained on one color per episode records 1.
+LABELS_PER_FORWARD_KEY = "seggpt_ls_labels_per_forward"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,11 @@ class SegGptConfig:
         return self.image_size[0] // 2, self.image_size[1]
 
     @property
+    def labels_per_forward(self) -> int:
+        """The most labels to paint in one forward (0: no limit); see LABELS_PER_FORWARD_KEY."""
+        return int(self.extra.get(LABELS_PER_FORWARD_KEY, 0) or 0)
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
@@ -108,6 +117,7 @@ class SegGptConfig:
     def to_dict(self) -> dict[str, Any]:
         """A transformers-compatible dict: `SegGptConfig.from_dict` of transformers reads it too."""
         data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        data.update({k: v for k, v in self.extra.items() if k.startswith("seggpt_ls_")})
         data["image_size"] = list(self.image_size)
         data["intermediate_hidden_state_indices"] = list(self.intermediate_hidden_state_indices)
         data.update({"model_type": "seggpt", "architectures": ["SegGptForImageSegmentation"]})

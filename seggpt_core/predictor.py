@@ -95,7 +95,8 @@ class SegGptPredictor:
         max_pixels: images larger than this are refused (decompression-bomb guard).
         labels_per_forward: at most this many labels painted in one forward (0: all labels that share prompts, as
             the official demos do). 1 paints every label alone in white: more forwards, but a small model trained on
-            one color per episode (like `tiny-shapes`) needs it.
+            one color per episode needs it. None (the default): what the model's config asks for
+            (`SegGptConfig.labels_per_forward`: 1 for the shipped `tiny-appearance`, no limit for the real SegGPT).
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class SegGptPredictor:
         spatial_ensemble: bool = False,
         max_batch_rows: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        labels_per_forward: int = 0,
+        labels_per_forward: int | None = None,
     ) -> None:
         if embedding_type not in ("instance", "semantic"):
             raise ValueError(f"embedding_type must be 'instance' or 'semantic', got {embedding_type!r}")
@@ -115,6 +116,8 @@ class SegGptPredictor:
         self.spatial_ensemble = spatial_ensemble
         self.max_batch_rows = max(1, int(max_batch_rows))
         self.max_pixels = max_pixels
+        if labels_per_forward is None:
+            labels_per_forward = model.config.labels_per_forward
         self.labels_per_forward = max(0, int(labels_per_forward))
         self.size = model.config.half_size
         param = next(model.parameters())

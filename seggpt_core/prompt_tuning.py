@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import PromptError
+from .loss import balanced_loss
 from .model import SegGpt
 from .palette import make_palette
 from .predictor import Prompt
@@ -120,8 +121,6 @@ def tune_prompt(
     progress: Progress | None = None,
 ) -> LearnedPrompt:
     """Learn one prompt for every label the `examples` annotate; the model's weights are not changed."""
-    from .training import balanced_loss
-
     if not examples:
         raise PromptError("prompt tuning needs at least one labeled example")
     labels = tuple(sorted({label for example in examples for label in example.masks}))

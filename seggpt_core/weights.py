@@ -39,7 +39,7 @@ CONFIG_NAME = "config.json"
 _METADATA_KEY = "seggpt_config"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 # Weights shipped inside the package, by name: the project's own small model, trained by `seggpt-ls train-tiny`.
-SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-shapes": Path(__file__).parent / "weights_data" / "tiny-shapes"}
+SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-appearance": Path(__file__).parent / "weights_data" / "tiny-appearance"}
 
 # Original (Painter/SegGPT) name -> transformers name. "{i}" stands for a layer index; a name ending in "$" is a
 # whole key (a parameter), any other a prefix (a module). Both directions are compiled from this one table.

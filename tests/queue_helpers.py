@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 
 
 def png_bytes(image) -> bytes:

@@ -18,7 +18,7 @@ from backend.app import create_app
 from backend.label_config import LabelConfigError, parse_label_config
 from backend.prompt_pool import PromptPool
 from backend.settings import Settings
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 from worker import EmbeddedRedis
 
 from .media_server import MediaServer

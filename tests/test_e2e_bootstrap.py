@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 
 from .ls_harness import brush_result, start_backend
 from .media_server import MediaServer

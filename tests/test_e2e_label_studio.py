@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 
 from .ls_harness import brush_result, start_backend
 from .media_server import MediaServer

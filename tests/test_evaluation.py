@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from backend.cli import main
-from seggpt_core.evaluation import HELD_OUT_SEED, EvalReport, iou
-from seggpt_core.synthetic import make_episode, make_scene
+from seggpt_core.research.evaluation import HELD_OUT_SEED, EvalReport, iou
+from seggpt_core.research.shapes import make_episode, make_scene
 
 
 def test_iou():
@@ -62,9 +62,9 @@ def test_eval_command_on_a_folder_in_fss_layout(tmp_path, capsys):
 
 def test_prompt_swap_shows_each_target_a_prompt_of_another_category(capsys):
     from seggpt_core import SegGptPredictor, load_model
-    from seggpt_core.evaluation import evaluate_synthetic
+    from seggpt_core.research.evaluation import evaluate_synthetic
 
-    predictor = SegGptPredictor(load_model("tiny-shapes", device="cpu"), labels_per_forward=1)
+    predictor = SegGptPredictor(load_model("tiny-appearance", device="cpu"), labels_per_forward=1)
     plain = evaluate_synthetic(predictor, 8)
     swapped = evaluate_synthetic(predictor, 8, prompt_swap=True)
     assert swapped.miou == plain.miou  # the ordinary scores are untouched
@@ -74,7 +74,28 @@ def test_prompt_swap_shows_each_target_a_prompt_of_another_category(capsys):
     with pytest.raises(ValueError, match="one label"):
         evaluate_synthetic(predictor, 2, labels=2, prompt_swap=True)
 
-    assert main(["eval", "--synthetic", "--episodes", "6", "--weights", "tiny-shapes", "--device", "cpu", "--prompt-swap"]) == 0
+    assert main(["eval", "--synthetic", "--episodes", "6", "--weights", "tiny-appearance", "--device", "cpu", "--prompt-swap"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert any(line.startswith("prompt of another category: mIoU ") for line in lines)
+    assert any(line.startswith("prompt of another class: mIoU ") for line in lines)
     assert lines[-1].startswith("mIoU=")
+    assert any("appearance episodes, train family" in line and "1 label(s) per forward" in line for line in lines)
+
+
+def test_eval_command_on_every_task_and_family(capsys):
+    for extra in (["--task", "shapes"], ["--family", "heldout", "--jitter", "20"], ["--labels", "2", "--shots", "2"]):
+        assert main(["eval", "--synthetic", "--episodes", "3", "--weights", "tiny-appearance", "--device", "cpu", *extra]) == 0
+    lines = capsys.readouterr().out
+    assert "held-out shapes episodes" in lines and "heldout family, jitter 20" in lines and "2 label(s), 2-shot" in lines
+
+
+def test_swap_on_appearance_episodes_uses_the_same_images_with_another_mask():
+    from seggpt_core import SegGptPredictor, build_model
+    from seggpt_core.research.evaluation import evaluate_episodes, make_episodes
+
+    made = list(make_episodes(5))
+    report = evaluate_episodes(SegGptPredictor(build_model("tiny", seed=0)), made, prompt_swap=True)
+    assert len(report.swaps) == 5
+    for episode, (own, shown) in zip(made, report.swaps):
+        # another class of the same episode, shown in the same prompt image
+        assert own == episode.categories[0] and shown != own and shown in episode.classes
+        assert episode.prompts[0].masks[shown].any()

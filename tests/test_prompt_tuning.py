@@ -9,7 +9,7 @@ import torch
 from seggpt_core import PromptError, SegGptPredictor, build_model
 from seggpt_core.predictor import Prompt
 from seggpt_core.prompt_tuning import LearnedPrompt, TuneSettings, tune_prompt
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 
 
 def _examples(count: int, category: str = "disc") -> list[Prompt]:

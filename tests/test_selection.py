@@ -8,7 +8,7 @@ import pytest
 
 from seggpt_core import Prompt, SegGptPredictor
 from seggpt_core.embedding import image_embedding
-from seggpt_core.synthetic import make_scene
+from seggpt_core.research.shapes import make_scene
 from worker.selection import select
 
 

@@ -157,12 +157,12 @@ def test_unreachable_hub_id_explains_what_to_do(tmp_path):
 
 def test_shipped_weights_load_by_name_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert load_model("tiny-shapes", device="cpu").config.patch_size == 4
+    assert load_model("tiny-appearance", device="cpu").config.patch_size == 4
 
 
 def test_a_shipped_name_whose_files_are_missing_says_how_to_get_them(tmp_path, monkeypatch):
     from seggpt_core import weights
 
-    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "tiny-shapes", tmp_path / "absent")  # an install without the data files
-    with pytest.raises(WeightsError, match="'tiny-shapes' are not shipped in this version yet .or this install lacks its data files.; train them with `seggpt-ls train-tiny"):
-        load_model("tiny-shapes")
+    monkeypatch.setitem(weights.SHIPPED_WEIGHTS, "tiny-appearance", tmp_path / "absent")  # an install without the data files
+    with pytest.raises(WeightsError, match="'tiny-appearance' are not shipped in this version yet .or this install lacks its data files.; train them with `seggpt-ls train-tiny"):
+        load_model("tiny-appearance")

@@ -116,7 +116,8 @@ class WorkerRuntime:
             self.load(),
             embedding_type=options.get("embedding_type", "instance"),
             spatial_ensemble=bool(options.get("spatial_ensemble", False)),
-            labels_per_forward=int(options.get("labels_per_forward") or 0),
+            # 0 or absent: the model's own limit (its config)
+            labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
             max_batch_rows=self.settings.max_batch_rows,
         )
         learned = options.get("learned_prompt")

@@ -1,27 +1,22 @@
-"""Deterministic synthetic scenes: colored shapes on textured backgrounds, with one mask per shape category.
+"""Shape-category episodes: colored shapes on textured backgrounds, with one mask per shape category.
 
-Used for the bundled demo images, and as the ground for in-context episodes (a seed fixes everything).
+The harder set: a class is a shape (disc, square, triangle, star, ring) in any color, so the prompt's mask must
+say which shape is meant. A seed fixes everything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CATEGORIES", "Scene", "make_scene", "make_episode", "shifted_copy_episode", "category_scenes"]
+from .episodes import Episode, Scene
+
+__all__ = ["CATEGORIES", "Scene", "make_scene", "make_episode", "category_scenes"]
 
 CATEGORIES = ("disc", "square", "triangle", "star", "ring")
 # Shape radius as a share of the shorter side, in episodes: small enough for overlaps, large enough that a 4-pixel
 # patch grid at 48 px still sees the corners and holes that tell the categories apart.
 EPISODE_SIZES = (0.12, 0.28)
-
-
-@dataclass
-class Scene:
-    image: Image.Image
-    masks: dict[str, np.ndarray]  # category -> (height, width) bool; every category has a (maybe empty) mask
 
 
 def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -90,15 +85,6 @@ def make_scene(
     return Scene(Image.fromarray(pixels.astype(np.uint8)), masks)
 
 
-@dataclass
-class Episode:
-    """K annotated prompts and the targets to segment, for one category (semantic) or several (multi-label)."""
-
-    categories: tuple[str, ...]
-    prompts: list[Scene]
-    targets: list[Scene]
-
-
 def make_episode(
     seed: int,
     shots: int = 1,
@@ -116,20 +102,6 @@ def make_episode(
     shapes = (labels + 1, labels + distractors)  # at least one distractor, at most `distractors`
     make = lambda offset: make_scene(base + offset, size=size, shapes=shapes, must_include=chosen, sizes=sizes)  # noqa: E731
     return Episode(chosen, [make(i) for i in range(shots)], [make(1000 + i) for i in range(targets)])
-
-
-def shifted_copy_episode(seed: int, step: int, size: tuple[int, int] = (96, 96)) -> Episode:
-    """A training curriculum's first stage: the target is the prompt's own scene rolled by a whole number of `step`
-    pixels (one patch of the model) in each direction, so that every target patch has an identical prompt patch.
-    Learning to find it is learning to match content across the canvas, which ordinary episodes alone did not
-    teach in the time a CPU allows (docs/benchmarks.md)."""
-    episode = make_episode(seed, shots=1, targets=1, size=size)
-    prompt = episode.prompts[0]
-    rng = np.random.default_rng(seed + 7)
-    shift = tuple(int(v) * step for v in rng.integers(1, 11, size=2))
-    image = np.roll(np.asarray(prompt.image), shift, axis=(0, 1))
-    masks = {c: np.roll(m, shift, axis=(0, 1)) for c, m in prompt.masks.items()}
-    return Episode(episode.categories, episode.prompts, [Scene(Image.fromarray(image), masks)])
 
 
 def category_scenes(category: str, count: int, first_seed: int, size: tuple[int, int] = (96, 96)) -> list[Scene]:

@@ -1,0 +1,171 @@
+"""Measured quality: mIoU of in-context segmentation on synthetic episodes or an FSS-1000 style folder.
+
+IoU is computed per target and label and averaged per class group (an appearance label's texture, a shape's
+category); mIoU is the mean over groups. A prompt swap measures prompt reading directly: the same target,
+prompted with another class's mask, must score far lower against its own class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..predictor import Prompt, SegGptPredictor
+from .appearance import make_appearance_episode
+from .episodes import HELD_OUT_SEED, Episode, Scene
+from .shapes import make_episode
+
+__all__ = ["EvalReport", "TASKS", "iou", "spearman", "make_episodes", "evaluate_episodes", "evaluate_synthetic",
+           "evaluate_folder", "HELD_OUT_SEED"]
+
+from .tasks import TASKS
+
+
+def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    union = np.logical_or(predicted, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
+
+
+@dataclass
+class EvalReport:
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+    scored: list[tuple[float, float]] = field(default_factory=list)  # (prediction score, IoU) where a score is known
+    # With a prompt swap: the IoU with the target's own class when the prompt marked another class, per group,
+    # and the (own label, shown label) pairs.
+    swapped: dict[str, list[float]] = field(default_factory=dict)
+    swaps: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, category: str, value: float, score: float | None = None) -> None:
+        self.per_class.setdefault(category, []).append(value)
+        if score is not None:
+            self.scored.append((score, value))
+
+    @property
+    def score_iou_spearman(self) -> float:
+        """How well prediction scores rank the masks by quality (1.0: perfectly)."""
+        return spearman([s for s, _ in self.scored], [v for _, v in self.scored]) if len(self.scored) > 1 else 0.0
+
+    @property
+    def class_means(self) -> dict[str, float]:
+        return {c: float(np.mean(v)) for c, v in sorted(self.per_class.items())}
+
+    @property
+    def miou(self) -> float:
+        means = self.class_means
+        return float(np.mean(list(means.values()))) if means else 0.0
+
+    @property
+    def swapped_miou(self) -> float:
+        """mIoU when every prompt marked another class: as high as `miou` for a model that ignores its prompt,
+        far lower for one that reads it."""
+        return float(np.mean([np.mean(v) for v in self.swapped.values()])) if self.swapped else 0.0
+
+    @property
+    def swap_ratio(self) -> float:
+        """swapped_miou / miou (0 for perfect prompt reading, 1 for none)."""
+        return self.swapped_miou / self.miou if self.miou > 0 else 1.0
+
+
+def make_episodes(count: int, *, task: str = "appearance", shots: int = 1, targets: int = 1, labels: int = 1,
+                  size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED, family: str = "train",
+                  jitter: float = 8.0) -> Iterator[Episode]:
+    """`count` seeded episodes of `task` ("appearance": `family` and `jitter` apply; "shapes")."""
+    if task not in TASKS:
+        raise ValueError(f"unknown episode task {task!r}; known: {', '.join(TASKS)}")
+    for i in range(count):
+        if task == "appearance":
+            yield make_appearance_episode(first_seed + i, shots=shots, targets=targets, size=size, labels=labels,
+                                          family=family, jitter=jitter)
+        else:
+            yield make_episode(first_seed + i, shots=shots, targets=targets, size=size, labels=labels)
+
+
+def _score(predictor: SegGptPredictor, episode: Episode, report: EvalReport) -> None:
+    categories = list(episode.categories)
+    predictor.set_prompts([Prompt(s.image, {c: s.masks[c] for c in categories}) for s in episode.prompts])
+    for target, result in zip(episode.targets, predictor.predict([t.image for t in episode.targets])):
+        for category in categories:
+            report.add(episode.group(category), iou(result.masks[category], target.masks[category]), result.scores[category])
+
+
+def _swap_label(episode: Episode, own: str, fallback: Episode | None) -> tuple[str, list[Scene]]:
+    """Another class to prompt with: one that every prompt image of the episode shows (the same images, another
+    mask), or else the same label of a `fallback` episode of another class."""
+    for other in sorted(episode.prompts[0].masks):
+        if other != own and all(p.masks[other].any() for p in episode.prompts):
+            return other, episode.prompts
+    if fallback is None:
+        raise ValueError(f"no other class to swap {own!r} with")
+    shown = fallback.categories[0]
+    return shown, fallback.prompts
+
+
+def evaluate_episodes(predictor: SegGptPredictor, episodes: Iterable[Episode], prompt_swap: bool = False) -> EvalReport:
+    """Score episodes (e.g. the ones an end-to-end run sent through Label Studio). With `prompt_swap` (one label
+    per episode), each target is segmented again with another class's prompt and scored against its own class."""
+    report = EvalReport()
+    made = list(episodes) if prompt_swap else episodes
+    for index, episode in enumerate(made):
+        _score(predictor, episode, report)
+        if not prompt_swap:
+            continue
+        if len(episode.categories) != 1:
+            raise ValueError("a prompt swap needs one label per episode")
+        own = episode.categories[0]
+        fallback = next((e for e in made[index + 1 :] + made[:index] if episode.group(own) != e.group(e.categories[0])), None)
+        shown, prompts = _swap_label(episode, own, fallback)
+        predictor.set_prompts([Prompt(p.image, {shown: p.masks[shown]}) for p in prompts])
+        for target, result in zip(episode.targets, predictor.predict([t.image for t in episode.targets])):
+            report.swapped.setdefault(episode.group(own), []).append(iou(result.masks[shown], target.masks[own]))
+            report.swaps.append((own, shown))
+    return report
+
+
+def evaluate_synthetic(predictor: SegGptPredictor, episodes: int, shots: int = 1, labels: int = 1,
+                       size: tuple[int, int] = (96, 96), first_seed: int = HELD_OUT_SEED, prompt_swap: bool = False,
+                       task: str = "appearance", family: str = "train", jitter: float = 8.0) -> EvalReport:
+    """Held-out episodes of `task` (see `make_episodes`), optionally with the prompt swap."""
+    made = make_episodes(episodes, task=task, shots=shots, labels=labels, size=size, first_seed=first_seed,
+                         family=family, jitter=jitter)
+    return evaluate_episodes(predictor, made, prompt_swap=prompt_swap)
+
+
+def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1) -> EvalReport:
+    """FSS-1000 layout: one folder per class holding `name.jpg` images and `name.png` masks. For each class the
+    first `shots` images (sorted by name) are the prompts and every other image is a target."""
+    from PIL import Image
+
+    report = EvalReport()
+    for folder in sorted(p for p in Path(directory).iterdir() if p.is_dir()):
+        pairs = []
+        for image_path in sorted(folder.glob("*.jpg")):
+            mask_path = image_path.with_suffix(".png")
+            if mask_path.exists():
+                with Image.open(image_path) as image, Image.open(mask_path) as mask:
+                    pairs.append(Scene(image.convert("RGB"), {folder.name: np.asarray(mask.convert("L")) > 127}))
+        if len(pairs) <= shots:
+            raise ValueError(f"{folder}: needs more than {shots} image/mask pairs, found {len(pairs)}")
+        _score(predictor, Episode((folder.name,), pairs[:shots], pairs[shots:]), report)
+    return report
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Rank correlation (ties get their mean rank); 0.0 when either side is constant."""
+    def ranks(values: Sequence[float]) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(values, kind="mergesort")
+        ranked = np.empty(len(values))
+        ranked[order] = np.arange(len(values))
+        for value in np.unique(values):
+            tied = values == value
+            ranked[tied] = ranked[tied].mean()
+        return ranked
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
