@@ -3,7 +3,8 @@ side in one run on the same held-out episodes (200 by default), with the goal be
 
 1. one-shot mIoU on appearance-class episodes (goal >= 0.75), and random weights of the same config (< 0.1);
 2. the prompt swap: mIoU with another class's prompt, as a ratio of the own prompt's (goal <= 0.3);
-3. 5-shot against 1-shot on episodes whose instances vary (jitter 24; goal >= +0.03);
+3. 5-shot against 1-shot on episodes whose instances vary (jitter 16, twice the standard; goal >= +0.03), and
+   at jitter 24, beyond anything training drew;
 4. prediction score against IoU, Spearman (goal >= 0.5);
 8. two labels painted in one forward against each label alone (goal >= 0.9x).
 Also the harder sets, reported without goals: shape-category episodes, and the held-out family of textures,
@@ -27,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="tiny-appearance")
     parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--varied-jitter", type=float, default=24.0)
+    parser.add_argument("--varied-jitter", type=float, default=16.0, help="instance brightness spread of the varied episodes: twice the standard 8, the top of training's range")
     args = parser.parse_args()
 
     import torch
@@ -57,6 +58,8 @@ def main() -> None:
     line("varied_1shot_miou", varied_one.miou)
     line("varied_5shot_miou", varied_five.miou)
     line("five_minus_one_shot", varied_five.miou - varied_one.miou, "goal >= 0.03")
+    wild_one, wild_five = evaluate_synthetic(own, n, jitter=24.0), evaluate_synthetic(own, n, shots=5, jitter=24.0)
+    line("jitter24_five_minus_one", wild_five.miou - wild_one.miou, f"(1-shot {wild_one.miou:.4f})")
     plain_five = evaluate_synthetic(own, n, shots=5)
     line("five_shot_miou", plain_five.miou, f"(jitter 8; 1-shot {one.miou:.4f})")
     alone = evaluate_synthetic(SegGptPredictor(model, labels_per_forward=1), n, labels=2)

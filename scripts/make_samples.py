@@ -23,7 +23,7 @@ from seggpt_core.research.appearance import AppearanceClass, make_appearance_sce
 SAMPLES = Path(__file__).resolve().parents[1] / "backend" / "samples"
 CLASSES = {
     "striped": AppearanceClass("stripes", (235, 150, 40), (250, 235, 190), 9.0, 0.6, 6.0),
-    "checkered": AppearanceClass("checker", (200, 105, 70), (245, 205, 160), 10.0, 0.2, 6.0),
+    "checkered": AppearanceClass("checker", (165, 55, 75), (235, 175, 185), 10.0, 0.2, 6.0),
     "dotted": AppearanceClass("dots", (30, 120, 150), (235, 245, 250), 10.0, 0.0, 6.0),
     "plain": AppearanceClass("flat", (40, 170, 140), (40, 170, 140), 9.0, 0.0, 6.0),
 }

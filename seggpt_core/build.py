@@ -26,9 +26,10 @@ VARIANTS: dict[str, dict] = {
     "vit-large": {},
     # Small enough to run in milliseconds on a CPU: tests and demos with random weights.
     "tiny": _TINY,
-    # The project's trained model (`tiny-shapes`): tiny's depth and width on a 48x48 half with 4-pixel patches.
-    # Measured side by side for 8 minutes on one core: patch 4 at 48 px reached mIoU 0.18 where patch 8 at 64 px
-    # reached 0.16; 8-pixel patches are as large as the thin parts of the shapes it must tell apart.
+    # The project's trained models (`tiny-appearance`, and `tiny-shapes` before it): tiny's depth and width on a
+    # 48x48 half with 4-pixel patches. Measured side by side for 8 minutes on one core: patch 4 at 48 px reached
+    # shape-episode mIoU 0.18 where patch 8 at 64 px reached 0.16; 8-pixel patches are as large as the thin parts
+    # of the shapes it must tell apart.
     "shapes": {**_TINY, "image_size": (96, 48), "patch_size": 4, "pretrain_image_size": 48},
 }
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..predictor import Prompt, SegGptPredictor
-from .appearance import make_appearance_episode
+from .appearance import apply_condition, make_appearance_episode, make_project
 from .episodes import HELD_OUT_SEED, Episode, Scene
 from .shapes import make_episode
 
 __all__ = ["EvalReport", "TASKS", "iou", "spearman", "make_episodes", "evaluate_episodes", "evaluate_synthetic",
-           "evaluate_folder", "HELD_OUT_SEED"]
+           "evaluate_folder", "evaluate_prompt_strategies", "evaluate_prompt_tuning", "HELD_OUT_SEED"]
 
 from .tasks import TASKS
 
@@ -169,3 +169,77 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return 0.0
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# A selection rule: (label -> indices of the prompts annotating it, K, strategy, prompt embeddings, target
+# embedding) -> label -> chosen indices. The product's is `worker.selection.select`; it is passed in, because
+# seggpt_core imports nothing of the layers above it.
+Select = Callable[[Mapping[str, Sequence[int]], int, str, Sequence[np.ndarray], np.ndarray], Mapping[str, Sequence[int]]]
+
+
+def _light(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A global light: per-channel gains in 0.55..1.0 and a tint of up to 50 levels per channel."""
+    return rng.uniform(0.55, 1.0, size=3), rng.uniform(-50, 50, size=3)
+
+
+def evaluate_prompt_strategies(predictor: SegGptPredictor, episodes: int, select: Select, pool: int = 8,
+                               ks: Sequence[int] = (1, 3), first_seed: int = HELD_OUT_SEED + 700_000
+                               ) -> tuple[dict[tuple[str, int], EvalReport], dict[tuple[str, int], float]]:
+    """`similar` against `recent` prompt choice on pools that mix two lights.
+
+    Each held-out appearance episode has `pool` candidate prompts of its label in an arbitrary "newest first"
+    order; half are seen under one global light, half under another, and the target under the first: a project
+    whose images come from two cameras or two times of day. Both strategies pick K from the same pool for the
+    same target. Returns a report per (strategy, K), and per (strategy, K) the share of chosen prompts that were
+    under the target's light."""
+    from ..embedding import image_embedding
+
+    size = predictor.size
+    reports = {(strategy, k): EvalReport() for strategy in ("similar", "recent") for k in ks}
+    same_light: dict[tuple[str, int], list[float]] = {key: [] for key in reports}
+    for index in range(episodes):
+        seed = first_seed + index
+        episode = make_appearance_episode(seed, shots=pool, targets=1)
+        rng = np.random.default_rng([seed, 5])
+        lights = [_light(rng), _light(rng)]
+        which = rng.permutation([i % 2 for i in range(pool)])
+        images = [apply_condition(s.image, *lights[w]) for s, w in zip(episode.prompts, which)]
+        label = episode.categories[0]
+        predictor.set_prompts([Prompt(image, {label: s.masks[label]}) for image, s in zip(images, episode.prompts)])
+        target = episode.targets[0]
+        target_image = apply_condition(target.image, *lights[0])
+        prepared = predictor.prepare_target(target_image)
+        embeddings = [image_embedding(predictor.prompt_image(i)) for i in range(pool)]
+        target_embedding = image_embedding(target_image.resize((size[1], size[0])))
+        for (strategy, k), report in reports.items():
+            selection = select(predictor.annotated_by(), k, strategy, embeddings, target_embedding)
+            same_light[(strategy, k)].append(float(np.mean([which[i] == 0 for i in selection[label]])))
+            result = predictor.predict_prepared([prepared], [selection])[0]
+            report.add(episode.group(label), iou(result.masks[label], target.masks[label]))
+    return reports, {key: float(np.mean(values)) for key, values in same_light.items()}
+
+
+def evaluate_prompt_tuning(model, projects: int, examples: int = 16, targets: int = 40, steps: int = 150, k: int = 5,
+                           jitter: float = 16.0, first_seed: int = HELD_OUT_SEED + 1_200_000,
+                           log: Callable[[str], None] | None = None) -> dict[str, EvalReport]:
+    """Tuned prompt against one-shot (the first labeled scene, where tuning starts) and the K-shot ensemble, on
+    the held-out scenes of synthetic projects (see `make_project`), SegGPT frozen. Returns a report per method,
+    grouped by project."""
+    from ..prompt_tuning import TuneSettings, tune_prompt
+
+    predictor = SegGptPredictor(model)
+    reports = {name: EvalReport() for name in ("one-shot", f"{k}-shot", "tuned")}
+    for index in range(projects):
+        label, scenes = make_project(first_seed + 1000 * index, examples + targets, jitter=jitter)
+        labeled = [Prompt(s.image, {label: s.masks[label]}) for s in scenes[:examples]]
+        held_out = scenes[examples:]
+        learned = tune_prompt(model, labeled, TuneSettings(steps=steps))
+        setups = {"one-shot": (labeled[:1], None), f"{k}-shot": (labeled[:k], None), "tuned": ([], learned)}
+        group = f"project {index} ({label})"
+        for name, (prompts, tuned) in setups.items():
+            predictor.set_prompts(prompts, learned=tuned)
+            for target, result in zip(held_out, predictor.predict([t.image for t in held_out])):
+                reports[name].add(group, iou(result.masks[label], target.masks[label]))
+        if log is not None:
+            log(f"{group:26s} " + "  ".join(f"{name} {report.class_means[group]:.4f}" for name, report in reports.items()))
+    return reports
