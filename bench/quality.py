@@ -73,7 +73,7 @@ def main() -> None:
     shapes = evaluate_synthetic(own, n, prompt_swap=True, task="shapes")
     line("shape_episodes_miou", shapes.miou, "(no goal: the harder set)")
     line("shape_episodes_swapped", shapes.swapped_miou)
-    print(f"per texture, one-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in one.class_means.items()))
+    print("per texture, one-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in one.class_means.items()))
     print(f"weights={args.weights} episodes={n} {time.perf_counter() - started:.0f} s on {torch.get_num_threads()} thread(s)")
     print(" ".join(f"{k}={v:.4f}" for k, v in figures.items()))
 

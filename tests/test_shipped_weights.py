@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from seggpt_core import Prompt, SegGptPredictor, build_model, load_model
+from seggpt_core import SegGptPredictor, build_model, load_model
 from seggpt_core.research.evaluation import evaluate_synthetic
 
 # measured values (bench/quality.py, bench/prompt_strategy.py, bench/prompt_tuning.py): docs/benchmarks.md
