@@ -1,7 +1,7 @@
 """Regenerates the demo's bundled images (backend/samples) from fixed seeds: one annotated prompt image, six
 targets, and the generator's ground-truth masks of the targets (samples/truth), so the demo can report IoU.
 
-Every image holds blobs of four look-alike classes: two pairs that share colors and differ in texture (striped
+Every image holds blobs of four look-alike classes: two pairs of near colors that differ in texture (striped
 against checkered, dotted against plain). The prompt marks two of them, `striped` and `dotted`; the other two
 are there to show that the masks follow the prompt, not the objects.
 
