@@ -29,7 +29,7 @@ from ..loss import balanced_loss
 from ..model import SegGpt
 from ..palette import make_palette
 from ..predictor import SegGptPredictor
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, resize_label_map
+from ..transforms import image_to_tensor, label_map_to_tensor, resize_label_map
 from ..weights import load_model, save_model
 from .appearance import make_appearance_episode
 from .episodes import HELD_OUT_SEED
@@ -65,17 +65,13 @@ class TrainSettings:
 
 
 _WHITE = make_palette(1)[1].astype(np.float32)
-_MEAN = np.asarray(IMAGENET_MEAN, np.float32)
-_STD = np.asarray(IMAGENET_STD, np.float32)
 
 
 def _painted(mask: np.ndarray, size: tuple[int, int], color: np.ndarray = _WHITE) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, h, w) normalized canvas of `mask` painted in `color` on black, and the (h, w) bool mask, at `size`."""
-    small = resize_label_map(mask.astype(np.uint8), size) > 0
-    rgb = np.zeros((*size, 3), np.float32)
-    rgb[small] = color / 255.0
-    normalized = (rgb - _MEAN) / _STD
-    return torch.from_numpy(normalized.transpose(2, 0, 1).copy()), torch.from_numpy(small)
+    label_map = mask.astype(np.uint8)
+    colors = np.stack([np.zeros(3), color]).astype(np.float32)
+    return label_map_to_tensor(label_map, colors, size), torch.from_numpy(resize_label_map(label_map, size) > 0)
 
 
 def make_batch(seeds: list[int], size: tuple[int, int], task: str = "appearance",
