@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..model import SegGpt
 from ..predictor import Prompt, SegGptPredictor
 from .appearance import apply_condition, make_appearance_episode, make_project
 from .episodes import HELD_OUT_SEED, Episode, Scene
@@ -219,7 +220,7 @@ def evaluate_prompt_strategies(predictor: SegGptPredictor, episodes: int, select
     return reports, {key: float(np.mean(values)) for key, values in same_light.items()}
 
 
-def evaluate_prompt_tuning(model, projects: int, examples: int = 16, targets: int = 40, steps: int = 150, k: int = 5,
+def evaluate_prompt_tuning(model: SegGpt, projects: int, examples: int = 16, targets: int = 40, steps: int = 150, k: int = 5,
                            jitter: float = 16.0, first_seed: int = HELD_OUT_SEED + 1_200_000,
                            log: Callable[[str], None] | None = None) -> dict[str, EvalReport]:
     """Tuned prompt against one-shot (the first labeled scene, where tuning starts) and the K-shot ensemble, on
