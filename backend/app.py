@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 
@@ -15,7 +16,8 @@ from .settings import Settings
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The app; `on_shutdown` runs when the server shuts down (it stops what `serve` started)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -26,8 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "seggpt-ls backend: Label Studio %s, weights %s, K=%d, budget %.0f s",
             settings.label_studio_url or "(not set)", settings.weights, settings.num_prompts, settings.predict_budget,
         )
-        yield
-        app.state.redis.close()
+        try:
+            yield
+        finally:
+            app.state.redis.close()
+            if on_shutdown is not None:
+                on_shutdown()
 
     app = FastAPI(title="seggpt-ls", lifespan=lifespan)
     app.state.settings = settings

@@ -18,12 +18,15 @@ import redis
 
 from worker import enqueue_segmentation, job_failures, job_progress
 from worker.queue import fetch_job
+from worker.waiting import status_ended
 
-from .keys import current_version_key, inflight_key
+from .keys import bootstrap_batch_key, current_version_key, inflight_key
 from .label_config import Control, parse_label_config
 from .predict_service import model_version
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import Services
+from .weights_identity import backend_digest
+from .worker_plugin import label_studio_sink
 
 __all__ = ["BootstrapError", "BootstrapBatch", "start_bootstrap", "batch_progress", "batch_failures", "load_batch", "inflight_key", "current_version_key"]
 
@@ -51,12 +54,8 @@ class BootstrapBatch:
         return self.skipped_predicted + self.skipped_inflight + self.skipped_no_image
 
 
-def _batch_key(project: int) -> str:
-    return f"seggpt:bootstrap:{project}"
-
-
 def load_batch(connection: redis.Redis, project: int) -> BootstrapBatch | None:
-    raw = connection.get(_batch_key(project))
+    raw = connection.get(bootstrap_batch_key(project))
     return BootstrapBatch(**json.loads(raw)) if raw else None
 
 
@@ -76,7 +75,7 @@ def _still_queued(connection: redis.Redis, inflight: str, task_id: int) -> bool:
         status = fetch_job(connection, job_id.decode()).get_status()
     except Exception:  # the job expired or was deleted
         return False
-    return status not in ("finished", "failed", "canceled", "stopped")
+    return not status_ended(status)
 
 
 def _is_unlabeled(task: dict) -> bool:
@@ -97,8 +96,10 @@ def start_bootstrap(
     task_ids: Iterable[int] | None = None,
     sync: bool = True,
     replace_older: bool = False,
+    weights_digest: str | None = None,
 ) -> BootstrapBatch:
-    """Queue predictions for a project's tasks (`only` "unlabeled" or "all"; or exactly `task_ids`)."""
+    """Queue predictions for a project's tasks (`only` "unlabeled" or "all"; or exactly `task_ids`), for the
+    weights `weights_digest` (default: this process's, see `weights_identity`)."""
     if only not in ("unlabeled", "all"):
         raise ValueError(f"--only must be unlabeled or all, got {only!r}")
     settings, client = services.settings, services.require_client()
@@ -112,7 +113,8 @@ def start_bootstrap(
     if pool.size() == 0:
         detail = "; ".join(f"task {t}: {r}" for t, r in list(sync_errors.items())[:5])
         raise BootstrapError(f"project {project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
-    version = model_version(settings, pool.version())
+    digest = weights_digest or backend_digest(settings, connection)
+    version = model_version(settings, pool.version(), digest)
     connection.set(current_version_key(project), version)
     wanted = set(task_ids) if task_ids is not None else None
     tasks = []
@@ -144,22 +146,21 @@ def start_bootstrap(
         if not field_tasks:
             continue
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
-        if not prompts.usable:
+        if prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
         refs = [{"id": t["id"], "image": {"label_studio": {"value": t["data"][data_key], "task": t["id"]}}} for t in field_tasks]
         size = chunk_size or settings.chunk_size
         _, ids = enqueue_segmentation(
-            connection, prompts.digest, refs, chunk_size=size, queue=settings.queue,
-            namespace=f"{batch.namespace}:{data_key}", sink="label_studio", options=prompts.options(settings.prediction_options),
-            extra={"project": project, "model_version": version, "controls": [asdict(c) for c in field_controls],
-                   "bulk": True, "replace_older": replace_older},
+            connection, prompts, refs, chunk_size=size, queue=settings.queue, namespace=f"{batch.namespace}:{data_key}",
+            options=settings.prediction_options, weights_digest=digest,
+            sink=label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older),
         )
         batch.job_ids.extend(ids)
         batch.queued += len(field_tasks)
         connection.hset(inflight, mapping={str(ref["id"]): ids[i // size] for i, ref in enumerate(refs)})
         connection.expire(inflight, 30 * 24 * 3600)
-    connection.set(_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
+    connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
     return batch
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,20 +125,15 @@ def run_on_queue(
     on_progress: Callable[[dict], None] | None = None,
 ) -> SegmentReport:
     """Through Redis: images travel as blobs, so workers on other machines can take part."""
-    from worker import PromptRecord, enqueue_segmentation, job_failures, job_progress, results_key, store_blob, store_prompt_set
+    from worker import PromptRecord, enqueue_segmentation, job_failures, results_key, store_blob, store_prompt_set
+    from worker.waiting import wait_for_jobs
     from worker.codec import b64png_to_mask
 
     digest = store_prompt_set(connection, [PromptRecord(path.read_bytes(), masks) for path, masks in prompts.items()])
     by_id = {str(index): path for index, path in enumerate(images)}
     tasks = [{"id": task_id, "image": store_blob(connection, path.read_bytes())} for task_id, path in by_id.items()]
     namespace, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=chunk_size, namespace=f"segment:{uuid.uuid4().hex[:12]}", options=options)
-    while True:
-        progress = job_progress(connection, job_ids)
-        if on_progress is not None:
-            on_progress(progress)
-        if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
-            break
-        time.sleep(0.2)
+    wait_for_jobs(connection, job_ids, on_progress=on_progress)
     report = SegmentReport()
     stored = connection.hgetall(results_key(namespace))
     for task_id, path in by_id.items():

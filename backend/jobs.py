@@ -12,6 +12,7 @@ from .keys import current_version_key
 from .predict_service import model_version
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .services import services_from_env
+from .weights_identity import backend_digest
 
 __all__ = ["sync_pool", "update_pool_for_task", "remove_pool_annotations", "prelabel_tasks"]
 
@@ -57,14 +58,15 @@ def update_pool_for_task(payload: dict) -> dict:
 def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     """The prompts changed, so the model version did; with auto-relabel, re-predict what is still unlabeled."""
     settings = services.settings
-    version = model_version(settings, pool.version())
+    digest = payload.get("weights_digest") or backend_digest(settings, job.connection)
+    version = model_version(settings, pool.version(), digest)
     previous = job.connection.get(current_version_key(pool.project))
     if not settings.auto_relabel or payload.get("relabel") is False or pool.size() == 0:
         return {"version": version, "relabel": False}
     if previous is not None and previous.decode() == version:
         return {"version": version, "relabel": False}
     batch = start_bootstrap(job.connection, services, pool.project, only="unlabeled", sync=False,
-                            replace_older=not settings.keep_old_predictions)
+                            replace_older=not settings.keep_old_predictions, weights_digest=digest)
     return {"version": version, "relabel": True, "queued": batch.queued, "jobs": batch.job_ids}
 
 
@@ -74,7 +76,8 @@ def prelabel_tasks(payload: dict) -> dict:
     services = services_from_env()
     if pool.size() == 0:
         return {"queued": 0, "reason": "no prompts yet"}
-    batch = start_bootstrap(job.connection, services, pool.project, task_ids=payload["tasks"], sync=False)
+    batch = start_bootstrap(job.connection, services, pool.project, task_ids=payload["tasks"], sync=False,
+                            weights_digest=payload.get("weights_digest"))
     return {"queued": batch.queued, "jobs": batch.job_ids, "version": batch.model_version}
 
 

@@ -1,18 +1,44 @@
-"""Redis keys the backend's processes share (web processes, workers, CLI)."""
+"""Every Redis key the backend writes (web processes, workers, CLI), with how long it lives. Spelled here and
+nowhere else; the job layer's own keys are in `worker.keys`, the counters in `worker.metrics`."""
 
-__all__ = ["request_keys", "inflight_key", "current_version_key"]
+from worker.defaults import KEY_PREFIX
+
+__all__ = ["request_keys", "inflight_key", "current_version_key", "shown_version_key", "bootstrap_batch_key",
+           "pool_key", "pool_sync_due_key"]
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
-    """(closed flag, results hash) of one /predict request."""
-    return f"seggpt:predict:{request_id}:closed", f"seggpt:predict:{request_id}:results"
+    """(closed flag, results hash) of one /predict request. TTL: one day (set by whoever writes first)."""
+    return f"{KEY_PREFIX}:predict:{request_id}:closed", f"{KEY_PREFIX}:predict:{request_id}:results"
 
 
 def inflight_key(project: int, version: str) -> str:
-    """Hash task id -> job id of the tasks queued for `version` of `project`."""
-    return f"seggpt:inflight:{project}:{version}"
+    """Hash task id -> job id of the tasks queued for `version` of `project`. TTL: 30 days."""
+    return f"{KEY_PREFIX}:inflight:{project}:{version}"
 
 
 def current_version_key(project: int) -> str:
-    """The model version bulk work of a project is for; older bulk work is dropped before it is written."""
-    return f"seggpt:project:{project}:version"
+    """The model version bulk work of a project is for; older bulk work is dropped before it is written.
+    No TTL: one small string per project, the project's state."""
+    return f"{KEY_PREFIX}:project:{project}:version"
+
+
+def shown_version_key(project: int, version: str) -> str:
+    """Flag: `version` was made the project's shown model version in Label Studio. TTL: 30 days."""
+    return f"{KEY_PREFIX}:project:{project}:shown:{version}"
+
+
+def bootstrap_batch_key(project: int) -> str:
+    """JSON of the project's latest bootstrap (`seggpt-ls status --project`). TTL: 30 days."""
+    return f"{KEY_PREFIX}:bootstrap:{project}"
+
+
+def pool_key(project: int) -> str:
+    """Prefix of the project's prompt pool: the entries hash and its companions (see `prompt_pool`). No TTL: the
+    pool is the project's annotations, kept until they are deleted or the pool is rebuilt."""
+    return f"{KEY_PREFIX}:pool:{project}"
+
+
+def pool_sync_due_key(project: int) -> str:
+    """Flag: the pool was rebuilt from Label Studio recently, so /setup does not do it again. TTL: set by /setup."""
+    return f"{pool_key(project)}:sync-due"

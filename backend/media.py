@@ -13,7 +13,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from worker import TransientError
+from worker import TaskInputError, TransientError
 
 from .ls_client import LabelStudioClient, LabelStudioError
 
@@ -24,7 +24,7 @@ CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
 _ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 
 
-class MediaError(ValueError):
+class MediaError(TaskInputError):
     """An image that cannot be fetched and will not be on a retry: refused host, 404, not an image, too big."""
 
 

@@ -1,26 +1,24 @@
-"""Counters shared by every web process and worker (a Redis hash), exposed in Prometheus text format."""
+"""The shared counters (`worker.metrics`) and gauges in Prometheus text format."""
 
 from __future__ import annotations
 
 import redis
 
+from worker.metrics import count, counters
+
 __all__ = ["count", "render"]
 
-KEY = "seggpt:metrics"
 
-
-def count(connection: redis.Redis, name: str, amount: int = 1) -> None:
-    try:
-        connection.hincrby(KEY, name, amount)
-    except redis.RedisError:
-        pass  # metrics never break a request
-
-
-def render(connection: redis.Redis, gauges: dict[str, float]) -> str:
+def render(connection: redis.Redis, gauges: dict[str, float], labelled: dict[str, dict[tuple, float]] | None = None) -> str:
+    """`labelled`: gauge name -> {((label, value), ...): number}."""
     lines = []
-    for raw_name, value in sorted(connection.hgetall(KEY).items()):
-        name = raw_name.decode()
-        lines += [f"# TYPE seggpt_{name}_total counter", f"seggpt_{name}_total {int(value)}"]
+    for name, value in sorted(counters(connection).items()):
+        lines += [f"# TYPE seggpt_{name}_total counter", f"seggpt_{name}_total {value}"]
     for name, value in sorted(gauges.items()):
         lines += [f"# TYPE seggpt_{name} gauge", f"seggpt_{name} {value}"]
+    for name, series in sorted((labelled or {}).items()):
+        lines.append(f"# TYPE seggpt_{name} gauge")
+        for labels, value in sorted(series.items()):
+            text = ",".join(f'{key}="{str(val)}"' for key, val in labels)
+            lines.append(f"seggpt_{name}{{{text}}} {value}")
     return "\n".join(lines) + "\n"

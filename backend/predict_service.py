@@ -3,7 +3,8 @@
 Inference never runs here. What finishes within the budget is returned; the request then closes (atomically,
 see `worker_plugin`), and whatever finishes later is written into Label Studio by the workers with the same
 model version. A task still in progress is answered with an empty list (Label Studio stores nothing for it);
-a task that failed for good gets an empty result and its reason is logged.
+a task whose image is at fault gets an empty result (final) and its reason is logged; a task that failed because
+of the system (a model error, Redis, Label Studio's 5xx) gets nothing, so that a later request retries it.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import uuid
-from dataclasses import asdict
 from typing import Sequence
 
 import redis
 
-from worker import enqueue_segmentation, job_failures, job_progress
+from worker import enqueue_segmentation, input_failures, job_failures
+from worker.metrics import count
+from worker.waiting import wait_for_jobs
 
 from .label_config import Control, parse_label_config
 from .prompt_pool import PromptPool
 from .settings import Settings
 from .keys import request_keys
+from .weights_identity import backend_digest
+from .worker_plugin import label_studio_sink
 
 __all__ = ["model_version", "project_id", "predict_tasks", "current_model_version"]
 
@@ -38,14 +41,17 @@ def project_id(value: object) -> int:
         raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
 
 
-def model_version(settings: Settings, pool_version: str) -> str:
-    """Deterministic: the same weights, prompt pool and settings give the same version."""
-    body = json.dumps({"settings": settings.fingerprint(), "pool": pool_version}, sort_keys=True)
+def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None) -> str:
+    """Deterministic: the same weights (by content digest), prompt pool and settings give the same version."""
+    fingerprint = settings.fingerprint()
+    if weights_digest:
+        fingerprint["weights"] = weights_digest  # the content, not the name
+    body = json.dumps({"settings": fingerprint, "pool": pool_version}, sort_keys=True)
     return f"seggpt-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
 
 
 def current_model_version(connection: redis.Redis, settings: Settings, project: int) -> str:
-    return model_version(settings, PromptPool(connection, project).version())
+    return model_version(settings, PromptPool(connection, project).version(), backend_digest(settings, connection))
 
 
 def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
@@ -63,7 +69,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     """Returns (one item per task, model version)."""
     pid = project_id(project)
     pool = PromptPool(connection, pid)
-    version = model_version(settings, pool.version())
+    digest = backend_digest(settings, connection)
+    version = model_version(settings, pool.version(), digest)
     empty = {"result": [], "score": 0.0, "model_version": version}
     try:
         controls = _controls_for(pool, label_config)
@@ -76,7 +83,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
-        if not prompts.usable:
+        if prompts is None:
             log.info("project %s: no prompts yet for $%s; annotate a few tasks first", pid, data_key)
             continue
         batch = []
@@ -89,21 +96,15 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             pending.setdefault(position, set()).add(data_key)
         if batch:
             _, ids = enqueue_segmentation(
-                connection, prompts.digest, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
-                namespace=f"{request_id}:{data_key}", sink="label_studio",
-                options=prompts.options(settings.prediction_options),
-                extra={"project": pid, "model_version": version, "controls": [asdict(c) for c in field_controls], "request": f"{request_id}:{data_key}"},
+                connection, prompts, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
+                namespace=f"{request_id}:{data_key}", options=settings.prediction_options, weights_digest=digest,
+                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}"),
             )
             job_ids.extend(ids)
     if not job_ids:
         return [dict(empty) for _ in tasks], version
 
-    deadline = time.monotonic() + settings.predict_budget
-    while time.monotonic() < deadline:
-        progress = job_progress(connection, job_ids)
-        if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
-            break
-        time.sleep(0.05)
+    wait_for_jobs(connection, job_ids, interval=0.05, timeout=settings.predict_budget)
 
     delivered: dict[str, dict[str, dict]] = {}
     for data_key in {k for keys in pending.values() for k in keys}:
@@ -115,6 +116,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
         delivered[data_key] = {k.decode(): json.loads(v) for k, v in stored.items()}
 
     failures = job_failures(connection, job_ids)
+    final = input_failures(connection, job_ids)
     answer = []
     for position, task in enumerate(tasks):
         keys = pending.get(position)
@@ -126,9 +128,14 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             merged = {"result": [r for p in parts for r in p["result"]], "model_version": version}
             merged["score"] = round(sum(p["score"] for p in parts) / len(parts), 4)
             answer.append(merged)
+        elif str(task["id"]) in final:
+            log.error("task %s: no prediction, because of its image: %s", task["id"], failures[str(task["id"])])
+            answer.append(dict(empty))  # final: Label Studio keeps it, and asking again would fail the same way
         elif str(task["id"]) in failures:
-            log.error("task %s: prediction failed: %s", task["id"], failures[str(task["id"])])
-            answer.append(dict(empty))
+            # A system fault: store nothing, so that the next /predict or bootstrap tries again.
+            log.error("task %s: prediction failed (system fault, not stored; it is retried next time): %s", task["id"], failures[str(task["id"])])
+            count(connection, "predict_tasks_failed_system")
+            answer.append([])
         else:
             answer.append([])  # still running: the worker writes it into Label Studio when done
     return answer, version

@@ -10,21 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Iterable, Sequence
 
 import redis
 
 from worker import PromptRecord, store_blob, store_prompt_set
 from worker.codec import b64png_to_mask, mask_to_b64png
+from worker.payloads import PromptSetRef
 
+from .keys import pool_key
 from .label_config import Control
 from .ls_format import masks_from_annotation
 
-__all__ = ["PromptPool", "PromptRef", "newest_annotation"]
+__all__ = ["PromptPool", "newest_annotation"]
 
 log = logging.getLogger(__name__)
-PREFIX = "seggpt:pool"
 
 
 def newest_annotation(annotations: Iterable[dict]) -> dict | None:
@@ -35,26 +36,11 @@ def newest_annotation(annotations: Iterable[dict]) -> dict | None:
     return max(usable, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
-@dataclass(frozen=True)
-class PromptRef:
-    """What a segmentation job is prompted with for one image field: a stored prompt set and/or a learned prompt."""
-
-    digest: str | None
-    learned: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.digest is not None or self.learned is not None
-
-    def options(self, base: dict) -> dict:
-        return {**base, "learned_prompt": self.learned} if self.learned else dict(base)
-
-
 class PromptPool:
     def __init__(self, connection: redis.Redis, project: int) -> None:
         self.connection = connection
         self.project = int(project)
-        self.key = f"{PREFIX}:{self.project}"
+        self.key = pool_key(self.project)
 
     # ---- reading -------------------------------------------------------------------------------------------
     def entries(self) -> list[dict]:
@@ -94,10 +80,11 @@ class PromptPool:
         self.connection.delete(f"{self.key}:learned")
         self._changed()
 
-    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> PromptRef:
+    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> PromptSetRef | None:
         """Store the candidate prompts for the image field `data_key`, newest first: for each label, up to
         `max_per_label` of the newest entries that annotate it. Workers pick K per target from these.
-        A learned prompt of the field, when there is one, comes along and predicts the labels it was tuned on."""
+        A learned prompt of the field, when there is one, comes along and predicts the labels it was tuned on.
+        None when the field has neither."""
         learned = self.learned_prompts().get(data_key)
         wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
         entries = [e for e in self.entries() if e["data_key"] == data_key]
@@ -119,8 +106,8 @@ class PromptPool:
             masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
             records.append(PromptRecord(image, masks))
         if not records:
-            return PromptRef(None, learned)
-        return PromptRef(store_prompt_set(self.connection, records), learned)
+            return PromptSetRef(None, learned) if learned else None
+        return PromptSetRef(store_prompt_set(self.connection, records), learned)
 
     # ---- writing -------------------------------------------------------------------------------------------
     def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:

@@ -17,6 +17,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "model_dir": ("MODEL_DIR", "data directory: embedded Redis, caches (default ~/.local/share/seggpt-ls)"),
     "log_level": ("LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR"),
     "weights": ("SEGGPT_WEIGHTS", "hub id, directory, .safetensors, original .pth, or random:<variant>"),
+    "weights_digest": ("SEGGPT_WEIGHTS_DIGEST", "content digest of the weights, for a web process that cannot read them (default: computed, or reported by the workers)"),
     "redis_url": ("REDIS_URL", "external Redis; unset: the embedded Redis under MODEL_DIR"),
     "num_prompts": ("SEGGPT_NUM_PROMPTS", "K: prompts per label for each prediction (feature ensemble)"),
     "dtype": ("SEGGPT_DTYPE", "auto, float32, bfloat16, float16"),
@@ -63,6 +64,7 @@ class Settings:
     model_dir: str = ""
     log_level: str = "INFO"
     weights: str = "BAAI/seggpt-vit-large"
+    weights_digest: str = ""
     redis_url: str = ""
     num_prompts: int = 5
     dtype: str = "auto"

@@ -1,6 +1,8 @@
 """What the backend adds to a worker process: the Label Studio image source and the Label Studio result sink.
 
-`install()` runs in `seggpt-ls worker` before the first job; the job layer only knows these by name.
+`install()` is this package's worker plugin (the `seggpt_ls.worker_plugins` entry point): the job layer calls it
+when it builds a worker runtime, however the worker was started, and knows the source and sink only by name.
+`label_studio_sink()` is the one place that writes the sink's params; `LabelStudioTarget` the one that reads them.
 
 The sink hands each prediction to whoever will deliver it, exactly once: while the `/predict` request that asked
 for it is still waiting, into that request's result hash; once the request has given up (its budget ran out), to
@@ -11,18 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
 
 import redis
 
 from worker import TransientError, register_sink, register_source
+from worker.payloads import PayloadError, SinkSpec
 
-from .keys import current_version_key, inflight_key, request_keys
+from .keys import current_version_key, inflight_key, request_keys, shown_version_key
 from .label_config import Control
 from .ls_client import LabelStudioError
 from .ls_format import prediction_for
 from .services import services_from_env
 
-__all__ = ["install", "LabelStudioSink"]
+__all__ = ["install", "LabelStudioSink", "LabelStudioTarget", "label_studio_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +46,46 @@ def _label_studio_source(connection: redis.Redis, reference: dict) -> bytes:
     return services_from_env().fetcher.fetch(spec["value"], spec.get("task"))
 
 
-class LabelStudioSink:
-    """Bulk work (`"bulk": true`) is buffered and imported into Label Studio once per chunk, by `flush`."""
+@dataclass(frozen=True)
+class LabelStudioTarget:
+    """Where and how the Label Studio sink writes: a project, under a model version, for these controls."""
 
-    def __init__(self, connection: redis.Redis, payload: dict) -> None:
+    project: int
+    model_version: str
+    controls: tuple[Control, ...]
+    request: str | None = None  # the /predict request waiting for these results, if any
+    bulk: bool = False  # buffer, and import once per chunk
+    replace_older: bool = False  # delete this backend's older predictions of the tasks
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
+        try:
+            controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
+            return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
+                       bool(params.get("bulk")), bool(params.get("replace_older")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"label_studio sink params: {type(exc).__name__}: {exc}") from None
+
+
+def label_studio_sink(project: int, model_version: str, controls: Sequence[Control], *, request: str | None = None,
+                      bulk: bool = False, replace_older: bool = False) -> SinkSpec:
+    """The sink spec of a chunk whose results go to Label Studio."""
+    return SinkSpec("label_studio", {"project": project, "model_version": model_version, "controls": [asdict(c) for c in controls],
+                                     "request": request, "bulk": bulk, "replace_older": replace_older})
+
+
+class LabelStudioSink:
+    """Bulk work (`bulk`) is buffered and imported into Label Studio once per chunk, by `flush`."""
+
+    def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
+        target = LabelStudioTarget.from_params(params)
         self.connection = connection
-        self.project = payload["project"]
-        self.model_version = payload["model_version"]
-        self.controls = [Control(**{**c, "labels": tuple(c["labels"])}) for c in payload["controls"]]
-        self.request = payload.get("request")
-        self.bulk = bool(payload.get("bulk"))
-        self.replace_older = bool(payload.get("replace_older"))  # delete this backend's older predictions
+        self.project = target.project
+        self.model_version = target.model_version
+        self.controls = list(target.controls)
+        self.request = target.request
+        self.bulk = target.bulk
+        self.replace_older = target.replace_older
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
@@ -102,7 +136,7 @@ class LabelStudioSink:
     def _make_current(self, client) -> None:
         """Once this version has predictions, make it the project's model version (shown as pre-annotations).
         Label Studio only accepts a version that some prediction carries, so this waits for the first import."""
-        flag = f"seggpt:project:{self.project}:shown:{self.model_version}"
+        flag = shown_version_key(self.project, self.model_version)
         if self.connection.set(flag, 1, nx=True, ex=30 * 24 * 3600):
             try:
                 self._call(lambda: client.set_project_model_version(self.project, self.model_version))

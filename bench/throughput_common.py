@@ -52,16 +52,14 @@ def wait_for_workers(connection, queue: str, count: int, timeout: float = 120) -
 
 def timed_batch(connection, queue: str, tasks: list[dict], digest: str, chunk_size: int) -> float:
     """Seconds from enqueueing `tasks` to the last job finishing."""
-    from worker import enqueue_segmentation, job_progress
+    from worker import enqueue_segmentation
+    from worker.waiting import wait_for_jobs
 
     started = time.perf_counter()
     _, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=chunk_size, queue=queue)
-    while True:
-        progress = job_progress(connection, job_ids)
-        if progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]:
-            assert progress["done"] == len(tasks), progress
-            return time.perf_counter() - started
-        time.sleep(0.02)
+    progress = wait_for_jobs(connection, job_ids, interval=0.02)
+    assert progress["done"] == len(tasks), progress
+    return time.perf_counter() - started
 
 
 def stop(processes: list[subprocess.Popen]) -> None:

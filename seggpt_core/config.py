@@ -58,6 +58,12 @@ class SegGptConfig:
         indices = self.intermediate_hidden_state_indices
         if not indices:
             problems.append("intermediate_hidden_state_indices is empty")
+        elif len(set(indices)) != len(indices):
+            # transformers taps each layer once however often it is listed, then expects one feature per entry:
+            # such a config loads there too and fails on every forward. Refuse it here, at load time.
+            repeated = sorted({i for i in indices if indices.count(i) > 1})
+            problems.append(f"intermediate_hidden_state_indices {list(indices)} repeats layer(s) {repeated}: each layer can "
+                            "feed the decoder once")
         elif min(indices) < 0 or max(indices) >= self.num_hidden_layers:
             problems.append(f"intermediate_hidden_state_indices {indices} fall outside 0..{self.num_hidden_layers - 1}")
         elif not 0 <= self.merge_index <= min(indices):

@@ -21,6 +21,7 @@ from .build import build_model, variant_config
 from .config import SegGptConfig
 from .errors import WeightsError
 from .model import SegGpt
+from .weights_files import _TORCH_SUFFIXES, CONFIG_NAME, DEFAULT_WEIGHTS, SAFETENSORS_NAME, SHIPPED_WEIGHTS, resolve_weights
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -33,13 +34,7 @@ __all__ = [
     "default_dtype",
 ]
 
-DEFAULT_WEIGHTS = "BAAI/seggpt-vit-large"
-SAFETENSORS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 _METADATA_KEY = "seggpt_config"
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-# Weights shipped inside the package, by name: the project's own small model, trained by `seggpt-ls train-tiny`.
-SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-appearance": Path(__file__).parent / "weights_data" / "tiny-appearance"}
 
 # Original (Painter/SegGPT) name -> transformers name. "{i}" stands for a layer index; a name ending in "$" is a
 # whole key (a parameter), any other a prefix (a module). Both directions are compiled from this one table.
@@ -218,37 +213,6 @@ def _read_original(path: Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("blocks.") or k == "pos_embed" for k in state):
         state = from_original_keys(state)
     return state
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME]))
-    except HFValidationError:
-        raise WeightsError(f"weights {repo_id!r}: no such file or directory, and not a valid hub id") from None
-    except Exception as exc:  # network, auth, offline mode: all end the same way for the user
-        raise WeightsError(
-            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Download it where the hub is reachable and pass the local directory, or set HF_HOME to a cache "
-            "that holds it."
-        ) from exc
-
-
-def resolve_weights(weights: str | Path) -> Path:
-    """The local file or directory that `weights` names, downloading a hub id if needed."""
-    text = str(weights)
-    if text in SHIPPED_WEIGHTS:
-        if not (SHIPPED_WEIGHTS[text] / SAFETENSORS_NAME).is_file():
-            raise WeightsError(f"weights {text!r} are not shipped in this version yet (or this install lacks its data files); train them with `seggpt-ls train-tiny --out DIR` and pass DIR")
-        return SHIPPED_WEIGHTS[text]
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    if path.suffix in (".safetensors", *_TORCH_SUFFIXES, ".json") or text.startswith(("/", ".", "~")) or text.count("/") > 1:
-        raise WeightsError(f"weights {text!r}: no such file or directory")
-    return _download(text)
 
 
 def load_model(

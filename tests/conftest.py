@@ -6,7 +6,27 @@ from pathlib import Path
 
 import pytest
 
+from . import process_check
 from .oracle import SMALL_CONFIGS, hf_model
+
+
+def pytest_sessionstart(session) -> None:
+    session.config.stash[_SUBREAPER] = process_check.become_subreaper()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the run if a process a test started (a server, a worker, Label Studio, an embedded Redis) outlived it."""
+    if not session.config.stash.get(_SUBREAPER, False) or hasattr(session.config, "workerinput"):
+        return
+    left = process_check.leftovers()
+    if left:
+        process_check.kill_all(left)  # never let them pile up across runs
+        lines = "\n".join(f"  pid {pid}: {command}" for pid, command in sorted(left.items()))
+        session.config.get_terminal_writer().line(f"\nprocesses left behind by the tests (now killed):\n{lines}", red=True)
+        session.exitstatus = 1
+
+
+_SUBREAPER = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")

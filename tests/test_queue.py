@@ -16,7 +16,6 @@ from seggpt_core import Prompt, SegGptPredictor, load_model
 from worker import (
     EmbeddedRedis,
     TransientError,
-    completions_key,
     enqueue_segmentation,
     fetch_job,
     get_queue,
@@ -27,6 +26,8 @@ from worker import (
     store_prompt_set,
 )
 from worker.codec import b64png_to_mask
+from worker.keys import write_log_key
+from worker.payloads import SinkSpec
 from worker.prompt_sets import prompt_set_key
 from worker.tasks import with_backoff
 
@@ -134,7 +135,8 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     digest = store_prompt_set(redis_conn, [scene_prompt(5)])
     blob = store_blob(redis_conn, target_bytes(50, size=(60, 60)))
     tasks = [{"id": f"t{i}", "image": blob} for i in range(400)]
-    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=400, queue=queue_name)
+    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=400, queue=queue_name,
+                                                sink=SinkSpec("redis", {"write_log": True}))
     fast = ("--heartbeat-interval", "1", "--maintenance-interval", "2")
     first = start_worker(model_dir, queue_name, *fast, log=tmp_path / "first.log")
     try:
@@ -150,7 +152,7 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     finally:
         second.terminate()
         second.wait(30)
-    completions = Counter(x.decode() for x in redis_conn.lrange(completions_key(namespace), 0, -1))
+    completions = Counter(x.decode() for x in redis_conn.lrange(write_log_key(namespace), 0, -1))
     assert set(completions) == {t["id"] for t in tasks}
     assert max(completions.values()) == 1, [k for k, v in completions.items() if v > 1]  # each task done once
     meta = fetch_job(redis_conn, job_id).get_meta()

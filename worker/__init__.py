@@ -1,7 +1,7 @@
 """The job layer: Redis/RQ queue, job functions and the GPU worker process. Imports seggpt_core, never backend."""
 
 from .connection import EmbeddedRedis, data_dir, get_connection
-from .errors import ChunkIncomplete, QueueUnavailable, TransientError
+from .errors import ChunkIncomplete, ChunkInterrupted, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
 from .prompt_sets import PromptRecord, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_set
 from .queue import (
     chunked,
@@ -10,21 +10,25 @@ from .queue import (
     enqueue_segmentation,
     fetch_job,
     get_queue,
+    input_failures,
     job_failures,
     job_progress,
     queue_status,
     retry_failed,
 )
-from .task_io import completions_key, register_sink, register_source, results_key, store_blob
+from .task_io import register_sink, register_source, results_key, store_blob
 
 __all__ = [
     "ChunkIncomplete",
+    "ChunkInterrupted",
+    "TaskInputError",
+    "WeightsMismatch",
+    "input_failures",
     "EmbeddedRedis",
     "PromptRecord",
     "QueueUnavailable",
     "TransientError",
     "chunked",
-    "completions_key",
     "enqueue_call",
     "data_dir",
     "enqueue_noop",

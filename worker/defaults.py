@@ -41,3 +41,12 @@ PROMPT_CACHE_SIZE = 8
 
 KEY_PREFIX = "seggpt"
 """Prefix of every Redis key this project writes besides RQ's own."""
+
+WEIGHTS_WAIT = 120.0
+"""Seconds a chunk waits for a worker with the weights it expects (by digest) before its tasks fail."""
+
+REDIS_BACKOFF_CAP = 30.0
+"""Longest pause, in seconds, between a worker's attempts to reach Redis while it is away."""
+
+PROMPT_SET_TTL = 30 * 24 * 3600
+"""Seconds a stored prompt set lives unused; every load renews it."""

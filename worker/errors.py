@@ -1,6 +1,6 @@
 """Exceptions of the job layer."""
 
-__all__ = ["QueueUnavailable", "TransientError", "ChunkIncomplete"]
+__all__ = ["QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "WeightsMismatch", "TaskInputError"]
 
 
 class QueueUnavailable(RuntimeError):
@@ -13,3 +13,17 @@ class TransientError(RuntimeError):
 
 class ChunkIncomplete(RuntimeError):
     """Some tasks of a chunk kept failing transiently; RQ re-queues the chunk and done tasks are skipped."""
+
+
+class ChunkInterrupted(RuntimeError):
+    """The worker was asked to stop mid-chunk; the chunk goes back to its queue (no retry used) and the tasks it
+    already stored are skipped when it runs again."""
+
+
+class WeightsMismatch(RuntimeError):
+    """A chunk expects other weights than this worker has loaded; it is left for a matching worker."""
+
+
+class TaskInputError(ValueError):
+    """A task that fails because of its own input (its image cannot be fetched or used), not because of the
+    system: its empty result is final. Every other failure leaves the task without a result, to be retried."""

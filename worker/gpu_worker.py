@@ -2,7 +2,9 @@
 
 Run one per GPU; any number of machines may share one Redis. A worker that dies mid-job (SIGKILL, power loss)
 stops heartbeating; after `HEARTBEAT_INTERVAL + HEARTBEAT_GRACE` seconds any other worker's maintenance sweep
-re-queues its job, which then skips the tasks already stored.
+re-queues its job, which then skips the tasks already stored. Asked to stop (SIGTERM, SIGINT), a worker ends its
+running chunk at the next batch and puts it back in its queue. A chunk that expects other weights (by digest) is
+left for a matching worker. When Redis goes away, the worker waits for it with a capped backoff and resumes.
 """
 
 from __future__ import annotations
@@ -10,25 +12,54 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, KEY_PREFIX, MAINTENANCE_INTERVAL
+from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, WEIGHTS_WAIT
+from .keys import worker_info_key
 from .runtime import ModelSettings, WorkerRuntime, set_runtime
+from .task_io import load_plugins
 
-__all__ = ["SegGptWorker", "run_worker", "worker_info_key"]
+__all__ = ["SegGptWorker", "run_worker", "expected_digest"]
 
 log = logging.getLogger(__name__)
+_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-def worker_info_key(name: str) -> str:
-    return f"{KEY_PREFIX}:worker:{name}"
+class _OncePerOutage(logging.Filter):
+    """Lets the first 'cannot reach Redis' line of an outage through and drops the repeats: RQ logs one per
+    reconnection attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.announced = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis" not in record.getMessage():
+            return True
+        if self.announced:
+            return False
+        self.announced = True
+        return True
+
+
+_outage = _OncePerOutage()
+logging.getLogger("rq.worker").addFilter(_outage)
+
+
+def expected_digest(job: Job) -> str | None:
+    """The weights digest a segmentation chunk was queued for (None for jobs that need no model)."""
+    args = job.args or ()
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    return payload.get("weights_digest")
 
 
 class SegGptWorker(SimpleWorker):
@@ -37,6 +68,19 @@ class SegGptWorker(SimpleWorker):
 
     runtime: WorkerRuntime | None = None
     heartbeat_interval: int = HEARTBEAT_INTERVAL
+    weights_wait: float = WEIGHTS_WAIT
+
+    def request_stop(self, signum, frame):
+        if self.runtime is not None:
+            self.runtime.stop_requested.set()  # the running chunk stops at its next batch
+        super().request_stop(signum, frame)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        if "ChunkInterrupted" in exc_string and job.retries_left is not None:
+            job.retries_left += 1  # a stop is not the chunk's failure: it goes back without using a retry
+        elif "WeightsMismatch" in exc_string:
+            job.retries_left = 0  # no worker with these weights came: fail for good, with the reason
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_interval + HEARTBEAT_GRACE
@@ -50,8 +94,35 @@ class SegGptWorker(SimpleWorker):
     def heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)
         self._publish_info()
+        if _outage.announced:
+            log.warning("Redis is reachable again: resuming")
+            _outage.announced = False
+
+    def _declines(self, job: Job, queue: Queue) -> bool:
+        """Put a chunk for other weights back in its queue, for a matching worker; after `weights_wait` seconds
+        without one, let it run: it then fails at once, naming both digests."""
+        expected = expected_digest(job)
+        mine = self.runtime.weights_digest if self.runtime is not None else None
+        if expected is None or mine is None or expected == mine:
+            return False
+        meta = job.get_meta()
+        since = float(meta.setdefault("weights_wait_since", time.time()))
+        meta.setdefault("declined_by", {})[self.name] = mine
+        job.save_meta()
+        if time.time() - since >= self.weights_wait:
+            return False
+        if len(meta["declined_by"]) == 1 and not meta.get("declined_logged"):
+            log.warning("job %s expects weights %s, this worker has %s: left for a matching worker (up to %.0f s)",
+                        job.id, expected, mine, self.weights_wait)
+            meta["declined_logged"] = True
+            job.save_meta()
+        queue.push_job_id(job.id)
+        self.runtime.stop_requested.wait(1.0)  # not a hot loop while no matching worker is there
+        return True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._declines(job, queue):
+            return
         execution = self.prepare_execution(job)
         stop = threading.Event()
 
@@ -61,7 +132,9 @@ class SegGptWorker(SimpleWorker):
                     self.maintain_heartbeats(job, execution)
                     self._publish_info()
                 except redis.RedisError as exc:  # a missed beat is not fatal; the next may succeed
-                    log.warning("heartbeat failed: %s", exc)
+                    if not _outage.announced:
+                        log.warning("heartbeat failed: %s", exc)
+                        _outage.announced = True
 
         thread = threading.Thread(target=beat, name="seggpt-heartbeat", daemon=True)
         thread.start()
@@ -73,6 +146,28 @@ class SegGptWorker(SimpleWorker):
         self.set_state("idle")
 
 
+def _wait_for_redis(connection: redis.Redis, stop: threading.Event, cap: float = REDIS_BACKOFF_CAP) -> bool:
+    """Ping until Redis answers (True) or a stop is asked for (False); one log line per outage, not per try."""
+    delay, started, announced = 0.5, time.monotonic(), _outage.announced
+    while not stop.is_set():
+        try:
+            connection.ping()
+        except _REDIS_ERRORS as exc:
+            if not announced:
+                log.warning("cannot reach Redis (%s): retrying with a backoff of up to %.0f s", exc, cap)
+                announced = _outage.announced = True
+        else:
+            if announced:
+                log.warning("Redis is reachable again after %.0f s: resuming", time.monotonic() - started)
+                _outage.announced = False
+            return True
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.1)  # short naps: SIGTERM is honoured within a tenth of a second
+        delay = min(delay * 2, cap)
+    return False
+
+
 def run_worker(
     connection: redis.Redis,
     queues: list[str],
@@ -81,21 +176,46 @@ def run_worker(
     burst: bool = False,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     maintenance_interval: int = MAINTENANCE_INTERVAL,
+    weights_wait: float = WEIGHTS_WAIT,
 ) -> bool:
-    """Load the model, then work the queues until stopped (or until empty with `burst`)."""
+    """Load the model, then work the queues until stopped (or until empty with `burst`). Survives Redis outages."""
     runtime = WorkerRuntime(settings)
     set_runtime(runtime)
+    plugins = load_plugins()  # sources and sinks of installed packages (the Label Studio ones)
+    if plugins:
+        log.info("worker plugins: %s", ", ".join(plugins))
     started = time.perf_counter()
     runtime.load()
-    log.info("model %s loaded on %s in %.1f s (pid %d)", settings.weights, runtime.device, time.perf_counter() - started, os.getpid())
-    worker = SegGptWorker(
-        [Queue(name, connection=connection, serializer=JSONSerializer) for name in queues],
-        connection=connection,
-        serializer=JSONSerializer,
-        maintenance_interval=maintenance_interval,
-        job_monitoring_interval=heartbeat_interval,
-        worker_ttl=max(heartbeat_interval + HEARTBEAT_GRACE, 20),
-    )
-    worker.runtime = runtime
-    worker.heartbeat_interval = heartbeat_interval
-    return worker.work(burst=burst, logging_level=logging.getLevelName(logging.getLogger().level))
+    log.info("model %s (digest %s) loaded on %s in %.1f s (pid %d)", settings.weights, runtime.weights_digest,
+             runtime.device, time.perf_counter() - started, os.getpid())
+    worked = False
+    while True:
+        for number in (signal.SIGTERM, signal.SIGINT):  # RQ installs its own while it works
+            signal.signal(number, lambda *_: runtime.stop_requested.set())
+        if not _wait_for_redis(connection, runtime.stop_requested):
+            return worked
+        worker = SegGptWorker(
+            [Queue(name, connection=connection, serializer=JSONSerializer) for name in queues],
+            connection=connection,
+            serializer=JSONSerializer,
+            maintenance_interval=maintenance_interval,
+            job_monitoring_interval=heartbeat_interval,
+            worker_ttl=max(heartbeat_interval + HEARTBEAT_GRACE, 20),
+        )
+        worker.runtime = runtime
+        worker.heartbeat_interval = heartbeat_interval
+        worker.weights_wait = weights_wait
+        worker.max_connection_wait_time = REDIS_BACKOFF_CAP
+        try:
+            worked |= worker.work(burst=burst, logging_level=logging.getLevelName(logging.getLogger().level))
+        except _REDIS_ERRORS:
+            pass  # Redis went away while the worker was between jobs or tearing down
+        except StopRequested:
+            return worked
+        if burst or runtime.stop_requested.is_set():
+            return worked
+        try:
+            connection.ping()
+        except _REDIS_ERRORS:
+            continue  # an outage ended the loop: wait for Redis, then work again
+        return worked  # RQ ended the loop for another reason, and has logged it

@@ -14,11 +14,11 @@ import numpy as np
 import redis
 
 from .codec import b64_to_bytes, b64png_to_mask, bytes_to_b64, mask_to_b64png
-from .defaults import KEY_PREFIX
+from .defaults import PROMPT_SET_TTL
+from .keys import learned_prompt_key, prompt_set_key
 
 __all__ = ["PromptRecord", "store_prompt_set", "load_prompt_set", "prompt_set_key", "store_learned_prompt", "load_learned_prompt"]
 
-PROMPT_SET_TTL = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,6 @@ class PromptRecord:
 
     image: bytes
     masks: Mapping[str, np.ndarray]
-
-
-def prompt_set_key(digest: str) -> str:
-    return f"{KEY_PREFIX}:prompts:{digest}"
 
 
 def store_prompt_set(connection: redis.Redis, prompts: Sequence[PromptRecord]) -> str:
@@ -49,15 +45,11 @@ def store_prompt_set(connection: redis.Redis, prompts: Sequence[PromptRecord]) -
     return digest
 
 
-def _learned_key(digest: str) -> str:
-    return f"{KEY_PREFIX}:learned:{digest}"
-
-
 def store_learned_prompt(connection: redis.Redis, data: bytes) -> str:
     """Store a learned prompt (`seggpt_core.prompt_tuning.LearnedPrompt.to_bytes()`); returns its content digest.
     Kept without expiry: the model version of a project names it until the prompt is tuned again."""
     digest = hashlib.sha256(data).hexdigest()[:32]
-    connection.set(_learned_key(digest), data)
+    connection.set(learned_prompt_key(digest), data)
     return digest
 
 
@@ -65,7 +57,7 @@ def load_learned_prompt(connection: redis.Redis, digest: str):
     """The `LearnedPrompt` stored under `digest`; KeyError if it is not in Redis."""
     from seggpt_core.prompt_tuning import LearnedPrompt
 
-    data = connection.get(_learned_key(digest))
+    data = connection.get(learned_prompt_key(digest))
     if data is None:
         raise KeyError(f"learned prompt {digest[:12]} is not in Redis")
     return LearnedPrompt.from_bytes(data, where=f"learned prompt {digest[:12]}")

@@ -16,11 +16,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, KEY_PREFIX, RESULT_TTL
-from .gpu_worker import worker_info_key
-from .tasks import done_key
+from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, RESULT_TTL
+from .keys import chunk_done_key, worker_info_key
+from .metrics import counters
+from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 
-__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "retry_failed", "queue_status"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "retry_failed", "queue_status"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -36,33 +37,41 @@ def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
 
 def enqueue_segmentation(
     connection: redis.Redis,
-    prompt_set: str | None,
-    tasks: Sequence[dict],
+    prompt_set: str | PromptSetRef | None,
+    tasks: Sequence[dict | TaskRef],
     *,
     chunk_size: int = CHUNK_SIZE,
     queue: str = DEFAULT_QUEUE,
     namespace: str | None = None,
-    sink: str = "redis",
+    sink: str | SinkSpec = "redis",
     options: dict | None = None,
     extra: dict | None = None,
     at_front: bool = False,
+    weights_digest: str | None = None,
 ) -> tuple[str, list[str]]:
-    """Split `tasks` into chunks and enqueue one job each. Returns (namespace, job ids).
+    """Split `tasks` into chunks (`SegmentationChunk`s) and enqueue one job each. Returns (namespace, job ids).
 
-    Each task is `{"id": ..., "image": {<source>: <value>}, ...}`; `extra` is copied into every payload for
-    the sink (e.g. a project id). `prompt_set` may be None when `options["learned_prompt"]` covers every label.
+    Each task is `{"id": ..., "image": {<source>: <value>}}`. A sink given by name gets `extra` as its params.
+    With `weights_digest`, only a worker that loaded those weights runs the chunks (see `gpu_worker`).
     """
+    refs = []
     for index, task in enumerate(tasks):
-        if "id" not in task or "image" not in task:
+        if isinstance(task, TaskRef):
+            refs.append(task)
+        elif "id" not in task or "image" not in task:
             raise ValueError(f"task {index} needs 'id' and 'image', got keys {sorted(task)}")
+        else:
+            refs.append(TaskRef(task["id"], task["image"]))
+    prompts = prompt_set if isinstance(prompt_set, PromptSetRef) else PromptSetRef(prompt_set, (options or {}).get("learned_prompt"))
+    spec = sink if isinstance(sink, SinkSpec) else SinkSpec(sink, dict(extra or {}))
     namespace = namespace or uuid.uuid4().hex
     rq_queue = get_queue(connection, queue)
     job_ids = []
-    for chunk in chunked(list(tasks), chunk_size):
-        payload = {"prompt_set": prompt_set, "tasks": list(chunk), "options": options or {}, "sink": sink, "namespace": namespace, **(extra or {})}
+    for chunk in chunked(refs, chunk_size):
+        payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or {}, weights_digest)
         job = rq_queue.enqueue(
             "worker.tasks.segment_chunk",
-            payload,
+            payload.to_json(),
             job_timeout=JOB_TIMEOUT,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
@@ -72,8 +81,6 @@ def enqueue_segmentation(
             description=f"segment {len(chunk)} task(s) of batch {namespace}",  # not the payload: keep logs small
         )
         job_ids.append(job.id)
-    connection.rpush(f"{KEY_PREFIX}:batch:{namespace}", *job_ids)
-    connection.expire(f"{KEY_PREFIX}:batch:{namespace}", RESULT_TTL)
     return namespace, job_ids
 
 
@@ -135,11 +142,21 @@ def job_failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, s
         if job.get_status(refresh=False) == "failed":
             result = job.latest_result()
             lines = (result.exc_string or "").strip().splitlines() if result else []
-            done = {member.decode() for member in connection.smembers(done_key(job.id))}
-            for task in job.args[0].get("tasks", []):
-                if str(task["id"]) not in done:
-                    failures.setdefault(str(task["id"]), lines[-1] if lines else "the job failed")
+            done = {member.decode() for member in connection.smembers(chunk_done_key(job.id))}
+            for task in SegmentationChunk.from_json(job.args[0]).tasks:
+                if str(task.id) not in done:
+                    failures.setdefault(str(task.id), lines[-1] if lines else "the job failed")
     return failures
+
+
+def input_failures(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
+    """The ids, among `job_failures`, of tasks that failed because of their own input (final); every other
+    failure is the system's, and the task is left without a result so that a later run retries it."""
+    ids: set[str] = set()
+    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
+        if job is not None:
+            ids.update(job.get_meta(refresh=False).get("input_failures") or ())
+    return ids
 
 
 def retry_failed(connection: redis.Redis, queue: str = DEFAULT_QUEUE) -> list[str]:
@@ -154,7 +171,7 @@ def retry_failed(connection: redis.Redis, queue: str = DEFAULT_QUEUE) -> list[st
 def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -> dict:
     """Queues (queued, running, failed), running and failed jobs with their progress, and live workers."""
     names = list(queues or [q.name for q in Queue.all(connection=connection, serializer=JSONSerializer)] or [DEFAULT_QUEUE])
-    status = {"queues": {}, "running": [], "failed": [], "workers": []}
+    status = {"queues": {}, "running": [], "failed": [], "workers": [], "tasks": counters(connection)}
     for name in names:
         queue = get_queue(connection, name)
         started = StartedJobRegistry(queue=queue).get_job_ids()
@@ -179,6 +196,7 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
             "queues": worker.queue_names(),
             "device": details.get("device", "?"),
             "weights": details.get("weights", "?"),
+            "weights_digest": details.get("weights_digest"),
             "host": details.get("host", worker.hostname),
             "model_loads": details.get("model_loads"),
         })

@@ -11,11 +11,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import redis
 
 from .defaults import PROMPT_CACHE_SIZE
+from .payloads import PromptSetRef
 
 __all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
 
@@ -49,6 +50,9 @@ class WorkerRuntime:
     load_count: int = 0
     load_seconds: float = 0.0
     prompt_preparations: int = 0
+    weights_digest: str | None = None
+    # Set when the worker is asked to stop: a running chunk ends at its next batch and goes back to the queue.
+    stop_requested: threading.Event = field(default_factory=threading.Event)
     _predictors: "OrderedDict[tuple, Any]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,6 +63,7 @@ class WorkerRuntime:
                 import torch
 
                 from seggpt_core import load_model
+                from seggpt_core.weights_digest import weights_digest
 
                 if self.settings.low_memory:
                     from seggpt_core.host_memory import pin_mmap_threshold
@@ -69,6 +74,7 @@ class WorkerRuntime:
                 started = time.perf_counter()
                 dtype = getattr(torch, self.settings.dtype) if self.settings.dtype else None
                 self.model = load_model(self.settings.weights, device=self.settings.device, dtype=dtype)
+                self.weights_digest = weights_digest(self.settings.weights)  # resolved locally by now
                 self.release_memory()
                 self.load_seconds = time.perf_counter() - started
                 self.load_count += 1
@@ -97,17 +103,14 @@ class WorkerRuntime:
             return self.settings.device or "auto"
         return str(next(self.model.parameters()).device)
 
-    def predictor_for(self, connection: redis.Redis, digest: str | None, options: dict | None = None) -> Any:
-        """A predictor with the prompt set `digest` prepared, from the cache when this worker has seen it.
-
-        `options["learned_prompt"]` names a tuned prompt (see `store_learned_prompt`) used for its labels; with
-        one, `digest` may be None."""
+    def predictor_for(self, connection: redis.Redis, prompts: PromptSetRef, options: Mapping | None = None) -> Any:
+        """A predictor with the prompts `prompts` names prepared, from the cache when this worker has seen them."""
         from seggpt_core import SegGptPredictor
 
         from .prompt_sets import load_learned_prompt, load_prompt_set
 
-        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "learned_prompt", "labels_per_forward")}
-        key = (digest, tuple(sorted(options.items())))
+        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "labels_per_forward")}
+        key = (prompts.digest, prompts.learned, tuple(sorted(options.items())))
         predictor = self._predictors.get(key)
         if predictor is not None:
             self._predictors.move_to_end(key)
@@ -120,9 +123,8 @@ class WorkerRuntime:
             labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
             max_batch_rows=self.settings.max_batch_rows,
         )
-        learned = options.get("learned_prompt")
-        predictor.set_prompts(load_prompt_set(connection, digest) if digest else [],
-                              learned=load_learned_prompt(connection, learned) if learned else None)
+        predictor.set_prompts(load_prompt_set(connection, prompts.digest) if prompts.digest else [],
+                              learned=load_learned_prompt(connection, prompts.learned) if prompts.learned else None)
         predictor.embeddings = None  # filled on first use by `prompt_embeddings`
         self.prompt_preparations += 1
         self._predictors[key] = predictor
@@ -147,6 +149,7 @@ class WorkerRuntime:
             "prompt_preparations": self.prompt_preparations,
             "device": self.device,
             "weights": self.settings.weights,
+            "weights_digest": self.weights_digest,
         }
 
 

@@ -2,8 +2,10 @@
 
 Sources resolve a task's `image` reference to bytes; sinks store a result and mark the task done in the same
 Redis transaction, so a chunk that is re-run after a crash skips exactly the tasks already stored.
-Built in: sources `path` (a local file) and `blob` (bytes in Redis), and the `redis` sink. The backend registers
-its Label Studio source and sink in the worker process at start-up: the job layer never imports it.
+Built in: sources `path` (a local file) and `blob` (bytes in Redis), and the `redis` sink. Others come from worker
+plugins: functions registered under the `seggpt_ls.worker_plugins` entry point group, called once when a worker
+runtime is built (`load_plugins`), or on the first unknown name however the worker was started. The job layer
+never imports the packages that provide them.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import redis
 
 from .codec import mask_to_b64png
-from .defaults import KEY_PREFIX, RESULT_TTL
+from .defaults import RESULT_TTL
+from .keys import blob_key, results_key, write_log_key
+from .payloads import SinkSpec
 
-__all__ = ["Sink", "register_source", "register_sink", "load_image_bytes", "make_sink", "results_key", "completions_key", "store_blob"]
+__all__ = ["Sink", "register_source", "register_sink", "load_image_bytes", "make_sink", "results_key", "store_blob", "load_plugins"]
 
 Source = Callable[[redis.Redis, dict], bytes]
+SinkFactory = Callable[[redis.Redis, Mapping[str, Any]], "Sink"]
 
 
 class Sink(Protocol):
@@ -31,14 +36,32 @@ class Sink(Protocol):
 
 
 _sources: dict[str, Source] = {}
-_sinks: dict[str, Callable[[redis.Redis, dict], Sink]] = {}
+_sinks: dict[str, SinkFactory] = {}
+
+
+PLUGIN_GROUP = "seggpt_ls.worker_plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> list[str]:
+    """Call every installed worker plugin once per process; returns their names."""
+    global _plugins_loaded
+    from importlib.metadata import entry_points
+
+    names = []
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for point in entry_points(group=PLUGIN_GROUP):
+            point.load()()
+            names.append(point.name)
+    return names
 
 
 def register_source(kind: str, source: Source) -> None:
     _sources[kind] = source
 
 
-def register_sink(name: str, factory: Callable[[redis.Redis, dict], Sink]) -> None:
+def register_sink(name: str, factory: SinkFactory) -> None:
     _sinks[name] = factory
 
 
@@ -47,33 +70,29 @@ def load_image_bytes(connection: redis.Redis, reference: dict) -> bytes:
     if not isinstance(reference, dict) or len(reference) != 1:
         raise ValueError(f"image reference {reference!r} must be an object with exactly one source key")
     kind, value = next(iter(reference.items()))
+    if kind not in _sources:
+        load_plugins()
     source = _sources.get(kind)
     if source is None:
         raise ValueError(f"unknown image source {kind!r}; known: {', '.join(sorted(_sources))}")
     return source(connection, {kind: value})
 
 
-def make_sink(connection: redis.Redis, payload: dict) -> Sink:
-    name = payload.get("sink", "redis")
-    factory = _sinks.get(name)
+def make_sink(connection: redis.Redis, spec: SinkSpec, namespace: str) -> Sink:
+    """The sink `spec` names, given its params and the chunk's namespace (under `"namespace"`)."""
+    if spec.name not in _sinks:
+        load_plugins()
+    factory = _sinks.get(spec.name)
     if factory is None:
-        raise ValueError(f"unknown result sink {name!r}; known: {', '.join(sorted(_sinks))}")
-    return factory(connection, payload)
-
-
-def results_key(namespace: str) -> str:
-    return f"{KEY_PREFIX}:results:{namespace}"
-
-
-def completions_key(namespace: str) -> str:
-    return f"{KEY_PREFIX}:completions:{namespace}"
+        raise ValueError(f"unknown result sink {spec.name!r}; known: {', '.join(sorted(_sinks))} (are the worker's plugins installed?)")
+    return factory(connection, {"namespace": namespace, **spec.params})
 
 
 def store_blob(connection: redis.Redis, data: bytes, ttl: int = RESULT_TTL) -> dict:
     """Put image bytes in Redis for workers on other machines; returns the task's image reference."""
     import hashlib
 
-    key = f"{KEY_PREFIX}:blob:{hashlib.sha256(data).hexdigest()}"
+    key = blob_key(hashlib.sha256(data).hexdigest())
     connection.set(key, data, ex=ttl)
     return {"blob": key}
 
@@ -98,11 +117,12 @@ def _blob_source(connection: redis.Redis, reference: dict) -> bytes:
 
 
 class RedisSink:
-    """Results as JSON in the hash `seggpt:results:<namespace>`; each completion logged once in a list."""
+    """Results as JSON in the hash `results_key(namespace)`; with `write_log`, every write also logged in order."""
 
-    def __init__(self, connection: redis.Redis, payload: dict) -> None:
+    def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
         self.connection = connection
-        self.namespace = payload.get("namespace") or "default"
+        self.namespace = params.get("namespace") or "default"
+        self.write_log = bool(params.get("write_log"))
 
     def write(self, task: dict, segmentation: Any, done_key: str) -> None:
         task_id = str(task["id"])
@@ -117,10 +137,11 @@ class RedisSink:
         }
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.hset(results_key(self.namespace), task_id, json.dumps(document))
-            pipe.rpush(completions_key(self.namespace), task_id)
+            if self.write_log:
+                pipe.rpush(write_log_key(self.namespace), task_id)
+                pipe.expire(write_log_key(self.namespace), RESULT_TTL)
             pipe.sadd(done_key, task_id)
             pipe.expire(results_key(self.namespace), RESULT_TTL)
-            pipe.expire(completions_key(self.namespace), RESULT_TTL)
             pipe.expire(done_key, RESULT_TTL)
             pipe.execute()
 

@@ -1,12 +1,8 @@
 """Job functions, at stable import paths: RQ stores `worker.tasks.<name>` in each job.
 
-Each takes one JSON payload and returns JSON. A segmentation chunk payload:
-
-    {"prompt_set": "<digest>", "tasks": [{"id": "17", "image": {"path": "/data/a.jpg"}, ...}, ...],
-     "options": {"embedding_type": "instance", "k": 5, "strategy": "similar"}, "sink": "redis",
-     "namespace": "<batch id>"}
-
-With `k`, each target uses at most k prompts per label, chosen by `strategy` (see `selection`).
+Each takes one JSON payload and returns JSON. A segmentation chunk's payload is a `payloads.SegmentationChunk`.
+With `options["k"]`, each target uses at most k prompts per label, chosen by `options["strategy"]` (see
+`selection`).
 """
 
 from __future__ import annotations
@@ -19,12 +15,15 @@ from typing import Callable, TypeVar
 
 from rq import get_current_job
 
-from .defaults import BATCH_TARGETS, KEY_PREFIX, TASK_ATTEMPTS, TASK_BACKOFF
-from .errors import ChunkIncomplete, TransientError
+from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
+from .keys import chunk_done_key
+from .errors import ChunkIncomplete, ChunkInterrupted, TaskInputError, TransientError, WeightsMismatch
+from .metrics import count
+from .payloads import SegmentationChunk
 from .runtime import get_runtime
 from .task_io import load_image_bytes, make_sink
 
-__all__ = ["segment_chunk", "noop", "with_backoff", "done_key"]
+__all__ = ["segment_chunk", "noop", "with_backoff"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,10 +42,6 @@ def with_backoff(action: Callable[[], T], attempts: int = TASK_ATTEMPTS, first_d
             sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
-
-
-def done_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}:chunk:{job_id}:done"
 
 
 def noop(payload: dict) -> dict:
@@ -106,25 +101,32 @@ def segment_chunk(payload: dict) -> dict:
     on. Tasks that keep failing transiently make the chunk raise ChunkIncomplete after all others are done, so
     RQ re-queues it; tasks already stored are skipped on every re-run.
     """
-    from seggpt_core import SegGptError
+    from seggpt_core import ImageError, SegGptError
 
+    chunk = SegmentationChunk.from_json(payload)
     job = get_current_job()
     connection = job.connection
     runtime = get_runtime()
     loads_before = runtime.load_count
     started = time.perf_counter()
-    predictor = runtime.predictor_for(connection, payload["prompt_set"], payload.get("options"))
-    sink = make_sink(connection, payload)
-    tasks = payload["tasks"]
-    options = payload.get("options") or {}
+    runtime.load()
+    if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
+        raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
+                              f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
+    predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options)
+    sink = make_sink(connection, chunk.sink, chunk.namespace)
+    tasks = [task.to_json() for task in chunk.tasks]
+    options = chunk.options
     k = int(options.get("k") or 0)  # 0: every prompt that annotates a label
-    finished = done_key(job.id)
+    finished = chunk_done_key(job.id)
     already = {member.decode() for member in connection.smembers(finished)}
     failed: dict[str, str] = {}
+    bad_input: set[str] = set()  # failed because of the task's own image: final
     transient: dict[str, str] = {}
     job.meta.update({"total": len(tasks), "done": len(already), "failed": 0, "worker_pid": runtime.stats()["pid"]})
     job.save_meta()
     pending = [task for task in tasks if str(task["id"]) not in already]
+    done_before = len(already)
     batch = max(1, int(options.get("batch_targets") or BATCH_TARGETS))
 
     def prepare(task: dict):
@@ -141,7 +143,9 @@ def segment_chunk(payload: dict) -> dict:
             transient[task_id] = f"gave up after {TASK_ATTEMPTS} attempts: {exc}"
         except (SegGptError, ValueError, KeyError) as exc:
             failed[task_id] = str(exc)
-            log.warning("task %s failed: %s", task_id, exc)
+            if isinstance(exc, (ImageError, TaskInputError)):
+                bad_input.add(task_id)
+            log.warning("task %s failed (%s): %s", task_id, "its input" if task_id in bad_input else "system", exc)
         else:
             already.add(task_id)
 
@@ -149,6 +153,7 @@ def segment_chunk(payload: dict) -> dict:
     # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
     # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
     # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
+    interrupted = False
     overlap = runtime.overlaps_host_work()
     job.meta["overlapped"] = overlap
     with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, 1, "seggpt-write") as writer:
@@ -156,6 +161,9 @@ def segment_chunk(payload: dict) -> dict:
         upcoming = iter(pending[2 * batch :])
         writes: list = []
         while queue:
+            if runtime.stop_requested.is_set():
+                interrupted = True  # what is stored stays; the rest runs again after the re-queue
+                break
             ready = []
             while queue and len(ready) < batch:
                 task, future = queue.popleft()
@@ -181,17 +189,25 @@ def segment_chunk(payload: dict) -> dict:
                 record(*writes.pop(0))
             job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
             job.save_meta()
+        while writes:
+            record(*writes.pop(0))
     flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
     if flush is not None:
         with_backoff(flush)
+    count(connection, "tasks_done", len(already) - done_before)
+    count(connection, "tasks_failed_input", len(bad_input))
+    count(connection, "tasks_failed_system", len(failed) + len(transient) - len(bad_input))
     job.meta.update({
         "failed_tasks": {**failed, **transient},
+        "input_failures": sorted(bad_input),
         "seconds": round(time.perf_counter() - started, 3),
         "model_loads_in_job": runtime.load_count - loads_before,
         "worker": runtime.stats(),
     })
     job.save_meta()
     runtime.release_memory()
+    if interrupted:
+        raise ChunkInterrupted(f"the worker is stopping: {len(already)} of {len(tasks)} task(s) stored, the rest re-queued")
     if transient:
         raise ChunkIncomplete(f"{len(transient)} task(s) kept failing transiently: {transient}")
     return {"total": len(tasks), "done": len(already), "failed": failed}

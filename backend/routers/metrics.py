@@ -20,4 +20,7 @@ def metrics(settings: SettingsDep, connection: RedisDep) -> str:
         gauges[f"queue_{key}_queued"] = counts["queued"]
         gauges[f"queue_{key}_running"] = counts["running"]
         gauges[f"queue_{key}_failed"] = counts["failed"]
-    return render(connection, gauges)
+    # one series per live worker, so that a worker with other weights shows before it bites
+    workers = {(("name", w["name"]), ("host", w["host"]), ("device", w["device"]), ("weights_digest", w["weights_digest"] or "unknown"),
+                ("queues", ",".join(w["queues"]))): 1 for w in status["workers"]}
+    return render(connection, gauges, {"worker_info": workers})

@@ -12,6 +12,7 @@ from worker import enqueue_call
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..label_config import LabelConfigError, parse_label_config
+from ..keys import pool_sync_due_key
 from ..metrics import count
 from ..predict_service import current_model_version, project_id
 from ..prompt_pool import PromptPool
@@ -26,7 +27,7 @@ def schedule_sync(connection, settings, project: int, label_config: str, force: 
     """Enqueue a full sync of the pool unless one ran recently; needs Label Studio credentials."""
     if not (settings.label_studio_url and settings.label_studio_api_key):
         return False
-    key = f"seggpt:pool:{project}:sync-due"
+    key = pool_sync_due_key(project)
     if not force and not connection.set(key, 1, nx=True, ex=SYNC_EVERY):
         return False
     if force:

@@ -14,9 +14,18 @@ from ..dependencies import RedisDep, SettingsDep
 from ..metrics import count
 from ..prompt_training import enqueue_prompt_tuning
 from ..schemas import WebhookEvent
+from ..weights_identity import WeightsUnknown, backend_digest
 
 router = APIRouter()
 log = logging.getLogger(__name__)
+
+
+def _digest_or_none(settings, connection) -> str | None:
+    """The jobs a webhook queues predict under this process's weights digest; None lets them work it out."""
+    try:
+        return backend_digest(settings, connection)
+    except WeightsUnknown:
+        return None
 
 
 @router.post("/webhook")
@@ -26,7 +35,7 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
     label_config = (event.project or {}).get("label_config")
     if project is None:
         return {"status": "ignored", "reason": "no project in the event"}
-    base = {"project": project, "label_config": label_config}
+    base = {"project": project, "label_config": label_config, "weights_digest": _digest_or_none(settings, connection)}
     if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and event.annotation:
         task = event.annotation.get("task") or (event.task or {}).get("id")
         enqueue_call(connection, "backend.jobs.update_pool_for_task", {**base, "task": task}, queue=settings.interactive_queue, at_front=True)

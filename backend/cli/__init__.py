@@ -1,0 +1,50 @@
+"""The `seggpt-ls` command line: the parser and `main`. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import local, project, queue_commands, serve
+from .local import DEMO_WEIGHTS, SAMPLES, demo_labels
+
+__all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
+
+# One registrar per subcommand, in the order `seggpt-ls --help` lists them.
+_SUBCOMMANDS = (
+    local.add_demo,
+    local.add_segment,
+    queue_commands.add_worker,
+    local.add_train_tiny,
+    local.add_eval,
+    serve.add_serve,
+    queue_commands.add_status,
+    project.add_bootstrap,
+    project.add_train_prompt,
+    queue_commands.add_retry_failed,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seggpt-ls", description="Few-shot pre-labeling for Label Studio with SegGPT.")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
+    from seggpt_core.errors import SegGptError  # light: does not load torch
+
+    try:
+        return args.handler(args)
+    except SegGptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

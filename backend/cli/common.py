@@ -1,0 +1,49 @@
+"""Options and helpers shared by several command groups: model and Redis flags, the connection, local workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import subprocess
+
+    import redis
+
+# `python -m` rather than the `seggpt-ls` script: the script may not be on PATH (a venv not activated)
+CLI_COMMAND = [sys.executable, "-m", "backend.cli"]
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> None:
+    parser.add_argument("--weights", default=default_weights, help="hub id, directory, .safetensors, original .pth, or random:<variant> (default: %(default)s)")
+    parser.add_argument("--device", default=os.environ.get("SEGGPT_DEVICE"), help="cuda:0, cpu, ... (default: CUDA if available)")
+    parser.add_argument("--dtype", default=os.environ.get("SEGGPT_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--embedding-type", default="instance", choices=["instance", "semantic"])
+    parser.add_argument("--spatial-ensemble", action="store_true", help="stitch prompts into one canvas instead of the feature ensemble")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
+    parser.add_argument("--labels-per-forward", type=int, default=0,
+                        help="paint at most N labels per forward (0: the model's own limit: 1 for tiny-appearance, trained on one color; none for SegGPT)")
+
+
+def add_redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis under MODEL_DIR")
+    parser.add_argument("--queue", action="append", help="queue name (repeatable; default: seggpt)")
+
+
+def connect(args: argparse.Namespace) -> redis.Redis:
+    from worker import get_connection
+
+    return get_connection(args.redis_url)
+
+
+def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = ()) -> list[subprocess.Popen]:
+    """With the embedded Redis and no live worker, run one for this command (it quits when the queue is empty)."""
+    from worker import queue_status
+    from worker.lifecycle import start_child
+
+    if args.redis_url or queue_status(connection)["workers"]:
+        return []
+    print("no live worker: starting one on this machine for this run")
+    return [start_child([*CLI_COMMAND, "--log-level", "WARNING", "worker", "--burst", *flags])]  # ends with this command

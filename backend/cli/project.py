@@ -1,0 +1,172 @@
+"""Commands on a Label Studio project: bootstrap (pre-label it) and train-prompt (prompt tuning)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .common import add_redis_option, connect, local_workers_if_none
+from worker.waiting import jobs_ended, status_ended, wait_until
+
+if TYPE_CHECKING:
+    import redis
+
+    from ..bootstrap import BootstrapBatch
+
+
+def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
+    """A bootstrap's state, counts and failed tasks; 1 when any task failed."""
+    from ..bootstrap import batch_failures, batch_progress
+
+    progress = batch_progress(connection, batch)
+    failures = batch_failures(connection, batch)
+    state = "finished" if jobs_ended(progress) else "running"
+    print(f"project {batch.project}, model version {batch.model_version}: {state}")
+    print(f"  done {progress['done']}, failed {len(failures)}, queued {batch.queued}, skipped {batch.skipped} "
+          f"(already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, no image {batch.skipped_no_image})")
+    for task_id, reason in sorted(failures.items()):
+        print(f"  task {task_id}: {reason}")
+    return 1 if failures else 0
+
+
+def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch) -> None:
+    from tqdm import tqdm
+
+    from ..bootstrap import batch_progress
+
+    with tqdm(total=batch.queued, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
+        def poll() -> dict:
+            progress = batch_progress(connection, batch)
+            bar.update(progress["done"] + progress["failed"] - bar.n)
+            bar.set_postfix(done=progress["done"], failed=progress["failed"])
+            return progress
+
+        wait_until(poll, jobs_ended)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from ..bootstrap import BootstrapError, start_bootstrap
+    from ..services import build_services
+    from ..settings import Settings
+
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key)
+    services = build_services(settings)
+    connection = connect(args)
+    try:
+        batch = start_bootstrap(connection, services, args.project, only=args.only, limit=args.limit, chunk_size=args.chunk_size)
+    except BootstrapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"model version {batch.model_version}: queued {batch.queued} task(s) in {len(batch.job_ids)} job(s), "
+          f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight})")
+    if args.no_wait:
+        print(f"follow it with: seggpt-ls status --project {args.project}")
+        return 0
+    workers = local_workers_if_none(connection, args) if batch.job_ids else []
+    try:
+        if batch.job_ids:
+            _wait_with_progress(connection, batch)
+    finally:
+        for process in workers:
+            process.wait()
+    return print_batch(connection, batch)
+
+
+def _follow_tuning(job) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=None, unit="step", desc="prompt tuning", dynamic_ncols=True) as bar:
+        def poll() -> str:
+            job.refresh()
+            meta = job.get_meta()
+            if meta.get("total") and bar.total != meta["total"]:
+                bar.total = meta["total"]
+            bar.update(int(meta.get("done") or 0) - bar.n)
+            if "loss" in meta:
+                bar.set_postfix(loss=meta["loss"])
+            return job.get_status()
+
+        wait_until(poll, status_ended)
+
+
+def _version(settings, pool_version: str, connection) -> str:
+    """The model version these prompts give, or why it cannot be told here (the weights are elsewhere)."""
+    from ..predict_service import model_version
+    from ..weights_identity import WeightsUnknown, backend_digest
+
+    try:
+        return model_version(settings, pool_version, backend_digest(settings, connection))
+    except WeightsUnknown as exc:
+        return f"(unknown here: {exc})"
+
+
+def cmd_train_prompt(args: argparse.Namespace) -> int:
+    from ..bootstrap import project_controls
+    from ..prompt_pool import PromptPool
+    from ..prompt_training import enqueue_prompt_tuning
+    from ..services import build_services
+    from ..settings import Settings
+
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, tune_steps=args.steps)
+    for variable, value in (("LABEL_STUDIO_URL", settings.label_studio_url), ("LABEL_STUDIO_API_KEY", settings.label_studio_api_key)):
+        if value:
+            os.environ[variable] = value  # a local worker started below reads them from its environment
+    connection = connect(args)
+    pool = PromptPool(connection, args.project)
+    if args.clear:
+        pool.clear_learned_prompts()
+        print(f"project {args.project}: learned prompts dropped; model version {_version(settings, pool.version(), connection)} "
+              "predicts from the annotations again")
+        return 0
+    project_controls(build_services(settings), pool)  # the job reads the saved config
+    job = enqueue_prompt_tuning(connection, settings, args.project)
+    print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
+    if args.no_wait:
+        print("follow it with: seggpt-ls status")
+        return 0
+    workers = local_workers_if_none(connection, args)
+    try:
+        _follow_tuning(job)
+    finally:
+        for process in workers:
+            process.wait()
+    if job.get_status() != "finished":
+        result = job.latest_result()
+        reason = (result.exc_string or "").strip().splitlines()[-1:] if result is not None else []
+        print(f"error: prompt tuning {job.get_status()}: {reason[0] if reason else 'see the worker log'}", file=sys.stderr)
+        return 1
+    outcome = job.return_value()
+    for data_key, field in outcome["fields"].items():
+        print(f"${data_key}: {field['examples']} labeled task(s), labels {', '.join(field['labels'])}, "
+              f"final loss {field['final_loss']}, saved to {field['path']}")
+    print(f"model version {_version(settings, outcome['pool_version'], connection)}: /predict and bootstrap use the tuned prompt from now on")
+    return 0
+
+
+def _add_label_studio_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--label-studio-url", default=None, help="default: LABEL_STUDIO_URL")
+    parser.add_argument("--api-key", default=None, help="default: LABEL_STUDIO_API_KEY (legacy token or personal access token)")
+
+
+def add_bootstrap(commands: argparse._SubParsersAction) -> None:
+    bootstrap = commands.add_parser("bootstrap", help="pre-label a whole project through the queue (resumable)")
+    add_redis_option(bootstrap)
+    _add_label_studio_options(bootstrap)
+    bootstrap.add_argument("--only", choices=["unlabeled", "all"], default="unlabeled")
+    bootstrap.add_argument("--limit", type=int, default=None, help="at most N tasks")
+    bootstrap.add_argument("--chunk-size", type=int, default=None, help="tasks per job (default: SEGGPT_CHUNK_SIZE)")
+    bootstrap.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status --project")
+    bootstrap.set_defaults(handler=cmd_bootstrap)
+
+
+def add_train_prompt(commands: argparse._SubParsersAction) -> None:
+    tune = commands.add_parser("train-prompt", help="learn a prompt for a project's labels from its labeled tasks (prompt tuning, as a job)")
+    add_redis_option(tune)
+    _add_label_studio_options(tune)
+    tune.add_argument("--steps", type=int, default=None, help="optimisation steps per image field (default: SEGGPT_TUNE_STEPS)")
+    tune.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status")
+    tune.add_argument("--clear", action="store_true", help="drop the project's learned prompts: predict from the annotations again")
+    tune.set_defaults(handler=cmd_train_prompt)

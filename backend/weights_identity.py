@@ -1,0 +1,56 @@
+"""Which weights this backend's predictions come from, by content digest (the model version is derived from it).
+
+In order: `SEGGPT_WEIGHTS_DIGEST` when set; the digest of the weights `SEGGPT_WEIGHTS` names, where this machine
+holds them (shipped, a local path, the hub cache); else the one digest that the live workers serving that name
+report. Jobs carry it, and a worker with other weights leaves them alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from seggpt_core.errors import WeightsError
+from seggpt_core.weights_digest import weights_digest
+from worker.keys import worker_info_key
+
+from .settings import Settings
+
+__all__ = ["backend_digest", "WeightsUnknown"]
+
+log = logging.getLogger(__name__)
+_local: dict[str, str] = {}
+
+
+class WeightsUnknown(RuntimeError):
+    """The backend cannot tell which weights its predictions would come from."""
+
+
+def _announced(connection: redis.Redis, weights: str) -> set[str]:
+    digests = set()
+    for key in connection.scan_iter(match=worker_info_key("*"), count=500):
+        raw = connection.get(key)
+        info = json.loads(raw) if raw else {}
+        if info.get("weights") == weights and info.get("weights_digest"):
+            digests.add(info["weights_digest"])
+    return digests
+
+
+def backend_digest(settings: Settings, connection: redis.Redis | None = None) -> str:
+    if settings.weights_digest:
+        return settings.weights_digest
+    if settings.weights not in _local:
+        try:
+            _local[settings.weights] = weights_digest(settings.weights)
+        except WeightsError as exc:
+            if connection is None:
+                raise WeightsUnknown(f"SEGGPT_WEIGHTS={settings.weights}: {exc}") from None
+            announced = _announced(connection, settings.weights)
+            if len(announced) == 1:
+                return announced.pop()  # not remembered: workers may be replaced by others
+            detail = f"live workers report {len(announced)} different digests" if announced else "no live worker reports them"
+            raise WeightsUnknown(f"cannot tell which weights SEGGPT_WEIGHTS={settings.weights} are: not on this machine "
+                                 f"({exc}) and {detail}; set SEGGPT_WEIGHTS_DIGEST") from None
+    return _local[settings.weights]

@@ -1,0 +1,52 @@
+"""Where weights live, without torch: shipped names, local paths, and the Hugging Face hub cache.
+
+Kept free of torch so that the web process can name and fingerprint the weights it never loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import WeightsError
+
+__all__ = ["DEFAULT_WEIGHTS", "SAFETENSORS_NAME", "CONFIG_NAME", "SHIPPED_WEIGHTS", "resolve_weights"]
+
+DEFAULT_WEIGHTS = "BAAI/seggpt-vit-large"
+SAFETENSORS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+# Weights shipped inside the package, by name: the project's own small model, trained by `seggpt-ls train-tiny`.
+SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-appearance": Path(__file__).parent / "weights_data" / "tiny-appearance"}
+
+
+def _download(repo_id: str, local_only: bool = False) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME], local_files_only=local_only))
+    except HFValidationError:
+        raise WeightsError(f"weights {repo_id!r}: no such file or directory, and not a valid hub id") from None
+    except Exception as exc:  # network, auth, offline mode: all end the same way for the user
+        raise WeightsError(
+            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Download it where the hub is reachable and pass the local directory, or set HF_HOME to a cache "
+            "that holds it."
+        ) from exc
+
+
+def resolve_weights(weights: str | Path, *, local_only: bool = False) -> Path:
+    """The local file or directory that `weights` names, downloading a hub id if needed (never with `local_only`)."""
+    text = str(weights)
+    if text in SHIPPED_WEIGHTS:
+        if not (SHIPPED_WEIGHTS[text] / SAFETENSORS_NAME).is_file():
+            raise WeightsError(f"weights {text!r} are not shipped in this version yet (or this install lacks its data files); train them with `seggpt-ls train-tiny --out DIR` and pass DIR")
+        return SHIPPED_WEIGHTS[text]
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if path.suffix in (".safetensors", *_TORCH_SUFFIXES, ".json") or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise WeightsError(f"weights {text!r}: no such file or directory")
+    return _download(text, local_only)
+
+

@@ -1,0 +1,113 @@
+"""What `serve` starts ends with it, however it ends; a stopped worker's chunk is re-queued, never lost; a worker
+outlives a Redis outage. Processes are followed through /proc, not through process objects."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from worker import EmbeddedRedis, enqueue_segmentation, fetch_job, store_blob, store_prompt_set
+from worker.keys import chunk_done_key, write_log_key
+from worker.payloads import SinkSpec
+
+from .ls_harness import free_port, wait_http
+from .process_check import alive, command_line, live_descendants
+from .queue_helpers import scene_prompt, start_worker, target_bytes, wait_for, worker_env
+
+TASKS = 400
+
+
+def _serve(model_dir, log):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--weights", "random:tiny", "--device", "cpu"],
+        env=worker_env(model_dir), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", 60, "serve", process, log)
+    return process
+
+
+def _finish_elsewhere(model_dir, job_id: str, namespace: str, log) -> None:
+    """A fresh worker (on a fresh embedded Redis) completes the chunk; every task is stored exactly once."""
+    connection = EmbeddedRedis(model_dir / "redis").connect()
+    worker = start_worker(model_dir, "seggpt", "--heartbeat-interval", "1", "--maintenance-interval", "2", log=log)
+    try:
+        wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 180, interval=0.5, what="the chunk to finish")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    writes = Counter(x.decode() for x in connection.lrange(write_log_key(namespace), 0, -1))
+    assert len(writes) == TASKS and max(writes.values()) == 1, [k for k, v in writes.items() if v > 1]
+    assert connection.scard(chunk_done_key(job_id)) == TASKS
+    EmbeddedRedis(model_dir / "redis").stop()
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_everything_serve_started_ends_with_it_and_its_chunk_is_not_lost(tmp_path, how):
+    log = tmp_path / "serve.log"
+    serve = _serve(tmp_path, log)
+    connection = EmbeddedRedis(tmp_path / "redis").connect()
+    wait_for(lambda: [p for p in live_descendants(serve.pid) if "worker" in command_line(p)], 30, what="the local worker")
+    children = live_descendants(serve.pid)
+    kinds = sorted("redis" if "redis-server" in command_line(p) else "worker" for p in children)
+    assert kinds == ["redis", "worker"], {p: command_line(p) for p in children}
+    digest = store_prompt_set(connection, [scene_prompt(2)])
+    blob = store_blob(connection, target_bytes(7, size=(60, 60)))
+    namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": f"t{i}", "image": blob} for i in range(TASKS)],
+                                                chunk_size=TASKS, sink=SinkSpec("redis", {"write_log": True}))
+    wait_for(lambda: fetch_job(connection, job_id).get_meta().get("done", 0) >= 10, 120, what="the chunk to be running")
+    started = time.monotonic()
+    serve.send_signal(getattr(signal, how))
+    wait_for(lambda: not any(alive(p) for p in [serve.pid, *children]), 30, interval=0.2,
+             what=f"serve and its children to end after {how}: {[command_line(p) for p in children if alive(p)]}")
+    serve.wait(5)
+    assert time.monotonic() - started < 30
+    if how != "SIGKILL":
+        # a warm shutdown: the worker put its chunk back in the queue before Redis went down
+        restarted = EmbeddedRedis(tmp_path / "redis").connect()
+        job = fetch_job(restarted, job_id)
+        assert job.get_status() == "queued", job.get_status()
+        assert 10 <= restarted.scard(chunk_done_key(job_id)) < TASKS
+    _finish_elsewhere(tmp_path, job_id, namespace, tmp_path / "after.log")
+
+
+@pytest.mark.fault
+def test_a_worker_waits_out_a_redis_outage_and_resumes(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    connection = server.connect()
+    log = tmp_path / "worker.log"
+    worker = start_worker(tmp_path, "outage", log=log)
+    try:
+        wait_for(lambda: b"Listening on" in log.read_bytes() or b"outage" in log.read_bytes(), 60, interval=0.2, what="the worker")
+        time.sleep(1)
+        server.stop()
+        time.sleep(6)  # several reconnection attempts
+        assert worker.poll() is None, log.read_text()[-2000:]
+        connection = server.connect()  # Redis is back, with what it had
+        digest = store_prompt_set(connection, [scene_prompt(3)])
+        blob = store_blob(connection, target_bytes(9, size=(60, 60)))
+        namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": "a", "image": blob}, {"id": "b", "image": blob}], queue="outage")
+        wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 90, interval=0.5, what="the job after the outage")
+        text = log.read_text()
+        outage_lines = [line for line in text.splitlines() if "could not connect to Redis" in line or "cannot reach Redis" in line]
+        assert 1 <= len(outage_lines) <= 2, outage_lines  # said once (by RQ or by us), not per attempt
+        assert "reachable again" in text
+        # and with Redis away again, SIGTERM still ends it at once
+        server.stop()
+        time.sleep(2)
+        stopped = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)
+        assert time.monotonic() - stopped < 5
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        server.stop()

@@ -1,0 +1,43 @@
+"""Every Redis key the job layer writes besides RQ's own, with how long it lives. Spelled here and nowhere else."""
+
+from __future__ import annotations
+
+from .defaults import KEY_PREFIX
+
+__all__ = ["worker_info_key", "chunk_done_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+
+
+def worker_info_key(name: str) -> str:
+    """JSON: a live worker's pid, device, weights and digest. TTL: heartbeat interval + grace (gone with it)."""
+    return f"{KEY_PREFIX}:worker:{name}"
+
+
+def chunk_done_key(job_id: str) -> str:
+    """Set of the task ids a chunk has stored, so a re-run skips them. TTL: RESULT_TTL."""
+    return f"{KEY_PREFIX}:chunk:{job_id}:done"
+
+
+def results_key(namespace: str) -> str:
+    """Hash task id -> JSON result, of the `redis` sink. TTL: RESULT_TTL."""
+    return f"{KEY_PREFIX}:results:{namespace}"
+
+
+def write_log_key(namespace: str) -> str:
+    """List of task ids in the order the `redis` sink wrote them, only when its params ask for `"write_log"` (an
+    exactly-once audit, for tests and benchmarks). TTL: RESULT_TTL."""
+    return f"{KEY_PREFIX}:results:{namespace}:writes"
+
+
+def blob_key(sha256: str) -> str:
+    """Image bytes for workers on other machines, by content. TTL: RESULT_TTL."""
+    return f"{KEY_PREFIX}:blob:{sha256}"
+
+
+def prompt_set_key(digest: str) -> str:
+    """JSON prompt set, by content digest. TTL: PROMPT_SET_TTL, renewed at every load."""
+    return f"{KEY_PREFIX}:prompts:{digest}"
+
+
+def learned_prompt_key(digest: str) -> str:
+    """A tuned prompt, by content digest. No TTL: a project's model version names it until it is tuned again."""
+    return f"{KEY_PREFIX}:learned:{digest}"
