@@ -46,7 +46,7 @@ def backend_digest(settings: Settings, connection: redis.Redis | None = None) ->
             _local[settings.weights] = weights_digest(settings.weights)
         except WeightsError as exc:
             if connection is None:
-                raise WeightsUnknown(f"SEGGPT_WEIGHTS={settings.weights}: {exc}") from None
+                raise WeightsUnknown(f"SEGGPT_WEIGHTS={settings.weights}: {exc}; set SEGGPT_WEIGHTS_DIGEST, or run where the weights are") from None
             announced = _announced(connection, settings.weights)
             if len(announced) == 1:
                 return announced.pop()  # not remembered: workers may be replaced by others

@@ -315,3 +315,34 @@ def test_pool_version_is_cached_and_follows_every_change(stack):
     assert pool.version() not in (filled, empty)
     pool.remove_task(pool.entries()[0]["task"])
     assert pool.size() == 0 and pool.version() == empty
+
+
+def test_a_system_fault_stores_nothing_so_the_next_request_retries(stack):
+    """The image host answers 503 (a system fault, as Label Studio's 5xx would be) past every retry: that task gets
+    nothing (Label Studio stores nothing, and asks again), unlike a bad image's final empty result; once the host
+    is back, the same request predicts it."""
+    project = 4545
+    _fill_pool(stack, project, CONFIG)
+    media = stack["media"]
+    (media.directory / "flaky.png").write_bytes(stack["files"]["good.png"])
+    media.flaky_left = 10_000
+    tasks = [{"id": 1, "data": {"image": f"{media.url}/flaky"}}, {"id": 2, "data": {"image": f"{media.url}/good.png"}},
+             {"id": 3, "data": {"image": f"{media.url}/corrupt.png"}}]
+    body = {"tasks": tasks, "project": f"{project}.1", "label_config": CONFIG}
+    before = stack["client"].get("/metrics").text
+    flaky, good, corrupt = stack["client"].post("/predict", json=body).json()["results"]
+    assert flaky == []  # nothing to store: not an empty prediction
+    assert isinstance(good, dict) and good["result"]
+    assert corrupt == {"result": [], "score": 0.0, "model_version": good["model_version"]}  # the image's fault: final
+    after = stack["client"].get("/metrics").text
+
+    def counter(text: str, name: str) -> int:
+        lines = [line for line in text.splitlines() if line.startswith(f"seggpt_{name}_total ")]
+        return int(lines[0].split()[1]) if lines else 0
+
+    assert counter(after, "predict_tasks_failed_system") == counter(before, "predict_tasks_failed_system") + 1
+    assert counter(after, "tasks_failed_system") > counter(before, "tasks_failed_system")
+    assert counter(after, "tasks_failed_input") > counter(before, "tasks_failed_input")
+    media.flaky_left = 0
+    retried = stack["client"].post("/predict", json={**body, "tasks": tasks[:1]}).json()["results"][0]
+    assert isinstance(retried, dict) and retried["result"] and retried["model_version"] == good["model_version"]
