@@ -6,12 +6,14 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from worker import get_connection
 
 from .routers import health, metrics, predict, setup, train, webhook
 from .settings import Settings
+from .weights_identity import WeightsUnknown
 
 __all__ = ["create_app"]
 
@@ -37,6 +39,13 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
 
     app = FastAPI(title="seggpt-ls", lifespan=lifespan)
     app.state.settings = settings
+
+    @app.exception_handler(WeightsUnknown)
+    async def weights_unknown(request: Request, exc: WeightsUnknown) -> JSONResponse:
+        # no version can be named yet (a web process without the weights, before any worker reports them):
+        # say so, rather than predict under a version that may not describe the weights
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
     for module in (health, setup, predict, train, webhook, metrics):
         app.include_router(module.router)
     return app

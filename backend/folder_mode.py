@@ -123,8 +123,10 @@ def run_on_queue(
     *,
     chunk_size: int = 8,
     on_progress: Callable[[dict], None] | None = None,
+    weights_digest: str | None = None,
 ) -> SegmentReport:
-    """Through Redis: images travel as blobs, so workers on other machines can take part."""
+    """Through Redis: images travel as blobs, so workers on other machines can take part (those holding the
+    weights `weights_digest`, when given)."""
     from worker import PromptRecord, enqueue_segmentation, job_failures, results_key, store_blob, store_prompt_set
     from worker.waiting import wait_for_jobs
     from worker.codec import b64png_to_mask
@@ -132,7 +134,8 @@ def run_on_queue(
     digest = store_prompt_set(connection, [PromptRecord(path.read_bytes(), masks) for path, masks in prompts.items()])
     by_id = {str(index): path for index, path in enumerate(images)}
     tasks = [{"id": task_id, "image": store_blob(connection, path.read_bytes())} for task_id, path in by_id.items()]
-    namespace, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=chunk_size, namespace=f"segment:{uuid.uuid4().hex[:12]}", options=options)
+    namespace, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=chunk_size, namespace=f"segment:{uuid.uuid4().hex[:12]}", options=options,
+                                             weights_digest=weights_digest)
     wait_for_jobs(connection, job_ids, on_progress=on_progress)
     report = SegmentReport()
     stored = connection.hgetall(results_key(namespace))

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import redis
 
 from worker import TransientError, register_sink, register_source
+from worker.defaults import RESULT_TTL
 from worker.payloads import PayloadError, SinkSpec
 
 from .keys import current_version_key, inflight_key, request_keys, shown_version_key
@@ -37,6 +38,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], 86400)
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -95,7 +97,7 @@ class LabelStudioSink:
         prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version)
         if self.request:
             closed, results = request_keys(self.request)
-            if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction)]):
+            if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL]):
                 return
         if self.bulk:
             self._buffer.append((task_id, prediction))
@@ -103,7 +105,10 @@ class LabelStudioSink:
             return
         if not self._already_there(task_id, prediction):
             self._call(lambda: services_from_env().require_client().create_prediction(task_id, prediction))
-        self.connection.sadd(done_key, str(task_id))
+        with self.connection.pipeline() as pipe:
+            pipe.sadd(done_key, str(task_id))
+            pipe.expire(done_key, RESULT_TTL)
+            pipe.execute()
 
     def flush(self) -> None:
         """Import the buffered predictions in one request, skipping any a re-run already wrote."""
@@ -129,6 +134,7 @@ class LabelStudioSink:
         ids = [str(t) for t, _ in self._buffer]
         with self.connection.pipeline() as pipe:
             pipe.sadd(self._done_key, *ids)
+            pipe.expire(self._done_key, RESULT_TTL)
             pipe.hdel(inflight_key(self.project, self.model_version), *ids)
             pipe.execute()
         self._buffer.clear()

@@ -346,3 +346,13 @@ def test_a_system_fault_stores_nothing_so_the_next_request_retries(stack):
     media.flaky_left = 0
     retried = stack["client"].post("/predict", json={**body, "tasks": tasks[:1]}).json()["results"][0]
     assert isinstance(retried, dict) and retried["result"] and retried["model_version"] == good["model_version"]
+
+
+def test_weights_that_no_one_can_name_give_503_not_a_wrong_version(stack):
+    settings = stack["settings"].with_(weights="/nowhere/model.safetensors")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/setup", json=recorded("setup.json"))
+        assert response.status_code == 503 and "SEGGPT_WEIGHTS_DIGEST" in response.json()["detail"]
+    # a digest given by hand names them
+    with TestClient(create_app(settings.with_(weights_digest="0123456789abcdef"))) as client:
+        assert client.post("/setup", json=recorded("setup.json")).json()["model_version"].startswith("seggpt-")

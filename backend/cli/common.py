@@ -38,12 +38,17 @@ def connect(args: argparse.Namespace) -> redis.Redis:
     return get_connection(args.redis_url)
 
 
-def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = ()) -> list[subprocess.Popen]:
-    """With the embedded Redis and no live worker, run one for this command (it quits when the queue is empty)."""
+def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = (),
+                          weights_digest: str | None = None) -> list[subprocess.Popen]:
+    """With the embedded Redis and no live worker (none with `weights_digest`, when given), run one for this
+    command (it quits when the queue is empty)."""
     from worker import queue_status
     from worker.lifecycle import start_child
 
-    if args.redis_url or queue_status(connection)["workers"]:
+    live = queue_status(connection)["workers"]
+    if weights_digest is not None:
+        live = [w for w in live if w.get("weights_digest") in (None, weights_digest)]
+    if args.redis_url or live:
         return []
     print("no live worker: starting one on this machine for this run")
     return [start_child([*CLI_COMMAND, "--log-level", "WARNING", "worker", "--burst", *flags])]  # ends with this command

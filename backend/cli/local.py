@@ -37,6 +37,18 @@ def _list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _digest_if_local(weights: str) -> str | None:
+    """The digest the jobs of this run expect, so that only workers with these weights run them; None (any
+    worker) when the weights are not on this machine yet (a hub id the worker will download)."""
+    from seggpt_core.errors import WeightsError
+    from seggpt_core.weights_digest import weights_digest
+
+    try:
+        return weights_digest(weights)
+    except WeightsError:
+        return None
+
+
 def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path, preview: bool, formats: list[str], truth: Path | None = None) -> int:
     from ..folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
 
@@ -48,10 +60,11 @@ def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path,
         where = "in this process"
     else:
         connection = connect(args)
-        workers = local_workers_if_none(connection, args, _model_flags(args))
+        digest = _digest_if_local(args.weights)
+        workers = local_workers_if_none(connection, args, _model_flags(args), digest)
         options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble, "labels_per_forward": args.labels_per_forward}
         try:
-            report = run_on_queue(connection, prompts, images, options)
+            report = run_on_queue(connection, prompts, images, options, weights_digest=digest)
         finally:
             for process in workers:
                 process.wait()
