@@ -66,16 +66,35 @@ def project_controls(services: Services, pool: PromptPool) -> list[Control]:
     return controls
 
 
-def _still_queued(connection: redis.Redis, inflight: str, task_id: int) -> bool:
-    """Whether an earlier run queued this task for this version in a job that has not ended."""
-    job_id = connection.hget(inflight, str(task_id))
-    if job_id is None:
-        return False
-    try:
-        status = fetch_job(connection, job_id.decode()).get_status()
-    except Exception:  # the job expired or was deleted
-        return False
-    return not status_ended(status)
+def _still_queued(connection: redis.Redis, job_id: str, known: dict[str, bool]) -> bool:
+    """Whether the job an earlier run queued a task in has not ended (`known` remembers each job's answer)."""
+    if job_id not in known:
+        try:
+            known[job_id] = not status_ended(fetch_job(connection, job_id).get_status())
+        except Exception:  # the job expired or was deleted
+            known[job_id] = False
+    return known[job_id]
+
+
+def _pages(items: Iterable[dict], size: int) -> Iterable[list[dict]]:
+    page: list[dict] = []
+    for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _prediction_versions(task: dict) -> set[str]:
+    """The model versions of a task's predictions, as the task list reports them (fields=all)."""
+    versions = task.get("predictions_model_versions")
+    if versions is None:
+        versions = [p.get("model_version") for p in task.get("predictions") or [] if isinstance(p, dict)]
+    elif isinstance(versions, str):  # SQLite's GROUP_CONCAT
+        versions = versions.split(",")
+    return {v for v in versions if v}
 
 
 def _is_unlabeled(task: dict) -> bool:
@@ -117,49 +136,62 @@ def start_bootstrap(
     version = model_version(settings, pool.version(), digest)
     connection.set(current_version_key(project), version)
     wanted = set(task_ids) if task_ids is not None else None
-    tasks = []
-    for task in client.iter_tasks(project):
-        if wanted is not None:
-            if task["id"] in wanted:
-                tasks.append(task)
-        elif only == "all" or _is_unlabeled(task):
-            tasks.append(task)
-        if limit is not None and len(tasks) >= limit:
-            break
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
-    predicted = {p["task"] for p in client.get_json("/api/predictions/", project=project) if p.get("model_version") == version}
     inflight = inflight_key(project, version)
-    data_keys = sorted({c.data_key for c in controls})
-    pending = []
-    for task in tasks:
-        if task["id"] in predicted:
-            batch.skipped_predicted += 1
-        elif _still_queued(connection, inflight, task["id"]):
-            batch.skipped_inflight += 1  # queued by an earlier run, not finished yet
-        elif not any((task.get("data") or {}).get(key) is not None for key in data_keys):
-            batch.skipped_no_image += 1
-        else:
-            pending.append(task)
-    for data_key in data_keys:
+    size = chunk_size or settings.chunk_size
+    fields: dict[str, tuple] = {}  # data key -> (prompts, sink) of the fields that can be predicted
+    for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
-        field_tasks = [t for t in pending if (t.get("data") or {}).get(data_key) is not None]
-        if not field_tasks:
-            continue
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
         if prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
-        refs = [{"id": t["id"], "image": {"label_studio": {"value": t["data"][data_key], "task": t["id"]}}} for t in field_tasks]
-        size = chunk_size or settings.chunk_size
-        _, ids = enqueue_segmentation(
-            connection, prompts, refs, chunk_size=size, queue=settings.queue, namespace=f"{batch.namespace}:{data_key}",
-            options=settings.prediction_options, weights_digest=digest,
-            sink=label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older),
-        )
+        fields[data_key] = (prompts, label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older))
+    buffers: dict[str, list[dict]] = {key: [] for key in fields}
+
+    def enqueue(data_key: str, refs: list[dict]) -> None:
+        prompts, sink = fields[data_key]
+        _, ids = enqueue_segmentation(connection, prompts, refs, chunk_size=size, queue=settings.queue,
+                                      namespace=f"{batch.namespace}:{data_key}", options=settings.prediction_options,
+                                      weights_digest=digest, sink=sink, run=batch.namespace)
         batch.job_ids.extend(ids)
-        batch.queued += len(field_tasks)
+        batch.queued += len(refs)
         connection.hset(inflight, mapping={str(ref["id"]): ids[i // size] for i, ref in enumerate(refs)})
         connection.expire(inflight, 30 * 24 * 3600)
+
+    # Page by page: the project's tasks (with their predictions) are never all in memory; whole chunks are queued
+    # as soon as they fill, so workers start on the first page while later ones are read.
+    data_keys = sorted({c.data_key for c in controls})
+    selected = 0
+    statuses: dict[str, bool] = {}
+    for page in _pages(client.iter_tasks(project), 100):
+        chosen = [t for t in page if (t["id"] in wanted if wanted is not None else only == "all" or _is_unlabeled(t))]
+        if limit is not None:
+            chosen = chosen[: max(0, limit - selected)]
+        selected += len(chosen)
+        queued_for = connection.hmget(inflight, [str(t["id"]) for t in chosen]) if chosen else []
+        for task, job_id in zip(chosen, queued_for):
+            if version in _prediction_versions(task):
+                batch.skipped_predicted += 1
+            elif job_id is not None and _still_queued(connection, job_id.decode(), statuses):
+                batch.skipped_inflight += 1  # queued by an earlier run, not finished yet
+            elif not any((task.get("data") or {}).get(key) is not None for key in data_keys):
+                batch.skipped_no_image += 1
+            else:
+                for data_key, buffer in buffers.items():
+                    value = (task.get("data") or {}).get(data_key)
+                    if value is not None:
+                        buffer.append({"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}})
+        for data_key, buffer in buffers.items():
+            full = len(buffer) - len(buffer) % size
+            if full:
+                enqueue(data_key, buffer[:full])
+                del buffer[:full]
+        if limit is not None and selected >= limit:
+            break
+    for data_key, buffer in buffers.items():
+        if buffer:
+            enqueue(data_key, buffer)
     connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
     return batch
 

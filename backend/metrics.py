@@ -1,24 +1,42 @@
-"""The shared counters (`worker.metrics`) and gauges in Prometheus text format."""
+"""/metrics in the Prometheus text format, by prometheus_client: counters and histograms shared by every web
+process and worker (in Redis, see `worker.metrics`), and gauges read at scrape time."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from worker.metrics import count, counters
+from worker.metrics import HISTOGRAMS, count, counters, histogram, observe
 
-__all__ = ["count", "render"]
+__all__ = ["count", "observe", "render"]
 
 
-def render(connection: redis.Redis, gauges: dict[str, float], labelled: dict[str, dict[tuple, float]] | None = None) -> str:
-    """`labelled`: gauge name -> {((label, value), ...): number}."""
-    lines = []
-    for name, value in sorted(counters(connection).items()):
-        lines += [f"# TYPE seggpt_{name}_total counter", f"seggpt_{name}_total {value}"]
-    for name, value in sorted(gauges.items()):
-        lines += [f"# TYPE seggpt_{name} gauge", f"seggpt_{name} {value}"]
-    for name, series in sorted((labelled or {}).items()):
-        lines.append(f"# TYPE seggpt_{name} gauge")
-        for labels, value in sorted(series.items()):
-            text = ",".join(f'{key}="{str(val)}"' for key, val in labels)
-            lines.append(f"seggpt_{name}{{{text}}} {value}")
-    return "\n".join(lines) + "\n"
+class _Snapshot:
+    """A collector over one scrape's values: the counters and histograms in Redis plus the given gauges."""
+
+    def __init__(self, connection: redis.Redis, gauges: dict[str, float], labelled: dict[str, tuple[list[str], dict[tuple, float]]]) -> None:
+        self.connection, self.gauges, self.labelled = connection, gauges, labelled
+
+    def collect(self) -> Iterable[Metric]:
+        for name, value in sorted(counters(self.connection).items()):
+            yield CounterMetricFamily(f"seggpt_{name}", f"{name.replace('_', ' ')}, since the installation began", value=value)
+        for name, help_text in HISTOGRAMS.items():
+            buckets, total = histogram(self.connection, name)
+            yield HistogramMetricFamily(f"seggpt_{name}", help_text, buckets=buckets, sum_value=total)
+        for name, value in sorted(self.gauges.items()):
+            yield GaugeMetricFamily(f"seggpt_{name}", name.replace("_", " "), value=value)
+        for name, (labels, series) in sorted(self.labelled.items()):
+            family = GaugeMetricFamily(f"seggpt_{name}", name.replace("_", " "), labels=labels)
+            for values, value in sorted(series.items()):
+                family.add_metric(list(values), value)
+            yield family
+
+
+def render(connection: redis.Redis, gauges: dict[str, float], labelled: dict[str, tuple[list[str], dict[tuple, float]]] | None = None) -> str:
+    """`labelled`: gauge name -> (label names, {label values: number})."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(connection, gauges, labelled or {}))
+    return generate_latest(registry).decode()

@@ -338,7 +338,7 @@ def test_a_system_fault_stores_nothing_so_the_next_request_retries(stack):
 
     def counter(text: str, name: str) -> int:
         lines = [line for line in text.splitlines() if line.startswith(f"seggpt_{name}_total ")]
-        return int(lines[0].split()[1]) if lines else 0
+        return int(float(lines[0].split()[1])) if lines else 0
 
     assert counter(after, "predict_tasks_failed_system") == counter(before, "predict_tasks_failed_system") + 1
     assert counter(after, "tasks_failed_system") > counter(before, "tasks_failed_system")
@@ -356,3 +356,31 @@ def test_weights_that_no_one_can_name_give_503_not_a_wrong_version(stack):
     # a digest given by hand names them
     with TestClient(create_app(settings.with_(weights_digest="0123456789abcdef"))) as client:
         assert client.post("/setup", json=recorded("setup.json")).json()["model_version"].startswith("seggpt-")
+
+
+def test_metrics_parse_as_prometheus_text_and_move_when_tasks_are_done(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        families = {f.name: f for f in text_string_to_metric_families(stack["client"].get("/metrics").text)}
+        return families
+
+    def value(families: dict, family: str, sample: str, **labels) -> float:
+        found = [s.value for s in families[family].samples if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]
+        return found[0] if found else 0.0
+
+    project = 4646
+    _fill_pool(stack, project, CONFIG)
+    before = scrape()
+    task = {"id": 1, "data": {"image": f"{stack['media'].url}/good.png"}}
+    stack["client"].post("/predict", json={"tasks": [task], "project": f"{project}.1", "label_config": CONFIG})
+    after = scrape()
+    assert value(after, "seggpt_tasks_done", "seggpt_tasks_done_total") == value(before, "seggpt_tasks_done", "seggpt_tasks_done_total") + 1
+    assert value(after, "seggpt_task_seconds", "seggpt_task_seconds_count") == value(before, "seggpt_task_seconds", "seggpt_task_seconds_count") + 1
+    assert value(after, "seggpt_predict_request_seconds", "seggpt_predict_request_seconds_bucket", le="+Inf") == \
+        value(before, "seggpt_predict_request_seconds", "seggpt_predict_request_seconds_bucket", le="+Inf") + 1
+    assert value(after, "seggpt_queue_seggpt_interactive_queued", "seggpt_queue_seggpt_interactive_queued") == 0
+    digests = [s.labels["weights_digest"] for s in after["seggpt_workers_by_weights"].samples]
+    from seggpt_core.weights_digest import weights_digest
+
+    assert digests == [weights_digest("random:tiny")] and value(after, "seggpt_workers", "seggpt_workers") == 1

@@ -188,3 +188,32 @@ def test_start_training_and_train_prompt_tune_a_prompt_that_bootstrap_uses(label
     assert cli.returncode == 0, output
     by_task = _predictions_by_task(label_studio, project)
     assert len(by_task) == 4 and all(p["model_version"] == version for ps in by_task.values() for p in ps)
+
+
+def test_cancel_stops_a_bootstrap_midway_and_a_rerun_completes_it(label_studio, media, backend):
+    import re
+
+    project = label_studio.create_project("bootstrap cancelled", CONFIG)
+    label_studio.import_tasks(project, [{"image": f"{media.url}/img{i % (TASKS + 8)}.png"} for i in range(60)])
+    tasks = label_studio.tasks(project)
+    for index in range(2):
+        _annotate(label_studio, tasks[index], index)
+    unlabeled = {t["id"] for t in tasks[2:]}
+    start = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "2", "--no-wait")
+    assert start.wait(120) == 0, start.stdout.read()
+    _wait(lambda: len(_predictions_by_task(label_studio, project)) >= 6, 180, "the first predictions")
+    cancel = _cli(backend, label_studio, "cancel", "--project", str(project))
+    output, _ = cancel.communicate(timeout=180)
+    assert cancel.returncode == 0, output
+    done, cancelled = map(int, re.search(r"done (\d+), cancelled (\d+)", output).groups())
+    assert cancelled > 0 and done + cancelled == len(unlabeled), output
+    time.sleep(3)  # nothing arrives after the summary
+    by_task = _predictions_by_task(label_studio, project)
+    assert len(by_task) == done and all(len(p) == 1 for p in by_task.values()), output
+    status = _cli(backend, label_studio, "status", "--project", str(project)).communicate(timeout=60)[0]
+    assert "cancelled" in status
+    rerun = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "4")
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and f"queued {cancelled} task(s)" in output and f"already predicted {done}" in output, output
+    counts = {task: len(p) for task, p in _predictions_by_task(label_studio, project).items()}
+    assert set(counts) == unlabeled and set(counts.values()) == {1}, counts

@@ -4,6 +4,7 @@ from .connection import EmbeddedRedis, data_dir, get_connection
 from .errors import ChunkIncomplete, ChunkInterrupted, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
 from .prompt_sets import PromptRecord, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_set
 from .queue import (
+    cancel_run,
     chunked,
     enqueue_call,
     enqueue_noop,
@@ -28,6 +29,7 @@ __all__ = [
     "PromptRecord",
     "QueueUnavailable",
     "TransientError",
+    "cancel_run",
     "chunked",
     "enqueue_call",
     "data_dir",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .defaults import KEY_PREFIX
 
-__all__ = ["worker_info_key", "chunk_done_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+__all__ = ["worker_info_key", "chunk_done_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
 
 
 def worker_info_key(name: str) -> str:
@@ -15,6 +15,17 @@ def worker_info_key(name: str) -> str:
 def chunk_done_key(job_id: str) -> str:
     """Set of the task ids a chunk has stored, so a re-run skips them. TTL: RESULT_TTL."""
     return f"{KEY_PREFIX}:chunk:{job_id}:done"
+
+
+def run_cancelled_key(run: str) -> str:
+    """Flag: the run was cancelled; its chunks stop at their next batch. TTL: JOB_TIMEOUT + a day (no chunk of the
+    run can still be running after that)."""
+    return f"{KEY_PREFIX}:run:{run}:cancelled"
+
+
+def histogram_key(name: str) -> str:
+    """Hash: a latency histogram (bucket -> count, plus sum and count). No TTL: counters."""
+    return f"{KEY_PREFIX}:metrics:{name}"
 
 
 def results_key(namespace: str) -> str:

@@ -91,10 +91,11 @@ class SegmentationChunk:
     sink: SinkSpec = SinkSpec()
     options: Mapping[str, Any] = field(default_factory=dict)
     weights_digest: str | None = None  # None: any weights will do
+    run: str | None = None  # the run the chunk belongs to, which `cancel_run` can stop
 
     def to_json(self) -> dict:
         return {"prompts": self.prompts.to_json(), "tasks": [t.to_json() for t in self.tasks], "namespace": self.namespace,
-                "sink": self.sink.to_json(), "options": dict(self.options), "weights_digest": self.weights_digest}
+                "sink": self.sink.to_json(), "options": dict(self.options), "weights_digest": self.weights_digest, "run": self.run}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "segmentation chunk") -> "SegmentationChunk":
@@ -109,4 +110,5 @@ class SegmentationChunk:
             sink=SinkSpec.from_json(_require(data, "sink", Mapping, where), f"{where}: sink"),
             options=dict(options),
             weights_digest=data.get("weights_digest"),
+            run=data.get("run"),
         )

@@ -17,11 +17,11 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, RESULT_TTL
-from .keys import chunk_done_key, worker_info_key
+from .keys import chunk_done_key, run_cancelled_key, worker_info_key
 from .metrics import counters
 from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 
-__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "retry_failed", "queue_status"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -48,11 +48,13 @@ def enqueue_segmentation(
     extra: dict | None = None,
     at_front: bool = False,
     weights_digest: str | None = None,
+    run: str | None = None,
 ) -> tuple[str, list[str]]:
     """Split `tasks` into chunks (`SegmentationChunk`s) and enqueue one job each. Returns (namespace, job ids).
 
     Each task is `{"id": ..., "image": {<source>: <value>}}`. A sink given by name gets `extra` as its params.
-    With `weights_digest`, only a worker that loaded those weights runs the chunks (see `gpu_worker`).
+    With `weights_digest`, only a worker that loaded those weights runs the chunks (see `gpu_worker`); with `run`,
+    `cancel_run(run)` stops them.
     """
     refs = []
     for index, task in enumerate(tasks):
@@ -68,7 +70,7 @@ def enqueue_segmentation(
     rq_queue = get_queue(connection, queue)
     job_ids = []
     for chunk in chunked(refs, chunk_size):
-        payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or {}, weights_digest)
+        payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or {}, weights_digest, run)
         job = rq_queue.enqueue(
             "worker.tasks.segment_chunk",
             payload.to_json(),
@@ -118,17 +120,38 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Job:
 
 def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
     """Summed progress over jobs: total, done, failed tasks, and jobs finished / failed."""
-    summary = {"total": 0, "done": 0, "failed": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0}
+    summary = {"total": 0, "done": 0, "failed": 0, "cancelled": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0,
+               "jobs_cancelled": 0}
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is None:
             continue
         meta = job.get_meta(refresh=False)
-        for key in ("total", "done", "failed"):
+        for key in ("total", "done", "failed", "cancelled"):
             summary[key] += int(meta.get(key, 0))
         status = job.get_status(refresh=False)
         summary["jobs_finished"] += status == "finished"
         summary["jobs_failed"] += status == "failed"
+        if status in ("canceled", "stopped"):
+            summary["jobs_cancelled"] += 1
+            summary["cancelled"] += int(meta.get("total", 0)) - int(meta.get("done", 0)) - int(meta.get("failed", 0))
     return summary
+
+
+def cancel_run(connection: redis.Redis, run: str, job_ids: Sequence[str]) -> dict:
+    """Stop a run: its queued chunks leave their queues, its running chunks stop at their next batch (what they
+    stored stays). Returns how many jobs were taken off a queue and how many were running."""
+    connection.set(run_cancelled_key(run), 1, ex=JOB_TIMEOUT + 24 * 3600)
+    dequeued = running = 0
+    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
+        if job is None:
+            continue
+        status = job.get_status(refresh=False)
+        if status in ("queued", "deferred", "scheduled"):
+            job.cancel()
+            dequeued += 1
+        elif status == "started":
+            running += 1
+    return {"dequeued": dequeued, "running": running}
 
 
 def job_failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, str]:

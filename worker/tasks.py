@@ -16,9 +16,9 @@ from typing import Callable, TypeVar
 from rq import get_current_job
 
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
-from .keys import chunk_done_key
+from .keys import chunk_done_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, TaskInputError, TransientError, WeightsMismatch
-from .metrics import count
+from .metrics import count, observe_task_seconds
 from .payloads import SegmentationChunk
 from .runtime import get_runtime
 from .task_io import load_image_bytes, make_sink
@@ -47,6 +47,10 @@ def with_backoff(action: Callable[[], T], attempts: int = TASK_ATTEMPTS, first_d
 def noop(payload: dict) -> dict:
     """Does nothing: measures the queue's own overhead."""
     return {"echo": payload.get("echo")}
+
+
+def _cancelled(connection, run: str | None) -> bool:
+    return run is not None and bool(connection.exists(run_cancelled_key(run)))
 
 
 def _selection(runtime, predictor, target, options: dict) -> dict:
@@ -154,15 +158,19 @@ def segment_chunk(payload: dict) -> dict:
     # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
     # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
     interrupted = False
+    cancelled = _cancelled(connection, chunk.run)
     overlap = runtime.overlaps_host_work()
     job.meta["overlapped"] = overlap
     with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, 1, "seggpt-write") as writer:
-        queue = deque((task, loaders.submit(prepare, task)) for task in pending[: 2 * batch])
+        queue = deque((task, loaders.submit(prepare, task)) for task in ([] if cancelled else pending[: 2 * batch]))
         upcoming = iter(pending[2 * batch :])
         writes: list = []
         while queue:
             if runtime.stop_requested.is_set():
                 interrupted = True  # what is stored stays; the rest runs again after the re-queue
+                break
+            if _cancelled(connection, chunk.run):
+                cancelled = True  # what is stored stays; the rest is not done
                 break
             ready = []
             while queue and len(ready) < batch:
@@ -175,6 +183,7 @@ def segment_chunk(payload: dict) -> dict:
                 else:
                     ready.append((task, future.result()))
             if ready:
+                batch_started = time.perf_counter()
                 targets = [target for _, target in ready]
                 selections = [_selection(runtime, predictor, t, options) for t in targets] if k else None
                 try:
@@ -185,6 +194,7 @@ def segment_chunk(payload: dict) -> dict:
                     segmentations = []
                 for (task, _), segmentation in zip(ready, segmentations):
                     writes.append((str(task["id"]), writer.submit(write, task, segmentation)))
+                observe_task_seconds(connection, (time.perf_counter() - batch_started) / len(ready), len(ready))
             while writes and (writes[0][1].done() or not queue):
                 record(*writes.pop(0))
             job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
@@ -206,6 +216,10 @@ def segment_chunk(payload: dict) -> dict:
     })
     job.save_meta()
     runtime.release_memory()
+    if cancelled:
+        job.meta["cancelled"] = len(tasks) - len(already) - len(failed) - len(transient)
+        job.save_meta()
+        return {"total": len(tasks), "done": len(already), "failed": failed, "cancelled": job.meta["cancelled"]}
     if interrupted:
         raise ChunkInterrupted(f"the worker is stopping: {len(already)} of {len(tasks)} task(s) stored, the rest re-queued")
     if transient:

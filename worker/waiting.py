@@ -16,8 +16,8 @@ ENDED_STATUSES = ("finished", "failed", "canceled", "stopped")
 
 
 def jobs_ended(progress: Mapping[str, int]) -> bool:
-    """Whether every job of a `job_progress` summary has finished or failed."""
-    return progress["jobs_finished"] + progress["jobs_failed"] == progress["jobs"]
+    """Whether every job of a `job_progress` summary has finished, failed or been cancelled."""
+    return progress["jobs_finished"] + progress["jobs_failed"] + progress.get("jobs_cancelled", 0) == progress["jobs"]
 
 
 def status_ended(status: str) -> bool:

@@ -23,6 +23,7 @@ _SUBCOMMANDS = (
     serve.add_serve,
     queue_commands.add_status,
     project.add_bootstrap,
+    project.add_cancel,
     project.add_train_prompt,
     queue_commands.add_retry_failed,
 )

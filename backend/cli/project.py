@@ -22,10 +22,11 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
 
     progress = batch_progress(connection, batch)
     failures = batch_failures(connection, batch)
-    state = "finished" if jobs_ended(progress) else "running"
-    print(f"project {batch.project}, model version {batch.model_version}: {state}")
-    print(f"  done {progress['done']}, failed {len(failures)}, queued {batch.queued}, skipped {batch.skipped} "
-          f"(already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, no image {batch.skipped_no_image})")
+    state = ("cancelled" if progress["cancelled"] else "finished") if jobs_ended(progress) else "running"
+    print(f"project {batch.project}, run {batch.namespace}, model version {batch.model_version}: {state}")
+    print(f"  done {progress['done']}, failed {len(failures)}, cancelled {progress['cancelled']}, queued {batch.queued}, "
+          f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, "
+          f"no image {batch.skipped_no_image})")
     for task_id, reason in sorted(failures.items()):
         print(f"  task {task_id}: {reason}")
     return 1 if failures else 0
@@ -100,6 +101,40 @@ def _version(settings, pool_version: str, connection) -> str:
         return model_version(settings, pool_version, backend_digest(settings, connection))
     except WeightsUnknown as exc:
         return f"(unknown here: {exc})"
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from worker import cancel_run
+    from worker.waiting import wait_for_jobs
+
+    from ..bootstrap import load_batch
+
+    connection = connect(args)
+    batch = load_batch(connection, args.project)
+    if batch is None:
+        print(f"error: project {args.project}: no bootstrap has run", file=sys.stderr)
+        return 2
+    if args.run and args.run != batch.namespace:
+        print(f"error: run {args.run} is not project {args.project}'s latest bootstrap ({batch.namespace})", file=sys.stderr)
+        return 2
+    outcome = cancel_run(connection, batch.namespace, batch.job_ids)
+    print(f"project {args.project}, run {batch.namespace}: {outcome['dequeued']} queued job(s) removed, "
+          f"{outcome['running']} running job(s) told to stop at their next batch")
+    progress = wait_for_jobs(connection, batch.job_ids, interval=0.3, timeout=args.timeout)
+    if not jobs_ended(progress):
+        print(f"warning: some jobs still run after {args.timeout:.0f} s; see seggpt-ls status --project {args.project}")
+    print(f"done {progress['done']}, cancelled {progress['cancelled']}, failed {progress['failed']} of {batch.queued} "
+          "queued task(s); what was done stays written. Run bootstrap again to resume.")
+    return 0
+
+
+def add_cancel(commands: argparse._SubParsersAction) -> None:
+    cancel = commands.add_parser("cancel", help="stop a project's running bootstrap (what is written stays; bootstrap resumes)")
+    add_redis_option(cancel)
+    cancel.add_argument("--project", type=int, required=True)
+    cancel.add_argument("--run", default=None, help="the run id (default: the project's latest bootstrap; see status --project)")
+    cancel.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for running chunks to stop (default: %(default)s)")
+    cancel.set_defaults(handler=cmd_cancel)
 
 
 def cmd_train_prompt(args: argparse.Namespace) -> int:

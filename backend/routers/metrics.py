@@ -20,7 +20,13 @@ def metrics(settings: SettingsDep, connection: RedisDep) -> str:
         gauges[f"queue_{key}_queued"] = counts["queued"]
         gauges[f"queue_{key}_running"] = counts["running"]
         gauges[f"queue_{key}_failed"] = counts["failed"]
-    # one series per live worker, so that a worker with other weights shows before it bites
-    workers = {(("name", w["name"]), ("host", w["host"]), ("device", w["device"]), ("weights_digest", w["weights_digest"] or "unknown"),
-                ("queues", ",".join(w["queues"]))): 1 for w in status["workers"]}
-    return render(connection, gauges, {"worker_info": workers})
+    # one series per live worker, and a count per weights digest: a worker with other weights shows before it bites
+    info = {(w["name"], w["host"], str(w["device"]), w["weights_digest"] or "unknown", ",".join(w["queues"])): 1 for w in status["workers"]}
+    by_digest: dict[tuple, float] = {}
+    for worker in status["workers"]:
+        key = (worker["weights_digest"] or "unknown",)
+        by_digest[key] = by_digest.get(key, 0) + 1
+    return render(connection, gauges, {
+        "worker_info": (["name", "host", "device", "weights_digest", "queues"], info),
+        "workers_by_weights": (["weights_digest"], by_digest),
+    })

@@ -1,11 +1,12 @@
 """POST /predict: exactly one item per task, in order, within the prediction budget."""
 
 import logging
+import time
 
 from fastapi import APIRouter, Depends, HTTPException
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
-from ..metrics import count
+from ..metrics import count, observe
 from ..predict_service import predict_tasks, project_id
 from ..schemas import PredictRequest
 
@@ -23,7 +24,9 @@ def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -
     for index, task in enumerate(body.tasks):
         if "id" not in task:
             raise HTTPException(422, f"body.tasks[{index}].id is missing")
+    started = time.perf_counter()
     results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
+    observe(connection, "predict_request_seconds", time.perf_counter() - started)
     count(connection, "predict_requests")
     count(connection, "predict_tasks", len(body.tasks))
     count(connection, "predict_tasks_answered", sum(1 for r in results if isinstance(r, dict) and r["result"]))
