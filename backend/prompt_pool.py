@@ -13,10 +13,11 @@ import logging
 from dataclasses import asdict
 from typing import Iterable, Sequence
 
+import numpy as np
 import redis
 
-from worker import PromptRecord, store_blob, store_prompt_set
-from worker.codec import b64png_to_mask, mask_to_b64png
+from worker import PromptRef, store_blob, store_prompt_refs
+from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
 from worker.payloads import PromptSetRef
 
 from .keys import pool_key
@@ -26,6 +27,8 @@ from .ls_format import masks_from_annotation
 __all__ = ["PromptPool", "newest_annotation"]
 
 log = logging.getLogger(__name__)
+# Pool images and masks live as long as their entries are likely to (entries themselves have no TTL).
+POOL_BLOB_TTL = 365 * 24 * 3600
 
 
 def newest_annotation(annotations: Iterable[dict]) -> dict | None:
@@ -93,21 +96,39 @@ class PromptPool:
         for label in sorted(wanted):
             for entry in [e for e in entries if label in e["masks"]][:max_per_label]:
                 chosen.setdefault(entry["entry"], set()).add(label)
-        records = []
-        for entry in entries:  # newest first: the "recent" strategy relies on this order
-            if entry["entry"] not in chosen:
-                continue
-            image = self.connection.get(entry["image"]["blob"])
-            if image is None:
+        chosen_entries = [e for e in entries if e["entry"] in chosen]  # newest first: "recent" relies on this order
+        with self.connection.pipeline(transaction=False) as pipe:
+            for entry in chosen_entries:
+                pipe.exists(entry["image"]["blob"])
+            present = pipe.execute()
+        refs = []
+        for entry, exists in zip(chosen_entries, present):
+            if not exists:
                 log.warning("prompt image of task %s is gone from Redis; dropping the entry", entry["task"])
                 self.connection.hdel(self.key, entry["entry"])
                 self._changed()
                 continue
-            masks = {label: b64png_to_mask(entry["masks"][label]) for label in sorted(chosen[entry["entry"]])}
-            records.append(PromptRecord(image, masks))
-        if not records:
+            # references to the pool's own blobs: a request stores a few hundred bytes, never the images again
+            refs.append(PromptRef(entry["image"]["blob"], {label: self._mask_blob(entry, label) for label in sorted(chosen[entry["entry"]])}))
+        if not refs:
             return PromptSetRef(None, learned) if learned else None
-        return PromptSetRef(store_prompt_set(self.connection, records), learned)
+        return PromptSetRef(store_prompt_refs(self.connection, refs), learned)
+
+    def _mask_blob(self, entry: dict, label: str) -> str:
+        value = entry["masks"][label]
+        if isinstance(value, dict):
+            return value["blob"]
+        return store_blob(self.connection, b64_to_bytes(value), ttl=POOL_BLOB_TTL)["blob"]  # an entry from before blobs
+
+    def entry_masks(self, entry: dict) -> dict[str, np.ndarray]:
+        """An entry's masks, decoded (whichever way the entry stores them)."""
+        masks = {}
+        for label, value in entry["masks"].items():
+            data = self.connection.get(value["blob"]) if isinstance(value, dict) else b64_to_bytes(value)
+            if data is None:
+                raise KeyError(f"mask {label!r} of task {entry['task']} is gone from Redis")
+            masks[label] = png_to_mask(data)
+        return masks
 
     # ---- writing -------------------------------------------------------------------------------------------
     def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:
@@ -125,6 +146,11 @@ class PromptPool:
             entry_id = f"{task['id']}:{data_key}"
             if value is None:
                 continue
+            controls_digest = hashlib.sha256(json.dumps([asdict(c) for c in field_controls], sort_keys=True).encode()).hexdigest()[:16]
+            unchanged = self._unchanged(entry_id, annotation, value, controls_digest)
+            if unchanged is not None:
+                stored.extend(unchanged)  # the same annotation of the same image: nothing to fetch or rewrite
+                continue
             data = fetch(value, task["id"])
             image = open_image(data, where=f"task {task['id']}")
             masks = masks_from_annotation(annotation.get("result"), field_controls, (image.height, image.width))
@@ -132,22 +158,36 @@ class PromptPool:
                 self.connection.hdel(self.key, entry_id)
                 self._changed()
                 continue
-            encoded = {label: mask_to_b64png(mask) for label, mask in masks.items()}
+            encoded = {label: mask_to_png(mask) for label, mask in masks.items()}
             entry = {
                 "entry": entry_id,
                 "task": task["id"],
                 "data_key": data_key,
                 "annotation": annotation.get("id"),
+                "value": value,
+                "controls": controls_digest,
                 "updated_at": annotation.get("updated_at") or annotation.get("created_at") or "",
-                "image": store_blob(self.connection, data, ttl=365 * 24 * 3600),
+                "image": store_blob(self.connection, data, ttl=POOL_BLOB_TTL),
                 "size": [image.height, image.width],
-                "masks": encoded,
-                "digest": hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()[:16],
+                "masks": {label: store_blob(self.connection, png, ttl=POOL_BLOB_TTL) for label, png in encoded.items()},
+                "digest": hashlib.sha256(b"".join(label.encode() + png for label, png in sorted(encoded.items()))).hexdigest()[:16],
             }
             self.connection.hset(self.key, entry_id, json.dumps(entry))
             self._changed()
             stored.extend(masks)
         return stored
+
+    def _unchanged(self, entry_id: str, annotation: dict, value: str, controls_digest: str) -> list[str] | None:
+        """The entry's label keys if it already holds this annotation, as last updated, of this image, read with
+        these controls."""
+        raw = self.connection.hget(self.key, entry_id)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        same = (entry.get("annotation") == annotation.get("id") and entry.get("value") == value and entry.get("controls") == controls_digest
+                and entry.get("updated_at") == (annotation.get("updated_at") or annotation.get("created_at") or "")
+                and all(isinstance(m, dict) for m in entry["masks"].values()) and self.connection.exists(entry["image"]["blob"]))
+        return list(entry["masks"]) if same else None
 
     def remove_task(self, task_id: int) -> int:
         doomed = [e["entry"] for e in self.entries() if e["task"] == task_id]

@@ -41,7 +41,6 @@ def learned_prompt_path(project: int, data_key: str) -> Path:
 
 def _examples(pool: PromptPool, data_key: str) -> list:
     from seggpt_core import Prompt
-    from worker.codec import b64png_to_mask
 
     examples = []
     for entry in sorted(pool.entries(), key=lambda e: str(e["entry"])):
@@ -51,7 +50,7 @@ def _examples(pool: PromptPool, data_key: str) -> list:
         if image is None:
             log.warning("task %s: prompt image gone from Redis; not used for tuning", entry["task"])
             continue
-        examples.append(Prompt(image, {label: b64png_to_mask(m) for label, m in entry["masks"].items()}))
+        examples.append(Prompt(image, pool.entry_masks(entry)))
     return examples
 
 

@@ -176,6 +176,18 @@ class SegGptPredictor:
         self._annotated_by = {label: tuple(indices) for label, indices in annotated_by.items()}
         self._groups = self._groups_for(self._annotated_by) if self._annotated_by else []
 
+    def nbytes(self) -> int:
+        """Host and device memory this predictor's prompts hold (images, masks, prepared tensors, cached groups):
+        what a worker's prompt cache is bounded by."""
+        # copies of the caches: a heartbeat thread may ask while a forward fills them
+        total = sum(image.width * image.height * len(image.getbands()) for image in list(getattr(self, "_images", ())))
+        total += sum(mask.nbytes for masks in list(getattr(self, "_masks", ())) for mask in list(masks.values()))
+        total += sum(t.numel() * t.element_size() for t in list(getattr(self, "_tensors", {}).values()))
+        total += sum(m.nbytes for m in list(getattr(self, "_small_masks", {}).values()))
+        for groups in list(getattr(self, "_group_cache", {}).values()):
+            total += sum(g.images.numel() * g.images.element_size() + g.masks.numel() * g.masks.element_size() for g in groups)
+        return total
+
     def _with_learned(self, groups: list[_LabelGroup]) -> list[_LabelGroup]:
         """`groups` plus the learned prompt's group, when there is one (it always takes part)."""
         return groups + [self._learned] if self._learned is not None else groups

@@ -2,7 +2,7 @@
 
 from .connection import EmbeddedRedis, data_dir, get_connection
 from .errors import ChunkIncomplete, ChunkInterrupted, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
-from .prompt_sets import PromptRecord, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_set
+from .prompt_sets import PromptRecord, PromptRef, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_refs, store_prompt_set
 from .queue import (
     cancel_run,
     chunked,
@@ -27,6 +27,7 @@ __all__ = [
     "input_failures",
     "EmbeddedRedis",
     "PromptRecord",
+    "PromptRef",
     "QueueUnavailable",
     "TransientError",
     "cancel_run",
@@ -49,5 +50,6 @@ __all__ = [
     "retry_failed",
     "store_blob",
     "store_learned_prompt",
+    "store_prompt_refs",
     "store_prompt_set",
 ]

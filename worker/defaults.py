@@ -39,6 +39,10 @@ MAINTENANCE_INTERVAL = 15
 PROMPT_CACHE_SIZE = 8
 """Prepared prompt sets a worker keeps on its device, keyed by content."""
 
+PROMPT_CACHE_BYTES = 2 * 2**30
+"""Bytes those prepared prompt sets may hold together (images, masks, tensors): large pools of large images
+would otherwise grow a worker without bound. `SEGGPT_PROMPT_CACHE_MB` overrides it."""
+
 KEY_PREFIX = "seggpt"
 """Prefix of every Redis key this project writes besides RQ's own."""
 

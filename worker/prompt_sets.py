@@ -13,12 +13,21 @@ from typing import Mapping, Sequence
 import numpy as np
 import redis
 
-from .codec import b64_to_bytes, b64png_to_mask, bytes_to_b64, mask_to_b64png
+from .codec import b64_to_bytes, bytes_to_b64, mask_to_b64png, png_to_mask
 from .defaults import PROMPT_SET_TTL
 from .keys import learned_prompt_key, prompt_set_key
 
-__all__ = ["PromptRecord", "store_prompt_set", "load_prompt_set", "prompt_set_key", "store_learned_prompt", "load_learned_prompt"]
+__all__ = ["PromptRecord", "PromptRef", "store_prompt_refs", "store_prompt_set", "load_prompt_set", "prompt_set_key", "store_learned_prompt", "load_learned_prompt"]
 
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """One annotated image by reference: the blob keys (see `store_blob`) of its file bytes and of each label's
+    PNG mask. A prompt set of references stores a few hundred bytes, whatever the images weigh."""
+
+    image: str
+    masks: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,21 @@ def store_prompt_set(connection: redis.Redis, prompts: Sequence[PromptRecord]) -
     body = json.dumps(document, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
     connection.set(prompt_set_key(digest), body, ex=PROMPT_SET_TTL)
+    return digest
+
+
+def store_prompt_refs(connection: redis.Redis, prompts: Sequence[PromptRef]) -> str:
+    """Store a prompt set of references to blobs already in Redis; returns its content digest (blob keys are
+    content digests, so equal content gives an equal digest here too)."""
+    if not prompts:
+        raise ValueError("a prompt set needs at least one prompt")
+    document = {"prompts": [{"image": {"blob": p.image}, "masks": {label: {"blob": key} for label, key in sorted(p.masks.items())}} for p in prompts]}
+    body = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    key = prompt_set_key(digest)
+    # same content, same key: renew its life instead of writing it again
+    if not connection.expire(key, PROMPT_SET_TTL):
+        connection.set(key, body, ex=PROMPT_SET_TTL)
     return digest
 
 
@@ -72,7 +96,13 @@ def load_prompt_set(connection: redis.Redis, digest: str) -> list:
         raise KeyError(f"prompt set {digest[:12]} is not in Redis (expired, or never stored)")
     connection.expire(prompt_set_key(digest), PROMPT_SET_TTL)
     document = json.loads(body)
-    return [
-        Prompt(b64_to_bytes(p["image"]), {label: b64png_to_mask(m) for label, m in p["masks"].items()})
-        for p in document["prompts"]
-    ]
+
+    def blob(value) -> bytes:
+        if isinstance(value, str):
+            return b64_to_bytes(value)  # stored inline
+        data = connection.get(value["blob"])
+        if data is None:
+            raise KeyError(f"prompt set {digest[:12]}: blob {value['blob']} is not in Redis")
+        return data
+
+    return [Prompt(blob(p["image"]), {label: png_to_mask(blob(m)) for label, m in p["masks"].items()}) for p in document["prompts"]]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import redis
 
-from .defaults import PROMPT_CACHE_SIZE
+from .defaults import PROMPT_CACHE_BYTES, PROMPT_CACHE_SIZE
 from .payloads import PromptSetRef
 
 __all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
@@ -31,6 +31,7 @@ class ModelSettings:
     # trimmed after every job: a ViT-L CPU worker's peak is lower, its jobs longer (fresh pages are faulted in on
     # every forward). bench/memory.py measures both.
     low_memory: bool = False
+    prompt_cache_bytes: int = PROMPT_CACHE_BYTES  # prepared prompt sets kept, in bytes (SEGGPT_PROMPT_CACHE_MB)
 
     @classmethod
     def from_env(cls) -> "ModelSettings":
@@ -40,6 +41,7 @@ class ModelSettings:
             dtype=os.environ.get("SEGGPT_DTYPE") if os.environ.get("SEGGPT_DTYPE", "auto") != "auto" else None,
             max_batch_rows=int(os.environ.get("SEGGPT_BATCH_ROWS", cls.max_batch_rows)),
             low_memory=os.environ.get("SEGGPT_LOW_MEMORY", "").strip().lower() in ("1", "true", "yes", "on"),
+            prompt_cache_bytes=int(float(os.environ.get("SEGGPT_PROMPT_CACHE_MB", PROMPT_CACHE_BYTES / 2**20)) * 2**20),
         )
 
 
@@ -128,9 +130,17 @@ class WorkerRuntime:
         predictor.embeddings = None  # filled on first use by `prompt_embeddings`
         self.prompt_preparations += 1
         self._predictors[key] = predictor
-        while len(self._predictors) > PROMPT_CACHE_SIZE:
-            self._predictors.popitem(last=False)
+        self.trim_prompt_cache()
         return predictor
+
+    def prompt_cache_bytes(self) -> int:
+        return sum(predictor.nbytes() for predictor in list(self._predictors.values()))
+
+    def trim_prompt_cache(self) -> None:
+        """Drop the least recently used prepared prompt sets beyond PROMPT_CACHE_SIZE entries or
+        `settings.prompt_cache_bytes` bytes (the newest always stays: the job in hand needs it)."""
+        while len(self._predictors) > 1 and (len(self._predictors) > PROMPT_CACHE_SIZE or self.prompt_cache_bytes() > self.settings.prompt_cache_bytes):
+            self._predictors.popitem(last=False)
 
     @staticmethod
     def prompt_embeddings(predictor: Any) -> list:
@@ -147,6 +157,8 @@ class WorkerRuntime:
             "model_loads": self.load_count,
             "model_load_seconds": round(self.load_seconds, 3),
             "prompt_preparations": self.prompt_preparations,
+            "prompt_cache_sets": len(self._predictors),
+            "prompt_cache_bytes": self.prompt_cache_bytes(),
             "device": self.device,
             "weights": self.settings.weights,
             "weights_digest": self.weights_digest,

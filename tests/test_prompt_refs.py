@@ -1,0 +1,100 @@
+"""Prompt sets that reference the pool's blobs, a pool sync that leaves unchanged entries alone, and a worker's
+prompt cache bounded in bytes. On a real (embedded) Redis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.label_config import parse_label_config
+from backend.prompt_pool import PromptPool, sync_from_label_studio
+from seggpt_core.research.shapes import make_scene
+from worker import EmbeddedRedis, load_prompt_set, store_blob, store_prompt_set
+from worker.prompt_sets import PromptRecord
+from worker.runtime import ModelSettings, WorkerRuntime
+
+from .ls_harness import brush_result
+from .queue_helpers import png_bytes
+
+CONFIG = """<View><Image name="img" value="$image"/>
+<BrushLabels name="mask" toName="img"><Label value="Disc"/><Label value="Star"/></BrushLabels></View>"""
+
+
+@pytest.fixture()
+def connection(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    yield server.connect()
+    server.stop()
+
+
+class _Project:
+    """The two things a pool sync reads, served from memory: tasks with annotations, and image bytes by URL."""
+
+    def __init__(self, count: int) -> None:
+        self.images, self.tasks, self.fetched = {}, [], []
+        for index in range(count):
+            scene = make_scene(300 + index, size=(64, 80), must_include=("disc", "star"))
+            url = f"http://media/{index}.png"
+            self.images[url] = png_bytes(scene.image)
+            result = [brush_result(scene.masks["disc"], "Disc", f"d{index}", "mask", "img"),
+                      brush_result(scene.masks["star"], "Star", f"s{index}", "mask", "img")]
+            self.tasks.append({"id": index + 1, "data": {"image": url},
+                               "annotations": [{"id": 100 + index, "result": result, "updated_at": "2026-01-01T00:00:00"}]})
+
+    def iter_tasks(self, project: int):
+        return iter(self.tasks)
+
+    def fetch(self, value: str, task_id) -> bytes:
+        self.fetched.append(value)
+        return self.images[value]
+
+
+def test_prompt_sets_reference_the_pool_blobs_and_syncs_skip_unchanged_entries(connection):
+    controls = parse_label_config(CONFIG)
+    pool = PromptPool(connection, 7)
+    project = _Project(6)
+    assert sync_from_label_studio(pool, project, project.fetch, controls)["entries"] == 6
+    assert len(project.fetched) == 6
+    blobs_before = sorted(connection.scan_iter(match="seggpt:blob:*"))
+    first = pool.prompt_set("image", controls, 16)
+    second = pool.prompt_set("image", controls, 16)
+    assert first == second  # same pool, same set
+    body = connection.get(f"seggpt:prompts:{first.digest}")
+    assert len(body) < 3000 and b"blob" in body  # references, not image bytes (each image alone is larger)
+    assert all(len(project.images[url]) > 3000 for url in project.images)
+    assert sorted(connection.scan_iter(match="seggpt:blob:*")) == blobs_before  # the images are stored once
+    prompts = load_prompt_set(connection, first.digest)
+    assert len(prompts) == 6 and {label.split("\x1f")[1] for label in prompts[0].masks} == {"Disc", "Star"}
+    assert prompts[0].image in project.images.values()
+    # a resync with nothing changed fetches nothing and rewrites nothing
+    entries = {e["entry"]: e for e in pool.entries()}
+    version = pool.version()
+    sync_from_label_studio(pool, project, project.fetch, controls)
+    assert len(project.fetched) == 6 and {e["entry"]: e for e in pool.entries()} == entries and pool.version() == version
+    # one annotation changes: only that entry is fetched and rewritten
+    project.tasks[2]["annotations"][0]["updated_at"] = "2026-02-01T00:00:00"
+    sync_from_label_studio(pool, project, project.fetch, controls)
+    assert project.fetched[6:] == ["http://media/2.png"]
+    changed = {e["entry"]: e for e in pool.entries()}
+    assert [k for k in changed if changed[k] != entries[k]] == ["3:image"] and pool.version() != version
+
+
+def test_a_workers_prompt_cache_is_bounded_in_bytes(connection):
+    digests = []
+    for seed in range(4):
+        scene = make_scene(seed, size=(200, 300), must_include=("disc",))
+        digests.append(store_prompt_set(connection, [PromptRecord(png_bytes(scene.image), {"disc": scene.masks["disc"]})]))
+    from worker.payloads import PromptSetRef
+
+    unbounded = WorkerRuntime(ModelSettings(weights="random:tiny", device="cpu"))
+    one = unbounded.predictor_for(connection, PromptSetRef(digests[0]))
+    per_set = one.nbytes()
+    assert per_set >= 200 * 300 * 3  # at least the image itself
+    bounded = WorkerRuntime(ModelSettings(weights="random:tiny", device="cpu", prompt_cache_bytes=int(2.5 * per_set)))
+    for digest in digests:
+        bounded.predictor_for(connection, PromptSetRef(digest))
+        assert bounded.prompt_cache_bytes() <= 2.5 * per_set
+    assert len(bounded._predictors) == 2 and bounded.stats()["prompt_cache_sets"] == 2
+    for digest in digests:
+        unbounded.predictor_for(connection, PromptSetRef(digest))
+    assert len(unbounded._predictors) == 4
