@@ -119,22 +119,24 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Job:
 
 
 def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
-    """Summed progress over jobs: total, done, failed tasks, and jobs finished / failed."""
-    summary = {"total": 0, "done": 0, "failed": 0, "cancelled": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0,
-               "jobs_cancelled": 0}
+    """Summed progress over jobs: total, done, failed tasks, and jobs finished / failed; once any was cancelled
+    (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue."""
+    summary = {"total": 0, "done": 0, "failed": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0}
+    cancelled = {"cancelled": 0, "jobs_cancelled": 0}
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is None:
             continue
         meta = job.get_meta(refresh=False)
-        for key in ("total", "done", "failed", "cancelled"):
+        for key in ("total", "done", "failed"):
             summary[key] += int(meta.get(key, 0))
+        cancelled["cancelled"] += int(meta.get("cancelled", 0))  # a chunk that stopped midway
         status = job.get_status(refresh=False)
         summary["jobs_finished"] += status == "finished"
         summary["jobs_failed"] += status == "failed"
-        if status in ("canceled", "stopped"):
-            summary["jobs_cancelled"] += 1
-            summary["cancelled"] += int(meta.get("total", 0)) - int(meta.get("done", 0)) - int(meta.get("failed", 0))
-    return summary
+        if status in ("canceled", "stopped"):  # taken off its queue before it ran
+            cancelled["jobs_cancelled"] += 1
+            cancelled["cancelled"] += int(meta.get("total", 0)) - int(meta.get("done", 0)) - int(meta.get("failed", 0))
+    return {**summary, **cancelled} if any(cancelled.values()) else summary
 
 
 def cancel_run(connection: redis.Redis, run: str, job_ids: Sequence[str]) -> dict:

@@ -22,9 +22,10 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
 
     progress = batch_progress(connection, batch)
     failures = batch_failures(connection, batch)
-    state = ("cancelled" if progress["cancelled"] else "finished") if jobs_ended(progress) else "running"
+    cancelled = progress.get("cancelled", 0)
+    state = ("cancelled" if cancelled else "finished") if jobs_ended(progress) else "running"
     print(f"project {batch.project}, run {batch.namespace}, model version {batch.model_version}: {state}")
-    print(f"  done {progress['done']}, failed {len(failures)}, cancelled {progress['cancelled']}, queued {batch.queued}, "
+    print(f"  done {progress['done']}, failed {len(failures)}, cancelled {cancelled}, queued {batch.queued}, "
           f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, "
           f"no image {batch.skipped_no_image})")
     for task_id, reason in sorted(failures.items()):
@@ -123,7 +124,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     progress = wait_for_jobs(connection, batch.job_ids, interval=0.3, timeout=args.timeout)
     if not jobs_ended(progress):
         print(f"warning: some jobs still run after {args.timeout:.0f} s; see seggpt-ls status --project {args.project}")
-    print(f"done {progress['done']}, cancelled {progress['cancelled']}, failed {progress['failed']} of {batch.queued} "
+    print(f"done {progress['done']}, cancelled {progress.get('cancelled', 0)}, failed {progress['failed']} of {batch.queued} "
           "queued task(s); what was done stays written. Run bootstrap again to resume.")
     return 0
 
