@@ -577,6 +577,19 @@ def rss_analysis(samples, names: list[str], queued: int) -> tuple[dict, float]:
     return report, worst
 
 
+def redis_breakdown(connection, top: int = 6) -> list[tuple[str, int, float]]:
+    """(key pattern, keys, MB) of the largest key families, ids folded into `*`: what stays in Redis after a run."""
+    families: dict[str, list] = {}
+    for key in connection.scan_iter(count=1000):
+        parts = key.decode(errors="replace").split(":")
+        pattern = re.sub(r"[0-9a-f-]{8,}|\d+", "*", ":".join(parts[:3]))
+        entry = families.setdefault(pattern, [0, 0])
+        entry[0] += 1
+        entry[1] += connection.memory_usage(key) or 0
+    ranked = sorted(families.items(), key=lambda item: -item[1][1])[:top]
+    return [(pattern, count, size / 2**20) for pattern, (count, size) in ranked]
+
+
 def used_mb(connection) -> float:
     return int(connection.info("memory")["used_memory"]) / 2**20
 
@@ -707,11 +720,12 @@ def run(args, workdir: Path, processes: Processes, figures: dict, run_started: f
     finally:
         probe.stop_event.set()
         probe.join()
-        rss.sample()  # the end of the run
         rss.stop_event.set()
         peak.stop_event.set()
         rss.join()
         peak.join()
+        if time.monotonic() - rss.started_at - rss.samples[-1][0] > 1:
+            rss.sample()  # the end of the run, unless the sampler has just taken it
     output = (workdir / "bootstrap.log").read_text(errors="replace")
     summary = [line for line in output.replace("\r", "\n").splitlines() if "pre-labeling" not in line and line.strip()]
     if cli.returncode != 0:
@@ -738,6 +752,7 @@ def run(args, workdir: Path, processes: Processes, figures: dict, run_started: f
 
     time.sleep(5)  # let the workers settle (heartbeats, the last job bookkeeping)
     redis_after = used_mb(connection)
+    redis_families = redis_breakdown(connection)
 
     # -- pool size and the interactive path ---------------------------------------------------------------------------
     log("interactive latency with a pool of 5 and a pool of M")
@@ -805,7 +820,7 @@ def run(args, workdir: Path, processes: Processes, figures: dict, run_started: f
     print(f"start {redis_start:.1f} MB, peak {redis_peak:.1f} MB (sampled every 1 s: {peak.peak / 2**20:.1f} MB), "
           f"at the bootstrap's end {redis_at_end:.1f} MB, after the run {redis_after:.1f} MB "
           f"({redis_after - redis_start:+.1f} MB; goals: peak < 200 MB, after < start + 50 MB)")
-    print(f"  keys after the run: {connection.dbsize()}")
+    print("  largest key families after the run: " + ", ".join(f"{p} {n} keys {mb:.1f} MB" for p, n, mb in redis_families))
 
     print("\n-- 4. pool size and the interactive path (one task, 1920x1080 JPEG; idle workers)")
     for name, entry in latency.items():
