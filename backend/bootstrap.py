@@ -133,7 +133,7 @@ def start_bootstrap(
         detail = "; ".join(f"task {t}: {r}" for t, r in list(sync_errors.items())[:5])
         raise BootstrapError(f"project {project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
     digest = weights_digest or backend_digest(settings, connection)
-    version = model_version(settings, pool.version(), digest)
+    version = model_version(settings, pool.version(), digest, controls)
     connection.set(current_version_key(project), version)
     wanted = set(task_ids) if task_ids is not None else None
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
@@ -146,7 +146,8 @@ def start_bootstrap(
         if prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
-        fields[data_key] = (prompts, label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older))
+        fields[data_key] = (prompts, label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
+                                                            region_filter=settings.region_filter))
     buffers: dict[str, list[dict]] = {key: [] for key in fields}
 
     def enqueue(data_key: str, refs: list[dict]) -> None:

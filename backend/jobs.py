@@ -59,7 +59,8 @@ def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     """The prompts changed, so the model version did; with auto-relabel, re-predict what is still unlabeled."""
     settings = services.settings
     digest = payload.get("weights_digest") or backend_digest(settings, job.connection)
-    version = model_version(settings, pool.version(), digest)
+    saved = pool.load_controls()
+    version = model_version(settings, pool.version(), digest, saved[0] if saved else ())
     previous = job.connection.get(current_version_key(pool.project))
     if not settings.auto_relabel or payload.get("relabel") is False or pool.size() == 0:
         return {"version": version, "relabel": False}

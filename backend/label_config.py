@@ -24,6 +24,17 @@ class Control:
     to_name: str
     data_key: str
     labels: tuple[str, ...]
+    score_threshold: float | None = None  # the control tag's `model_score_threshold`
+
+
+def _threshold(control) -> float | None:
+    raw = (control.attr or {}).get("model_score_threshold")
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise LabelConfigError(f"{control.tag} '{control.name}': model_score_threshold {raw!r} is not a number") from None
 
 
 def parse_label_config(config: str) -> list[Control]:
@@ -61,7 +72,7 @@ def _parse_cached(config: str) -> tuple[Control, ...]:
             labels = tuple(control.labels or ())
             if not labels:
                 raise LabelConfigError(f"{control.tag} '{control.name}' has no <Label> values")
-            controls.append(Control(control.name, kind, image.name, value[1:], labels))
+            controls.append(Control(control.name, kind, image.name, value[1:], labels, _threshold(control)))
     if not controls:
         found = ", ".join(seen_tags) or "no control tags"
         raise LabelConfigError(

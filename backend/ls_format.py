@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .label_config import Control
+from .region_filter import RegionFilter
 from .ls_rle import mask_to_rle
 
 __all__ = ["region_id", "brush_region", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
@@ -81,20 +82,32 @@ def prediction_for(
     masks: Mapping[str, np.ndarray],
     scores: Mapping[str, float],
     model_version: str,
+    region_filter: RegionFilter | None = None,
 ) -> dict:
-    """A Label Studio prediction: regions for every control's labels that are present.
+    """A Label Studio prediction: regions for every control's labels that are present and pass `region_filter`.
 
     `masks` and `scores` are keyed by `"<control>\\x1f<label>"` (see `label_key`). The prediction score is the
-    mean score of the regions it holds (of all labels when it holds none).
+    mean score of the regions it holds (of all labels when it holds none; 0 when the filter left out every region,
+    so that sorting by score puts the task first for review).
     """
     result = []
     region_scores = []
+    left_out = 0
+    region_filter = region_filter or RegionFilter()
     for control in controls:
         for label in control.labels:
             key = label_key(control.name, label)
             mask = masks.get(key)
             if mask is None or not mask.any():
                 continue
+            if scores[key] < region_filter.threshold(control.score_threshold, label):
+                left_out += 1
+                continue
+            if region_filter.min_area:
+                mask = region_filter.drop_small_components(np.asarray(mask))
+                if not mask.any():
+                    left_out += 1
+                    continue
             rid = region_id(task_id, control.name, label)
             if control.kind == "brushlabels":
                 regions = [brush_region(mask, control, label, scores[key], rid)]
@@ -102,6 +115,8 @@ def prediction_for(
                 regions = polygon_regions(mask, control, label, scores[key], rid)
             result.extend(regions)
             region_scores.extend([scores[key]] * bool(regions))
+    if not result and left_out:
+        return {"result": [], "score": 0.0, "model_version": model_version}
     pool = region_scores or list(scores.values()) or [0.0]
     return {"result": result, "score": round(float(np.mean(pool)), 4), "model_version": model_version}
 

@@ -41,17 +41,23 @@ def project_id(value: object) -> int:
         raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
 
 
-def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None) -> str:
-    """Deterministic: the same weights (by content digest), prompt pool and settings give the same version."""
+def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None, controls: Sequence[Control] = ()) -> str:
+    """Deterministic: the same weights (by content digest), prompt pool, settings and control thresholds give the
+    same version."""
     fingerprint = settings.fingerprint()
     if weights_digest:
         fingerprint["weights"] = weights_digest  # the content, not the name
+    thresholds = {c.name: c.score_threshold for c in controls if c.score_threshold}
+    if thresholds:
+        fingerprint["control_thresholds"] = dict(sorted(thresholds.items()))
     body = json.dumps({"settings": fingerprint, "pool": pool_version}, sort_keys=True)
     return f"seggpt-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
 
 
 def current_model_version(connection: redis.Redis, settings: Settings, project: int) -> str:
-    return model_version(settings, PromptPool(connection, project).version(), backend_digest(settings, connection))
+    pool = PromptPool(connection, project)
+    saved = pool.load_controls()
+    return model_version(settings, pool.version(), backend_digest(settings, connection), saved[0] if saved else ())
 
 
 def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
@@ -70,13 +76,14 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     pid = project_id(project)
     pool = PromptPool(connection, pid)
     digest = backend_digest(settings, connection)
-    version = model_version(settings, pool.version(), digest)
-    empty = {"result": [], "score": 0.0, "model_version": version}
     try:
         controls = _controls_for(pool, label_config)
     except ValueError as exc:
+        version = model_version(settings, pool.version(), digest)
         log.error("project %s: cannot predict: %s", pid, exc)
-        return [dict(empty) for _ in tasks], version
+        return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks], version
+    version = model_version(settings, pool.version(), digest, controls)
+    empty = {"result": [], "score": 0.0, "model_version": version}
     request_id = uuid.uuid4().hex
     job_ids: list[str] = []
     pending: dict[int, set[str]] = {}  # task position -> data keys still expected
@@ -98,7 +105,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             _, ids = enqueue_segmentation(
                 connection, prompts, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
                 namespace=f"{request_id}:{data_key}", options=settings.prediction_options, weights_digest=digest,
-                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}"),
+                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter),
             )
             job_ids.extend(ids)
     if not job_ids:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .region_filter import RegionFilter, parse_label_thresholds, parse_min_area
+
 __all__ = ["Settings", "ENVIRONMENT"]
 
 # field name -> (environment variable, help). The README's configuration reference mirrors this table.
@@ -35,6 +37,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
     "keep_old_predictions": ("SEGGPT_KEEP_OLD_PREDICTIONS", "on relabel, keep older predictions (false: delete this backend's older ones)"),
     "labels_per_forward": ("SEGGPT_LABELS_PER_FORWARD", "paint at most N labels per forward (0: the model's own limit, from its config: 1 for tiny-appearance, none for SegGPT)"),
+    "score_threshold": ("SEGGPT_SCORE_THRESHOLD", "leave out predicted regions scoring below this (0: keep all); a control's model_score_threshold applies too"),
+    "label_thresholds": ("SEGGPT_LABEL_THRESHOLDS", "per-label score thresholds, e.g. Cat=0.6,Dog=0.3"),
+    "min_area": ("SEGGPT_MIN_AREA", "leave out regions (and polygon components) smaller than this: pixels (200) or a share of the image (0.5%)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
 }
 
@@ -83,6 +88,9 @@ class Settings:
     keep_old_predictions: bool = True
     labels_per_forward: int = 0
     tune_steps: int = 150
+    score_threshold: float = 0.0
+    label_thresholds: str = ""
+    min_area: str = "0"
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +106,13 @@ class Settings:
             problems.append(f"SEGGPT_PROMPT_STRATEGY must be similar or recent, got {self.prompt_strategy!r}")
         if self.tune_steps < 1:
             problems.append(f"SEGGPT_TUNE_STEPS must be >= 1, got {self.tune_steps}")
+        if not 0 <= self.score_threshold <= 1:
+            problems.append(f"SEGGPT_SCORE_THRESHOLD must lie in [0, 1], got {self.score_threshold}")
+        for parse, raw in ((parse_label_thresholds, self.label_thresholds), (parse_min_area, self.min_area)):
+            try:
+                parse(raw)
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
@@ -126,7 +141,13 @@ class Settings:
         """The settings that change what a prediction looks like: part of the model version."""
         return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype,
                 "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy,
-                **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {})}
+                **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {}),
+                **({"regions": self.region_filter.to_json()} if self.region_filter.active else {})}
+
+    @property
+    def region_filter(self) -> RegionFilter:
+        """The thresholds and minimum area of these settings (a control's own threshold comes with the control)."""
+        return RegionFilter(self.score_threshold, parse_label_thresholds(self.label_thresholds), *parse_min_area(self.min_area))
 
     @property
     def prediction_options(self) -> dict:

@@ -26,6 +26,7 @@ from .keys import current_version_key, inflight_key, request_keys, shown_version
 from .label_config import Control
 from .ls_client import LabelStudioError
 from .ls_format import prediction_for
+from .region_filter import RegionFilter
 from .services import services_from_env
 
 __all__ = ["install", "LabelStudioSink", "LabelStudioTarget", "label_studio_sink"]
@@ -58,22 +59,24 @@ class LabelStudioTarget:
     request: str | None = None  # the /predict request waiting for these results, if any
     bulk: bool = False  # buffer, and import once per chunk
     replace_older: bool = False  # delete this backend's older predictions of the tasks
+    region_filter: RegionFilter = RegionFilter()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
         try:
             controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
             return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
-                       bool(params.get("bulk")), bool(params.get("replace_older")))
+                       bool(params.get("bulk")), bool(params.get("replace_older")), RegionFilter.from_json(params.get("regions")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"label_studio sink params: {type(exc).__name__}: {exc}") from None
 
 
 def label_studio_sink(project: int, model_version: str, controls: Sequence[Control], *, request: str | None = None,
-                      bulk: bool = False, replace_older: bool = False) -> SinkSpec:
+                      bulk: bool = False, replace_older: bool = False, region_filter: RegionFilter | None = None) -> SinkSpec:
     """The sink spec of a chunk whose results go to Label Studio."""
     return SinkSpec("label_studio", {"project": project, "model_version": model_version, "controls": [asdict(c) for c in controls],
-                                     "request": request, "bulk": bulk, "replace_older": replace_older})
+                                     "request": request, "bulk": bulk, "replace_older": replace_older,
+                                     "regions": (region_filter or RegionFilter()).to_json()})
 
 
 class LabelStudioSink:
@@ -88,13 +91,14 @@ class LabelStudioSink:
         self.request = target.request
         self.bulk = target.bulk
         self.replace_older = target.replace_older
+        self.region_filter = target.region_filter
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
 
     def write(self, task: dict, segmentation, done_key: str) -> None:
         task_id = task["id"]
-        prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version)
+        prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version, self.region_filter)
         if self.request:
             closed, results = request_keys(self.request)
             if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL]):

@@ -384,3 +384,20 @@ def test_metrics_parse_as_prometheus_text_and_move_when_tasks_are_done(stack):
     from seggpt_core.weights_digest import weights_digest
 
     assert digests == [weights_digest("random:tiny")] and value(after, "seggpt_workers", "seggpt_workers") == 1
+
+
+def test_thresholds_reach_the_workers_and_the_version(stack):
+    """Through the queue and a worker: a threshold above every score leaves every region out (empty, score 0) under
+    a version of its own; without it, the same task gets its regions."""
+    project = 4747
+    _fill_pool(stack, project, CONFIG)
+    task = {"id": 1, "data": {"image": f"{stack['media'].url}/good.png"}}
+    body = {"tasks": [task], "project": f"{project}.1", "label_config": CONFIG}
+    plain = stack["client"].post("/predict", json=body).json()["results"][0]
+    assert plain["result"]
+    with TestClient(create_app(stack["settings"].with_(score_threshold=1.0))) as client:
+        strict = client.post("/predict", json=body).json()["results"][0]
+    assert strict["result"] == [] and strict["score"] == 0.0 and strict["model_version"] != plain["model_version"]
+    with TestClient(create_app(stack["settings"].with_(min_area="100%"))) as client:
+        tiny = client.post("/predict", json=body).json()["results"][0]
+    assert tiny["result"] == [] and tiny["score"] == 0.0
