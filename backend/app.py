@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from worker import get_connection
 
-from .routers import health, metrics, predict, setup, train, webhook
+from .routers import health, metrics, predict, setup, train, versions, webhook
 from .settings import Settings
 from .weights_identity import WeightsUnknown
 
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
         # say so, rather than predict under a version that may not describe the weights
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
-    for module in (health, setup, predict, train, webhook, metrics):
+    for module in (health, setup, predict, train, webhook, metrics, versions):
         app.include_router(module.router)
     return app

@@ -25,6 +25,7 @@ from .label_config import Control, parse_label_config
 from .predict_service import model_version
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import Services
+from .version_log import record_version
 from .weights_identity import backend_digest
 from .worker_plugin import label_studio_sink
 
@@ -134,6 +135,7 @@ def start_bootstrap(
         raise BootstrapError(f"project {project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
     digest = weights_digest or backend_digest(settings, connection)
     version = model_version(settings, pool.version(), digest, controls)
+    record_version(connection, project, version, pool.size())
     connection.set(current_version_key(project), version)
     wanted = set(task_ids) if task_ids is not None else None
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")

@@ -3,7 +3,7 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 
 from worker.defaults import KEY_PREFIX
 
-__all__ = ["request_keys", "inflight_key", "current_version_key", "shown_version_key", "bootstrap_batch_key",
+__all__ = ["request_keys", "inflight_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
            "pool_key", "pool_sync_due_key"]
 
 
@@ -26,6 +26,17 @@ def current_version_key(project: int) -> str:
 def shown_version_key(project: int, version: str) -> str:
     """Flag: `version` was made the project's shown model version in Label Studio. TTL: 30 days."""
     return f"{KEY_PREFIX}:project:{project}:shown:{version}"
+
+
+def versions_key(project: int | None = None) -> str:
+    """Sorted set: the model versions this backend produced (for `project`, or for every project), scored by when
+    each was first made. TTL: one year, renewed whenever a version is produced."""
+    return f"{KEY_PREFIX}:versions" if project is None else f"{KEY_PREFIX}:project:{project}:versions"
+
+
+def version_info_key(version: str) -> str:
+    """JSON: a version's project, when it was made and how many prompts it used. TTL: one year."""
+    return f"{KEY_PREFIX}:version:{version}"
 
 
 def bootstrap_batch_key(project: int) -> str:

@@ -24,6 +24,7 @@ from worker.waiting import wait_for_jobs
 from .label_config import Control, parse_label_config
 from .prompt_pool import PromptPool
 from .settings import Settings
+from .version_log import record_version
 from .keys import request_keys
 from .weights_identity import backend_digest
 from .worker_plugin import label_studio_sink
@@ -57,7 +58,9 @@ def model_version(settings: Settings, pool_version: str, weights_digest: str | N
 def current_model_version(connection: redis.Redis, settings: Settings, project: int) -> str:
     pool = PromptPool(connection, project)
     saved = pool.load_controls()
-    return model_version(settings, pool.version(), backend_digest(settings, connection), saved[0] if saved else ())
+    version = model_version(settings, pool.version(), backend_digest(settings, connection), saved[0] if saved else ())
+    record_version(connection, project, version, pool.size())
+    return version
 
 
 def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
@@ -83,6 +86,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
         log.error("project %s: cannot predict: %s", pid, exc)
         return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks], version
     version = model_version(settings, pool.version(), digest, controls)
+    record_version(connection, pid, version, pool.size())
     empty = {"result": [], "score": 0.0, "model_version": version}
     request_id = uuid.uuid4().hex
     job_ids: list[str] = []

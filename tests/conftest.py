@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from .oracle import SMALL_CONFIGS, hf_model
 
 def pytest_sessionstart(session) -> None:
     session.config.stash[_SUBREAPER] = process_check.become_subreaper()
+    # SIGTERM ends the run the way Ctrl-C does: fixtures tear down, so what they started stops with them
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 LS_VERSION = "1.23.2"
 USER = "admin@example.com"
@@ -165,7 +166,7 @@ def start_label_studio(directory: Path) -> LabelStudio:
         [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(directory / "data"), "--username", USER, "--password", PASSWORD, "--user-token", token,
          "--enable-legacy-api-token"],
-        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec(),
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", 240, "Label Studio", process, log)
@@ -219,7 +220,7 @@ def start_backend(directory: Path, label_studio: LabelStudio, *, api_key: str | 
     backend.env = {k: v for k, v in env.items() if k.startswith(("SEGGPT_", "ALLOWED_", "LABEL_STUDIO_"))}
     backend.process = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=open(backend.log, "wb"), stderr=subprocess.STDOUT,
+        env=env, stdout=open(backend.log, "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec(),
     )
     wait_http(f"{backend.url}/health", 60, "seggpt-ls serve", backend.process, backend.log)
     return backend

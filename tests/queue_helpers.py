@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from seggpt_core.research.shapes import make_scene
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 
 def png_bytes(image) -> bytes:
@@ -38,7 +39,8 @@ def worker_env(model_dir: Path, **extra: str) -> dict:
 def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "backend.cli", "worker", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
     output = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen(command, env=worker_env(model_dir, **(env or {})), stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=worker_env(model_dir, **(env or {})), stdout=output, stderr=subprocess.STDOUT,
+                            preexec_fn=exec_child_preexec())
 
 
 def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from .ls_harness import brush_result, start_backend
 from .media_server import MediaServer
 from .queue_helpers import png_bytes as _png
 from .queue_helpers import wait_for
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,8 @@ def _cli(backend, label_studio, *args: str, **popen) -> subprocess.Popen:
     env = {**__import__("os").environ, **backend.env, "MODEL_DIR": str(backend.model_dir), "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu"}
     env.pop("REDIS_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=exec_child_preexec(), **popen)
 
 
 def _wait(predicate, timeout: float, what: str):

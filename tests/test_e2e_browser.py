@@ -22,6 +22,7 @@ from .ls_harness import PASSWORD, USER, brush_result, start_backend
 from .media_server import MediaServer
 from .queue_helpers import png_bytes as _png
 from .queue_helpers import wait_for
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -47,7 +48,7 @@ def stack(label_studio, tmp_path):
     env = {**os.environ, **backend.env, "MODEL_DIR": str(backend.model_dir)}
     env.pop("REDIS_URL", None)
     worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec())
     yield backend
     worker.terminate()
     worker.wait(60)

@@ -113,7 +113,7 @@ def test_retrieve_predictions_end_to_end(label_studio, media, tmp_path):
         project, tasks, sizes = _project_with_annotations(label_studio, media, "e2e retrieve")
         assert httpx.get(f"{backend.url}/setup").status_code in (401, 405)
         assert httpx.post(f"{backend.url}/predict", json={"tasks": []}).status_code == 401  # Basic auth is enforced
-        label_studio.connect_backend(project, backend.url, backend.user, backend.password)
+        ml = label_studio.connect_backend(project, backend.url, backend.user, backend.password)
         pool = PromptPool(backend.redis(), project)
         _wait(lambda: pool.size() == 3, 120, "the prompt pool to hold the 3 annotated tasks")
         version = _setup_version(backend, project)
@@ -148,6 +148,20 @@ def test_retrieve_predictions_end_to_end(label_studio, media, tmp_path):
         label_studio.retrieve_predictions(project)
         time.sleep(2)
         assert all(len(label_studio.predictions(t["id"])) == 1 for t in tasks)
+
+        # GET /versions, through Label Studio's own API: a new annotation gives a new version, listed first; the
+        # older one, which has predictions, can be picked in the project settings
+        assert label_studio.api("GET", f"/api/ml/{ml['id']}/versions").json()["versions"][0] == version
+        unlabeled = next(t for t in tasks if t["data"]["image"].endswith("url0.png"))
+        label_studio.annotate(unlabeled["id"], [_brush(np.ones((100, 140), bool), "Disc", "all")])
+        _wait(lambda: pool.size() == 4, 120, "the new annotation to reach the pool")
+        newer = _setup_version(backend, project)
+        listed = label_studio.api("GET", f"/api/ml/{ml['id']}/versions").json()["versions"]
+        assert newer != version and listed[:2] == [newer, version], listed
+        details = httpx.get(f"{backend.url}/versions", params={"project": project}, auth=(backend.user, backend.password)).json()["details"]
+        assert [d["prompts"] for d in details[:2]] == [4, 3] and details[0]["created_at"] >= details[1]["created_at"]
+        label_studio.api("PATCH", f"/api/projects/{project}", json={"model_version": version})
+        assert label_studio.api("GET", f"/api/projects/{project}").json()["model_version"] == version
     finally:
         backend.stop()
 

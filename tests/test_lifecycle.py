@@ -18,6 +18,7 @@ from worker.payloads import SinkSpec
 from .ls_harness import free_port, wait_http
 from .process_check import alive, command_line, live_descendants
 from .queue_helpers import scene_prompt, start_worker, target_bytes, wait_for, worker_env
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 TASKS = 400
 
@@ -27,7 +28,7 @@ def _serve(model_dir, log):
     process = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--weights", "random:tiny", "--device", "cpu"],
-        env=worker_env(model_dir), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        env=worker_env(model_dir), stdout=open(log, "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec(),
     )
     wait_http(f"http://127.0.0.1:{port}/health", 60, "serve", process, log)
     return process

@@ -3,13 +3,12 @@ prompt cache bounded in bytes. On a real (embedded) Redis."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from backend.label_config import parse_label_config
 from backend.prompt_pool import PromptPool, sync_from_label_studio
 from seggpt_core.research.shapes import make_scene
-from worker import EmbeddedRedis, load_prompt_set, store_blob, store_prompt_set
+from worker import EmbeddedRedis, load_prompt_set, store_prompt_set
 from worker.prompt_sets import PromptRecord
 from worker.runtime import ModelSettings, WorkerRuntime
 

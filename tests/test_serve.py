@@ -15,6 +15,7 @@ from worker import EmbeddedRedis, enqueue_segmentation, store_blob, store_prompt
 
 from .ls_harness import free_port, wait_http
 from .queue_helpers import scene_prompt, target_bytes, wait_for, worker_env
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 SETUP = json.loads((Path(__file__).parent / "recorded" / "setup.json").read_text())["body"]
 
@@ -26,7 +27,7 @@ def test_serve_starts_workers_and_stays_responsive_while_they_work(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--weights", "random:tiny", "--device", "cpu"],
-        env=worker_env(tmp_path), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        env=worker_env(tmp_path), stdout=open(log, "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec(),
     )
     try:
         wait_http(f"{url}/health", 60, "serve", process, log)
