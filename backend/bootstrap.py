@@ -168,7 +168,8 @@ def start_bootstrap(
     selected = 0
     statuses: dict[str, bool] = {}
     for page in _pages(client.iter_tasks(project), 100):
-        chosen = [t for t in page if (t["id"] in wanted if wanted is not None else only == "all" or _is_unlabeled(t))]
+        # a task with an annotation is never re-predicted unless the user asks for all (human work comes first)
+        chosen = [t for t in page if (wanted is None or t["id"] in wanted) and (only == "all" or _is_unlabeled(t))]
         if limit is not None:
             chosen = chosen[: max(0, limit - selected)]
         selected += len(chosen)

@@ -37,7 +37,8 @@ class WebhookEvent(BaseModel):
     model_config = ConfigDict(extra="allow")
     action: str
     project: dict[str, Any] | None = None
-    annotation: dict[str, Any] | None = None
+    # one object, or a list for the bulk events (ANNOTATIONS_CREATED sends a list of each)
+    annotation: dict[str, Any] | list[dict[str, Any]] | None = None
     annotations: list[dict[str, Any]] | None = None
-    task: dict[str, Any] | None = None
+    task: dict[str, Any] | list[dict[str, Any]] | None = None
     tasks: list[dict[str, Any]] | None = None

@@ -131,9 +131,11 @@ class LabelStudioSink:
             self._make_current(client)
         if self.replace_older and fresh:
             for task_id, _ in fresh:
+                # a prediction an annotator turned into an annotation is human work's origin: never deleted
+                kept = {a.get("parent_prediction") for a in self._call(lambda: client.annotations(task_id))}
                 for older in self._call(lambda: client.predictions(task_id)):
                     version = older.get("model_version") or ""
-                    if version.startswith("seggpt-") and version != self.model_version:
+                    if version.startswith("seggpt-") and version != self.model_version and older["id"] not in kept:
                         self._call(lambda: client.delete_prediction(older["id"]))
         ids = [str(t) for t, _ in self._buffer]
         with self.connection.pipeline() as pipe:

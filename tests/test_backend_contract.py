@@ -195,13 +195,21 @@ def test_bad_images_fail_alone_with_their_reason(stack, caplog):
 
 def test_webhooks_answer_at_once_and_enqueue(stack):
     for name, status in (("webhook_ANNOTATION_CREATED.json", "queued"), ("webhook_ANNOTATIONS_DELETED.json", "queued"),
-                         ("webhook_START_TRAINING.json", "queued"), ("webhook_TASKS_CREATED.json", "queued")):
+                         ("webhook_START_TRAINING.json", "queued"), ("webhook_TASKS_CREATED.json", "queued"),
+                         ("webhook_ANNOTATIONS_CREATED.json", "queued"), ("webhook_TASKS_DELETED.json", "queued"),
+                         ("webhook_PROJECT_UPDATED.json", "queued")):
         started = time.perf_counter()
         response = stack["client"].post("/webhook", json=recorded(name))
         elapsed = time.perf_counter() - started
         assert response.status_code == 200 and response.json()["status"] == status, name
         assert elapsed < 1.0  # Label Studio waits 1 s for a webhook
-    assert stack["client"].post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).json()["status"] == "ignored"
+    # issue 17 turned PROJECT_UPDATED from ignored into handled (the label config is re-read); the events that
+    # concern neither the pool nor the controls are acknowledged and ignored
+    for action in ("PROJECT_CREATED", "PROJECT_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED"):
+        assert stack["client"].post("/webhook", json={"action": action, "project": {"id": 1}}).json()["status"] == "ignored", action
+    bulk = recorded("webhook_ANNOTATIONS_CREATED.json")
+    answer = stack["client"].post("/webhook", json=bulk).json()
+    assert answer["tasks"] == len({a["task"] for a in bulk["annotation"]}) == 2
 
 
 @pytest.mark.parametrize("route", ["webhook", "legacy-train"])

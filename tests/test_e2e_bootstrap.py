@@ -219,3 +219,102 @@ def test_cancel_stops_a_bootstrap_midway_and_a_rerun_completes_it(label_studio, 
     assert rerun.returncode == 0 and f"queued {cancelled} task(s)" in output and f"already predicted {done}" in output, output
     counts = {task: len(p) for task, p in _predictions_by_task(label_studio, project).items()}
     assert set(counts) == unlabeled and set(counts.values()) == {1}, counts
+
+
+class _Recorder:
+    """A webhook target beside the backend's: keeps every body Label Studio sends, as sent."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []  # in the shape of tests/recorded/
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                recorder.requests.append({"method": "POST", "path": "/webhook", "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def of(self, action: str) -> list[dict]:
+        return [r for r in self.requests if r["body"].get("action") == action]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_project_events_update_the_pool_and_human_work_is_kept(label_studio, media, tmp_path):
+    """ANNOTATIONS_CREATED (the data manager's "create annotations from predictions"), TASKS_DELETED and
+    PROJECT_UPDATED, as the real server sends them, each re-read from its API; with SEGGPT_KEEP_OLD_PREDICTIONS=false,
+    predictions that annotations were made from stay, and labeled tasks are not re-predicted."""
+    import json
+    import os
+    from pathlib import Path
+
+    from backend.prompt_pool import PromptPool
+
+    backend = start_backend(tmp_path / "backend", label_studio, extra_env={
+        "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_AUTO_RELABEL": "true", "SEGGPT_KEEP_OLD_PREDICTIONS": "false"})
+    recorder = _Recorder()
+    try:
+        project, tasks = _project(label_studio, media, "events and human work")
+        cli = _cli(backend, label_studio, "bootstrap", "--project", str(project))
+        output, _ = cli.communicate(timeout=300)
+        assert cli.returncode == 0, output
+        label_studio.connect_backend(project, backend.url, backend.user, backend.password)
+        label_studio.api("POST", "/api/webhooks/", json={"project": project, "url": recorder.url, "send_payload": True, "send_for_all_actions": True})
+        pool = PromptPool(backend.redis(), project)
+        _wait(lambda: pool.size() == 2, 120, "the pool")
+        old_version = label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]
+        accepted = {t["id"]: label_studio.predictions(t["id"])[0]["id"] for t in tasks[2:4]}
+
+        # ANNOTATIONS_CREATED: two predictions accepted as annotations in one action
+        label_studio.api("POST", "/api/dm/actions", params={"id": "predictions_to_annotations", "project": project},
+                         json={"selectedItems": {"all": False, "included": list(accepted)}})
+        _wait(lambda: pool.size() == 4, 120, "the accepted predictions to join the pool")
+        new_version = _wait(lambda: (v := label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]) != old_version and v,
+                            180, "the relabel to a new version")
+        rest = {t["id"] for t in tasks[4:]}
+        _wait(lambda: all([p["model_version"] for p in label_studio.predictions(t)] == [new_version] for t in rest), 240,
+              "the unlabeled tasks to hold only the new version")
+        for task_id, prediction_id in accepted.items():  # human work: kept, and not re-predicted
+            assert [p["id"] for p in label_studio.predictions(task_id)] == [prediction_id]
+            assert label_studio.api("GET", f"/api/tasks/{task_id}/annotations/").json()[0]["parent_prediction"] == prediction_id
+
+        # TASKS_DELETED: an annotated task goes, and its prompt with it
+        label_studio.api("POST", "/api/dm/actions", params={"id": "delete_tasks", "project": project},
+                         json={"selectedItems": {"all": False, "included": [tasks[0]["id"]]}})
+        _wait(lambda: pool.size() == 3 and tasks[0]["id"] not in {e["task"] for e in pool.entries()}, 120, "the deleted task's prompt to go")
+
+        # PROJECT_UPDATED: a new control threshold is picked up at once; a title change changes nothing
+        config = CONFIG.replace('<BrushLabels name="mask" toName="img">', '<BrushLabels name="mask" toName="img" model_score_threshold="0.01">')
+        label_studio.api("PATCH", f"/api/projects/{project}", json={"label_config": config})
+        _wait(lambda: pool.load_controls()[0][0].score_threshold == 0.01, 120, "the new controls")
+        before = pool.load_controls()
+        label_studio.api("PATCH", f"/api/projects/{project}", json={"title": "events, renamed"})
+        _wait(lambda: len(recorder.of("PROJECT_UPDATED")) >= 2, 60, "the second PROJECT_UPDATED")
+        time.sleep(3)
+        assert pool.load_controls() == before
+
+        for action in ("ANNOTATIONS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED"):
+            assert recorder.of(action), (action, sorted({r["body"].get("action") for r in recorder.requests}))
+        if os.environ.get("SEGGPT_RECORD_WEBHOOKS"):  # refresh tests/recorded/ from the real server
+            for action in ("ANNOTATIONS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED"):
+                request = recorder.of(action)[0]
+                request["body"].get("project", {}).pop("token", None)  # the project's invite token: not ours to keep
+                (Path(__file__).parent / "recorded" / f"webhook_{action}.json").write_text(json.dumps(request, indent=1) + "\n")
+    finally:
+        recorder.stop()
+        backend.stop()

@@ -36,7 +36,7 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
     if project is None:
         return {"status": "ignored", "reason": "no project in the event"}
     base = {"project": project, "label_config": label_config, "weights_digest": _digest_or_none(settings, connection)}
-    if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and event.annotation:
+    if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and isinstance(event.annotation, dict):
         task = event.annotation.get("task") or (event.task or {}).get("id")
         enqueue_call(connection, "backend.jobs.update_pool_for_task", {**base, "task": task}, queue=settings.interactive_queue, at_front=True)
         return {"status": "queued", "action": event.action}
@@ -50,7 +50,22 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
         ids = [t["id"] for t in event.tasks if "id" in t]
         enqueue_call(connection, "backend.jobs.prelabel_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue)
         return {"status": "queued", "action": event.action, "tasks": len(ids)}
+    if event.action == "ANNOTATIONS_CREATED":  # "Create annotations from predictions" in the data manager
+        annotations = event.annotation if isinstance(event.annotation, list) else event.annotations or []
+        ids = sorted({a["task"] for a in annotations if isinstance(a, dict) and a.get("task") is not None})
+        if not ids:
+            return {"status": "ignored", "reason": "no annotated task in the event"}
+        enqueue_call(connection, "backend.jobs.update_pool_for_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue, at_front=True)
+        return {"status": "queued", "action": event.action, "tasks": len(ids)}
+    if event.action == "TASKS_DELETED" and event.tasks:
+        ids = [t["id"] for t in event.tasks if "id" in t]
+        enqueue_call(connection, "backend.jobs.remove_pool_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue, at_front=True)
+        return {"status": "queued", "action": event.action, "tasks": len(ids)}
+    if event.action == "PROJECT_UPDATED":
+        enqueue_call(connection, "backend.jobs.refresh_controls", base, queue=settings.interactive_queue, at_front=True)
+        return {"status": "queued", "action": event.action}
     if event.action == "START_TRAINING":
         job = enqueue_prompt_tuning(connection, settings, project, label_config)
         return {"status": "queued", "action": event.action, "job": job.id}
+    # PROJECT_CREATED, PROJECT_DELETED, LABEL_LINK_*: nothing for the pool or the controls
     return {"status": "ignored", "action": event.action}
