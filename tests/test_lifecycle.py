@@ -112,3 +112,13 @@ def test_a_worker_waits_out_a_redis_outage_and_resumes(tmp_path):
             worker.kill()
             worker.wait()
         server.stop()
+
+
+def test_a_command_that_starts_the_embedded_redis_ends_it_when_it_ends(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "backend.cli", "status", "--json"], env=worker_env(tmp_path),
+                         capture_output=True, text=True, timeout=60, preexec_fn=exec_child_preexec())
+    assert out.returncode == 0, out.stderr
+    assert '"workers": []' in out.stdout
+    socket = str(EmbeddedRedis(tmp_path / "redis").socket)
+    left = [pid for pid in live_descendants(__import__("os").getpid()) if socket in command_line(pid)]
+    assert left == [], [command_line(pid) for pid in left]

@@ -33,9 +33,29 @@ def add_redis_option(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> redis.Redis:
+    """Redis for a command: `--redis-url`, else the embedded one, which this command starts and owns (it ends
+    with the command) when no process of the installation runs it yet."""
     from worker import get_connection
 
+    if not args.redis_url:
+        _own_embedded_redis()
     return get_connection(args.redis_url)
+
+
+_owned_redis: list = []
+
+
+def _own_embedded_redis() -> None:
+    import atexit
+
+    from worker import EmbeddedRedis
+    from worker.lifecycle import stop_children
+
+    if not _owned_redis:
+        process = EmbeddedRedis().start_owned()  # None: serve or another process runs it
+        if process is not None:
+            _owned_redis.append(process)
+            atexit.register(stop_children, [process], 10)  # after the command's own workers have ended
 
 
 def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = (),
