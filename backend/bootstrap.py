@@ -16,7 +16,7 @@ from typing import Iterable
 
 import redis
 
-from worker import enqueue_segmentation, job_failures, job_progress
+from worker import chunked, enqueue_segmentation, job_failures, job_progress
 from worker.queue import fetch_job
 from worker.waiting import status_ended
 
@@ -75,17 +75,6 @@ def _still_queued(connection: redis.Redis, job_id: str, known: dict[str, bool]) 
         except Exception:  # the job expired or was deleted
             known[job_id] = False
     return known[job_id]
-
-
-def _pages(items: Iterable[dict], size: int) -> Iterable[list[dict]]:
-    page: list[dict] = []
-    for item in items:
-        page.append(item)
-        if len(page) == size:
-            yield page
-            page = []
-    if page:
-        yield page
 
 
 def _prediction_versions(task: dict) -> set[str]:
@@ -167,7 +156,7 @@ def start_bootstrap(
     data_keys = sorted({c.data_key for c in controls})
     selected = 0
     statuses: dict[str, bool] = {}
-    for page in _pages(client.iter_tasks(project), 100):
+    for page in chunked(client.iter_tasks(project), 100):
         # a task with an annotation is never re-predicted unless the user asks for all (human work comes first)
         chosen = [t for t in page if (wanted is None or t["id"] in wanted) and (only == "all" or _is_unlabeled(t))]
         if limit is not None:

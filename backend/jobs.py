@@ -9,7 +9,7 @@ from rq import get_current_job
 from .label_config import parse_label_config
 from .bootstrap import start_bootstrap
 from .keys import current_version_key
-from .predict_service import model_version
+from .predict_service import current_model_version
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .services import services_from_env
 from .weights_identity import backend_digest
@@ -98,8 +98,7 @@ def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     """The prompts changed, so the model version did; with auto-relabel, re-predict what is still unlabeled."""
     settings = services.settings
     digest = payload.get("weights_digest") or backend_digest(settings, job.connection)
-    saved = pool.load_controls()
-    version = model_version(settings, pool.version(), digest, saved[0] if saved else ())
+    version = current_model_version(job.connection, settings, pool.project, digest)
     previous = job.connection.get(current_version_key(pool.project))
     if not settings.auto_relabel or payload.get("relabel") is False or pool.size() == 0:
         return {"version": version, "relabel": False}

@@ -55,12 +55,13 @@ def model_version(settings: Settings, pool_version: str, weights_digest: str | N
     return f"seggpt-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
 
 
-def current_model_version(connection: redis.Redis, settings: Settings, project: int) -> str:
+def current_model_version(connection: redis.Redis, settings: Settings, project: int, weights_digest: str | None = None) -> str:
+    """The version the project's pool and saved controls give now (for `weights_digest`, default this process's
+    weights)."""
     pool = PromptPool(connection, project)
     saved = pool.load_controls()
-    version = model_version(settings, pool.version(), backend_digest(settings, connection), saved[0] if saved else ())
-    record_version(connection, project, version, pool.size())
-    return version
+    digest = weights_digest or backend_digest(settings, connection)
+    return model_version(settings, pool.version(), digest, saved[0] if saved else ())
 
 
 def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:

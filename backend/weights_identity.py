@@ -29,13 +29,13 @@ class WeightsUnknown(RuntimeError):
 
 
 def _announced(connection: redis.Redis, weights: str) -> set[str]:
-    digests = set()
-    for key in connection.scan_iter(match=worker_info_key("*"), count=500):
-        raw = connection.get(key)
-        info = json.loads(raw) if raw else {}
-        if info.get("weights") == weights and info.get("weights_digest"):
-            digests.add(info["weights_digest"])
-    return digests
+    """The digests live workers serving `weights` report: one lookup per registered worker, not a keyspace scan
+    (this runs on every /predict of a web process without the weights)."""
+    from rq import Worker
+
+    names = [worker.name for worker in Worker.all(connection=connection)]
+    infos = [json.loads(raw) for raw in connection.mget([worker_info_key(n) for n in names]) if raw] if names else []
+    return {info["weights_digest"] for info in infos if info.get("weights") == weights and info.get("weights_digest")}
 
 
 def backend_digest(settings: Settings, connection: redis.Redis | None = None) -> str:

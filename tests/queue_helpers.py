@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from seggpt_core.research.shapes import make_scene
+from worker.keys import write_log_key
 from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 
@@ -46,6 +48,11 @@ def start_worker(model_dir: Path, queue: str, *extra: str, log: Path | None = No
 def run_burst_worker(model_dir: Path, queue: str, *extra: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "backend.cli", "worker", "--burst", "--queue", queue, "--weights", "random:tiny", "--device", "cpu", *extra]
     return subprocess.run(command, env=worker_env(model_dir, **(env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+def write_counts(connection, namespace: str) -> Counter:
+    """How many times the redis sink wrote each task of `namespace` (its `write_log` audit)."""
+    return Counter(x.decode() for x in connection.lrange(write_log_key(namespace), 0, -1))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -7,17 +7,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import pytest
 
 from worker import EmbeddedRedis, enqueue_segmentation, fetch_job, store_blob, store_prompt_set
-from worker.keys import chunk_done_key, write_log_key
+from worker.keys import chunk_done_key
 from worker.payloads import SinkSpec
 
 from .ls_harness import free_port, wait_http
 from .process_check import alive, command_line, live_descendants
-from .queue_helpers import scene_prompt, start_worker, target_bytes, wait_for, worker_env
+from .queue_helpers import scene_prompt, start_worker, target_bytes, wait_for, worker_env, write_counts
 from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 TASKS = 400
@@ -43,7 +42,7 @@ def _finish_elsewhere(model_dir, job_id: str, namespace: str, log) -> None:
     finally:
         worker.terminate()
         worker.wait(30)
-    writes = Counter(x.decode() for x in connection.lrange(write_log_key(namespace), 0, -1))
+    writes = write_counts(connection, namespace)
     assert len(writes) == TASKS and max(writes.values()) == 1, [k for k, v in writes.items() if v > 1]
     assert connection.scard(chunk_done_key(job_id)) == TASKS
     EmbeddedRedis(model_dir / "redis").stop()

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -26,12 +25,11 @@ from worker import (
     store_prompt_set,
 )
 from worker.codec import b64png_to_mask
-from worker.keys import write_log_key
 from worker.payloads import SinkSpec
 from worker.prompt_sets import prompt_set_key
 from worker.tasks import with_backoff
 
-from .queue_helpers import run_burst_worker, scene_prompt, start_worker, target_bytes, wait_for, worker_env
+from .queue_helpers import run_burst_worker, scene_prompt, start_worker, target_bytes, wait_for, worker_env, write_counts
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +150,7 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     finally:
         second.terminate()
         second.wait(30)
-    completions = Counter(x.decode() for x in redis_conn.lrange(write_log_key(namespace), 0, -1))
+    completions = write_counts(redis_conn, namespace)
     assert set(completions) == {t["id"] for t in tasks}
     assert max(completions.values()) == 1, [k for k, v in completions.items() if v > 1]  # each task done once
     meta = fetch_job(redis_conn, job_id).get_meta()

@@ -130,3 +130,20 @@ def test_a_worker_started_without_the_cli_finds_the_label_studio_sink():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["backend.worker_plugin", "LabelStudioSink"]
 
+
+
+def test_a_web_process_without_the_weights_takes_the_digest_its_workers_report(tiny_pair, redis_dir, tmp_path):
+    weights = shutil.copytree(tiny_pair[1], tmp_path / "only-on-the-worker")
+    digest = weights_digest(weights)
+    connection = EmbeddedRedis(redis_dir / "redis").connect()
+    worker = start_worker(redis_dir, "ident", "--weights", str(weights), log=tmp_path / "worker.log")
+    try:
+        wait_for(lambda: [w for w in _status(redis_dir)["workers"] if w["weights_digest"] == digest], 60, what="the worker")
+        shutil.rmtree(weights)  # as on a web machine that never held them
+        assert backend_digest(Settings(weights=str(weights)), connection) == digest
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    wait_for(lambda: not _status(redis_dir)["workers"], 30, what="the worker to leave")
+    with pytest.raises(WeightsUnknown, match="no live worker reports them"):
+        backend_digest(Settings(weights=str(weights)), connection)

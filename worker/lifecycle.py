@@ -1,8 +1,9 @@
 """Child processes that never outlive their owner: a parent-death signal, plus a watch on the parent's pid.
 
 A process started with `child_environment()` in its environment calls `die_with_parent()` early: on Linux the
-kernel sends it SIGTERM the moment its parent dies, whatever killed the parent (SIGKILL included); a thread that
-polls `getppid()` covers other systems and the race of a parent that died before the child asked.
+kernel sends it SIGTERM the moment its parent dies, whatever killed the parent (SIGKILL included); a parent that
+died before the child asked is caught by comparing `getppid()` once, and where the kernel cannot help a thread
+polls `getppid()`. A child that is not Python gets the same signal through `exec_child_preexec()`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import redis
 from .defaults import KEY_PREFIX
 from .keys import histogram_key
 
-__all__ = ["METRICS_KEY", "SECONDS_BUCKETS", "HISTOGRAMS", "count", "counters", "observe", "observe_task_seconds", "histogram"]
+__all__ = ["METRICS_KEY", "SECONDS_BUCKETS", "HISTOGRAMS", "count", "counters", "observe", "histogram"]
 
 # Upper bounds (seconds) of the latency histograms: from a GPU batch to a large model on a CPU.
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -45,10 +45,6 @@ def observe(connection: redis.Redis, name: str, seconds: float, times: int = 1) 
             pipe.execute()
     except redis.RedisError:
         pass  # metrics never break a request or a job
-
-
-def observe_task_seconds(connection: redis.Redis, seconds: float, tasks: int = 1) -> None:
-    observe(connection, "task_seconds", seconds, tasks)
 
 
 def histogram(connection: redis.Redis, name: str) -> tuple[list[tuple[str, float]], float]:

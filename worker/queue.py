@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Iterable, Sequence
+from itertools import islice
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import redis
 from rq import Queue, Retry, Worker
@@ -21,6 +22,8 @@ from .keys import chunk_done_key, run_cancelled_key, worker_info_key
 from .metrics import counters
 from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 
+T = TypeVar("T")
+
 __all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status"]
 
 
@@ -28,16 +31,18 @@ def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer)
 
 
-def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items (the last may be shorter), from any iterable: a generator is read as it goes."""
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, got {size}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def enqueue_segmentation(
     connection: redis.Redis,
-    prompt_set: str | PromptSetRef | None,
+    prompt_set: str | PromptSetRef,
     tasks: Sequence[dict | TaskRef],
     *,
     chunk_size: int = CHUNK_SIZE,
@@ -64,7 +69,7 @@ def enqueue_segmentation(
             raise ValueError(f"task {index} needs 'id' and 'image', got keys {sorted(task)}")
         else:
             refs.append(TaskRef(task["id"], task["image"]))
-    prompts = prompt_set if isinstance(prompt_set, PromptSetRef) else PromptSetRef(prompt_set, (options or {}).get("learned_prompt"))
+    prompts = prompt_set if isinstance(prompt_set, PromptSetRef) else PromptSetRef(prompt_set)
     spec = sink if isinstance(sink, SinkSpec) else SinkSpec(sink, dict(extra or {}))
     namespace = namespace or uuid.uuid4().hex
     rq_queue = get_queue(connection, queue)

@@ -18,7 +18,7 @@ from rq import get_current_job
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, TaskInputError, TransientError, WeightsMismatch
-from .metrics import count, observe_task_seconds
+from .metrics import count, observe
 from .payloads import SegmentationChunk
 from .runtime import get_runtime
 from .task_io import load_image_bytes, make_sink
@@ -194,7 +194,7 @@ def segment_chunk(payload: dict) -> dict:
                     segmentations = []
                 for (task, _), segmentation in zip(ready, segmentations):
                     writes.append((str(task["id"]), writer.submit(write, task, segmentation)))
-                observe_task_seconds(connection, (time.perf_counter() - batch_started) / len(ready), len(ready))
+                observe(connection, "task_seconds", (time.perf_counter() - batch_started) / len(ready), len(ready))
             while writes and (writes[0][1].done() or not queue):
                 record(*writes.pop(0))
             job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
@@ -213,12 +213,11 @@ def segment_chunk(payload: dict) -> dict:
         "seconds": round(time.perf_counter() - started, 3),
         "model_loads_in_job": runtime.load_count - loads_before,
         "worker": runtime.stats(),
+        **({"cancelled": len(tasks) - len(already) - len(failed) - len(transient)} if cancelled else {}),
     })
     job.save_meta()
     runtime.release_memory()
     if cancelled:
-        job.meta["cancelled"] = len(tasks) - len(already) - len(failed) - len(transient)
-        job.save_meta()
         return {"total": len(tasks), "done": len(already), "failed": failed, "cancelled": job.meta["cancelled"]}
     if interrupted:
         raise ChunkInterrupted(f"the worker is stopping: {len(already)} of {len(tasks)} task(s) stored, the rest re-queued")

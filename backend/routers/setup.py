@@ -14,6 +14,7 @@ from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..label_config import LabelConfigError, parse_label_config
 from ..keys import pool_sync_due_key
 from ..metrics import count
+from ..version_log import record_version
 from ..predict_service import current_model_version, project_id
 from ..prompt_pool import PromptPool
 from ..schemas import SetupRequest
@@ -50,4 +51,6 @@ def setup(body: SetupRequest, settings: SettingsDep, connection: RedisDep) -> di
     pool.save_controls(controls, body.schema_)
     schedule_sync(connection, settings, project, body.schema_, force=changed)
     count(connection, "setup_requests")
-    return {"model_version": current_model_version(connection, settings, project)}
+    version = current_model_version(connection, settings, project)
+    record_version(connection, project, version, pool.size())  # Label Studio will ask for it: list it in /versions
+    return {"model_version": version}
