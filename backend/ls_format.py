@@ -16,7 +16,7 @@ from .label_config import Control
 from .region_filter import RegionFilter
 from .ls_rle import mask_to_rle
 
-__all__ = ["region_id", "brush_region", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
+__all__ = ["region_id", "brush_region", "brush_instance_regions", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
 
 
 class AnnotationError(ValueError):
@@ -44,8 +44,18 @@ def brush_region(mask: np.ndarray, control: Control, label: str, score: float, r
     }
 
 
-def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float, rid_prefix: str, min_area: int = 4) -> list[dict]:
-    """Outer contours of the mask's components, simplified to about one pixel, in percent coordinates."""
+def _own_score(component_scores, rows, cols, label_score: float) -> float:
+    """A region's own score (its model component's, see `seggpt_core.component_scores`), else the label's."""
+    if component_scores is None:
+        return label_score
+    own = component_scores.at(rows, cols)
+    return own if own > 0 else label_score
+
+
+def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float, rid_prefix: str, min_area: int = 4,
+                    component_scores=None) -> list[dict]:
+    """Outer contours of the mask's components, simplified to about one pixel, in percent coordinates. With
+    `component_scores`, each polygon carries its own component's score."""
     import cv2
 
     height, width = mask.shape
@@ -57,6 +67,8 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float
         points = cv2.approxPolyDP(contour, 1.0, True).reshape(-1, 2)
         if len(points) < 3:
             continue
+        edge = contour.reshape(-1, 2)  # a contour's pixels belong to its component
+        own = _own_score(component_scores, edge[:, 1], edge[:, 0], score)
         regions.append({
             "id": f"{rid_prefix}{index}",
             "from_name": control.name,
@@ -70,9 +82,24 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float
                 "polygonlabels": [label],
                 "closed": True,
             },
-            "score": round(float(score), 4),
+            "score": round(float(own), 4),
             "readonly": False,
         })
+    return regions
+
+
+def brush_instance_regions(mask: np.ndarray, control: Control, label: str, score: float, rid_prefix: str,
+                           component_scores=None, min_pixels: float = 1) -> list[dict]:
+    """One brush region per connected component (an instance), largest first, each with its own score."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, dtype=np.uint8), connectivity=8)
+    order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])
+    regions = []
+    for index, component in enumerate(i for i in order if stats[i, cv2.CC_STAT_AREA] >= min_pixels):
+        part = labels == component
+        rows, cols = np.nonzero(part)
+        regions.append(brush_region(part, control, label, _own_score(component_scores, rows, cols, score), f"{rid_prefix}{index}"))
     return regions
 
 
@@ -83,12 +110,16 @@ def prediction_for(
     scores: Mapping[str, float],
     model_version: str,
     region_filter: RegionFilter | None = None,
+    component_scores: Mapping[str, object] | None = None,
+    instances: bool = False,
 ) -> dict:
     """A Label Studio prediction: regions for every control's labels that are present and pass `region_filter`.
 
-    `masks` and `scores` are keyed by `"<control>\\x1f<label>"` (see `label_key`). The prediction score is the
-    mean score of the regions it holds (of all labels when it holds none; 0 when the filter left out every region,
-    so that sorting by score puts the task first for review).
+    `masks` and `scores` are keyed by `"<control>\\x1f<label>"` (see `label_key`). Polygons are one per component;
+    with `instances`, brush regions are too. With `component_scores` (same keys), each such region carries its own
+    component's score, and the per-label thresholds apply to it. The prediction score is the mean score of the
+    regions it holds (of all labels when it holds none; 0 when the filter left out every region, so that sorting
+    by score puts the task first for review).
     """
     result = []
     region_scores = []
@@ -100,7 +131,9 @@ def prediction_for(
             mask = masks.get(key)
             if mask is None or not mask.any():
                 continue
-            if scores[key] < region_filter.threshold(control.score_threshold, label):
+            own = (component_scores or {}).get(key)
+            per_region = own is not None and (instances or control.kind != "brushlabels")
+            if not per_region and scores[key] < region_filter.threshold(control.score_threshold, label):
                 left_out += 1
                 continue
             if region_filter.min_area:
@@ -109,12 +142,17 @@ def prediction_for(
                     left_out += 1
                     continue
             rid = region_id(task_id, control.name, label)
-            if control.kind == "brushlabels":
+            if control.kind == "brushlabels" and not instances:
                 regions = [brush_region(mask, control, label, scores[key], rid)]
+            elif control.kind == "brushlabels":
+                regions = brush_instance_regions(mask, control, label, scores[key], rid, own)
             else:
-                regions = polygon_regions(mask, control, label, scores[key], rid)
-            result.extend(regions)
-            region_scores.extend([scores[key]] * bool(regions))
+                regions = polygon_regions(mask, control, label, scores[key], rid, component_scores=own)
+            threshold = region_filter.threshold(control.score_threshold, label)
+            kept = [r for r in regions if r["score"] >= threshold]
+            left_out += bool(regions) and not kept
+            result.extend(kept)
+            region_scores.extend(r["score"] for r in kept)
     if not result and left_out:
         return {"result": [], "score": 0.0, "model_version": model_version}
     pool = region_scores or list(scores.values()) or [0.0]

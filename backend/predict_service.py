@@ -29,7 +29,7 @@ from .keys import request_keys
 from .weights_identity import backend_digest
 from .worker_plugin import label_studio_sink
 
-__all__ = ["model_version", "project_id", "predict_tasks", "current_model_version"]
+__all__ = ["model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,60 @@ def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
     return saved[0]
 
 
+def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
+    """Close a waiting request (later results go to Label Studio, or nowhere for suggestions) and return what it
+    holds: task id -> prediction."""
+    closed, results = request_keys(request)
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.set(closed, 1, ex=86400)
+        pipe.hgetall(results)
+        _, stored = pipe.execute()
+    return {k.decode(): json.loads(v) for k, v in stored.items()}
+
+
+def predict_interactive(connection: redis.Redis, settings: Settings, task: dict, project: object, label_config: str | None,
+                        context: dict) -> tuple[list, str]:
+    """The open task segmented from what the annotator marked in it (see `context_hints`), together with the pool's
+    prompts for those labels: one suggestion with a region per instance found. Raises ContextError (or ValueError
+    without a label config) for a context it cannot read."""
+    from .context_hints import hints_from_context
+
+    pid = project_id(project)
+    pool = PromptPool(connection, pid)
+    digest = backend_digest(settings, connection)
+    controls = _controls_for(pool, label_config)
+    version = model_version(settings, pool.version(), digest, controls)
+    request = f"{uuid.uuid4().hex}:interactive"
+    batch_jobs = []
+    for data_key, hints in sorted(hints_from_context(context, controls).items()):
+        value = (task.get("data") or {}).get(data_key)
+        if value is None:
+            raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
+        field_controls = [c for c in controls if c.data_key == data_key]
+        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        _, ids = enqueue_segmentation(
+            connection, prompts, [{"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}, "hints": hints}],
+            queue=settings.interactive_queue, namespace=f"{request}:{data_key}", options=settings.prediction_options,
+            weights_digest=digest, at_front=True,
+            sink=label_studio_sink(pid, version, field_controls, request=f"{request}:{data_key}", region_filter=settings.region_filter,
+                                   interactive=True),
+        )
+        batch_jobs.append((data_key, ids))
+    job_ids = [i for _, ids in batch_jobs for i in ids]
+    wait_for_jobs(connection, job_ids, interval=0.02, timeout=settings.predict_budget)
+    parts = [_close_request(connection, f"{request}:{data_key}").get(str(task["id"])) for data_key, _ in batch_jobs]
+    if any(p is None for p in parts):
+        failures = job_failures(connection, job_ids)
+        log.error("task %s: no suggestion from the marks in its image (%s)", task.get("id"),
+                  failures.get(str(task["id"])) or f"not done within {settings.predict_budget} s")
+        count(connection, "interactive_failed")
+        return [[]], version
+    regions = [r for p in parts for r in p["result"]]
+    scores = [r["score"] for r in regions]
+    count(connection, "interactive_requests")
+    return [{"result": regions, "score": round(sum(scores) / len(scores), 4) if scores else 0.0, "model_version": version}], version
+
+
 def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[dict], project: object, label_config: str | None) -> tuple[list, str]:
     """Returns (one item per task, model version)."""
     pid = project_id(project)
@@ -117,15 +171,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
         return [dict(empty) for _ in tasks], version
 
     wait_for_jobs(connection, job_ids, interval=0.05, timeout=settings.predict_budget)
-
-    delivered: dict[str, dict[str, dict]] = {}
-    for data_key in {k for keys in pending.values() for k in keys}:
-        closed, results = request_keys(f"{request_id}:{data_key}")
-        with connection.pipeline(transaction=True) as pipe:
-            pipe.set(closed, 1, ex=86400)
-            pipe.hgetall(results)
-            _, stored = pipe.execute()
-        delivered[data_key] = {k.decode(): json.loads(v) for k, v in stored.items()}
+    delivered = {data_key: _close_request(connection, f"{request_id}:{data_key}") for data_key in {k for keys in pending.values() for k in keys}}
 
     failures = job_failures(connection, job_ids)
     final = input_failures(connection, job_ids)

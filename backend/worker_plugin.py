@@ -60,23 +60,26 @@ class LabelStudioTarget:
     bulk: bool = False  # buffer, and import once per chunk
     replace_older: bool = False  # delete this backend's older predictions of the tasks
     region_filter: RegionFilter = RegionFilter()
+    interactive: bool = False  # a suggestion for an open labeling page: one region per instance, never stored late
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
         try:
             controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
             return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
-                       bool(params.get("bulk")), bool(params.get("replace_older")), RegionFilter.from_json(params.get("regions")))
+                       bool(params.get("bulk")), bool(params.get("replace_older")), RegionFilter.from_json(params.get("regions")),
+                       bool(params.get("interactive")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"label_studio sink params: {type(exc).__name__}: {exc}") from None
 
 
 def label_studio_sink(project: int, model_version: str, controls: Sequence[Control], *, request: str | None = None,
-                      bulk: bool = False, replace_older: bool = False, region_filter: RegionFilter | None = None) -> SinkSpec:
+                      bulk: bool = False, replace_older: bool = False, region_filter: RegionFilter | None = None,
+                      interactive: bool = False) -> SinkSpec:
     """The sink spec of a chunk whose results go to Label Studio."""
     return SinkSpec("label_studio", {"project": project, "model_version": model_version, "controls": [asdict(c) for c in controls],
                                      "request": request, "bulk": bulk, "replace_older": replace_older,
-                                     "regions": (region_filter or RegionFilter()).to_json()})
+                                     "regions": (region_filter or RegionFilter()).to_json(), "interactive": interactive})
 
 
 class LabelStudioSink:
@@ -92,17 +95,27 @@ class LabelStudioSink:
         self.bulk = target.bulk
         self.replace_older = target.replace_older
         self.region_filter = target.region_filter
+        self.interactive = target.interactive
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
 
     def write(self, task: dict, segmentation, done_key: str) -> None:
         task_id = task["id"]
-        prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version, self.region_filter)
+        prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version,
+                                    self.region_filter, getattr(segmentation, "component_scores", None), instances=self.interactive)
         if self.request:
             closed, results = request_keys(self.request)
             if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL]):
                 return
+        if self.interactive:
+            # the page that asked has given up: a suggestion is never stored as a prediction
+            log.info("project %s: task %s: interactive suggestion finished after its request closed; dropped", self.project, task_id)
+            with self.connection.pipeline() as pipe:
+                pipe.sadd(done_key, str(task_id))
+                pipe.expire(done_key, RESULT_TTL)
+                pipe.execute()
+            return
         if self.bulk:
             self._buffer.append((task_id, prediction))
             self._done_key = done_key

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .component_scores import ComponentScores
 from .errors import ImageError, PromptError
 from .model import SegGpt
 from .palette import lookup_colors, make_palette
@@ -68,6 +69,8 @@ class Segmentation:
     masks: dict[str, np.ndarray | UpsampledMask]
     scores: dict[str, float]
     size: tuple[int, int]
+    # label -> a score for each connected component of its mask (one region per instance keeps its own)
+    component_scores: dict[str, ComponentScores] = field(default_factory=dict)
 
 
 @dataclass
@@ -200,6 +203,18 @@ class SegGptPredictor:
         to = dict(device=self.device, dtype=self.dtype)
         labels = list(learned.labels)
         return _LabelGroup(labels, (), make_palette(len(labels)), learned.image[None].to(**to), learned.mask[None].to(**to))
+
+    def prompts_for(self, label: str) -> list[Prompt]:
+        """The prompts that annotate `label`, each with only that label's mask, in prompt order."""
+        return [Prompt(self._images[i], {label: self._masks[i][label]}) for i in self._annotated_by.get(label, ())]
+
+    def sibling(self, prompts: Sequence[Prompt]) -> "SegGptPredictor":
+        """A predictor on the same model and settings with `prompts` set (the model is shared, not copied)."""
+        other = SegGptPredictor(self.model, embedding_type=self.embedding_type, spatial_ensemble=self.spatial_ensemble,
+                                max_batch_rows=self.max_batch_rows, max_pixels=self.max_pixels,
+                                labels_per_forward=self.labels_per_forward)
+        other.set_prompts(prompts)
+        return other
 
     @property
     def prompt_count(self) -> int:
@@ -356,3 +371,4 @@ class SegGptPredictor:
             union = count[value] + (fringe[value] - margin_out[value]) / 2
             result.scores[label] = float((count[value] + margin_in[value]) / 2 / union) if count[value] else 0.0
             result.masks[label] = UpsampledMask(indices, value, size)
+            result.component_scores[label] = ComponentScores(indices, confidence, runner_up, value, size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["PayloadError", "TaskRef", "PromptSetRef", "SinkSpec", "SegmentationChunk"]
+__all__ = ["PayloadError", "TaskRef", "PromptSetRef", "SinkSpec", "SegmentationChunk", "hint_to_json", "hint_from_json"]
 
 
 class PayloadError(ValueError):
@@ -26,23 +26,61 @@ def _require(data: Any, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
+def hint_to_json(hint: Any) -> dict:
+    """A `seggpt_core.exemplars.Hint` as JSON (a mask as base64 PNG)."""
+    from .codec import mask_to_b64png
+
+    data: dict[str, Any] = {"label": hint.label, "positive": hint.positive}
+    if hint.point is not None:
+        data["point"] = list(hint.point)
+    elif hint.box is not None:
+        data["box"] = list(hint.box)
+    else:
+        data["mask"] = mask_to_b64png(hint.mask)
+    return data
+
+
+def hint_from_json(data: Any, where: str) -> Any:
+    from seggpt_core.exemplars import Hint, HintError
+
+    from .codec import b64png_to_mask
+
+    if not isinstance(data, Mapping) or not isinstance(data.get("label"), str):
+        raise PayloadError(f"{where}: a hint needs a 'label' string")
+    try:
+        return Hint(data["label"], tuple(map(float, data["point"])) if data.get("point") is not None else None,
+                    tuple(map(float, data["box"])) if data.get("box") is not None else None,
+                    b64png_to_mask(data["mask"]) if data.get("mask") is not None else None, bool(data.get("positive", True)))
+    except (HintError, TypeError, ValueError) as exc:
+        raise PayloadError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class TaskRef:
-    """One task: its id, and where its image comes from (one key naming a registered source)."""
+    """One task: its id, where its image comes from (one key naming a registered source), and the annotator's
+    marks on it (`seggpt_core.exemplars.Hint`s), if it is segmented from exemplars in its own image."""
 
     id: int | str
     image: Mapping[str, Any]
+    hints: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, Mapping) or len(self.image) != 1:
             raise PayloadError(f"task {self.id!r}: image reference {self.image!r} must be an object with exactly one source key")
 
     def to_json(self) -> dict:
-        return {"id": self.id, "image": dict(self.image)}
+        data = {"id": self.id, "image": dict(self.image)}
+        if self.hints:
+            data["hints"] = [hint_to_json(h) for h in self.hints]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "TaskRef":
-        return cls(_require(data, "id", (int, str), where), _require(data, "image", Mapping, where))
+        hints = data.get("hints") or [] if isinstance(data, Mapping) else []
+        if not isinstance(hints, list):
+            raise PayloadError(f"{where}: 'hints' must be a list")
+        return cls(_require(data, "id", (int, str), where), _require(data, "image", Mapping, where),
+                   tuple(hint_from_json(h, f"{where}: hint {i}") for i, h in enumerate(hints)))
 
 
 @dataclass(frozen=True)
@@ -52,9 +90,9 @@ class PromptSetRef:
     digest: str | None = None
     learned: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.digest is None and self.learned is None:
-            raise PayloadError("a prompt-set reference needs a prompt set digest, a learned prompt, or both")
+    @property
+    def empty(self) -> bool:
+        return self.digest is None and self.learned is None
 
     def to_json(self) -> dict:
         return {"digest": self.digest, "learned": self.learned}
@@ -92,6 +130,11 @@ class SegmentationChunk:
     options: Mapping[str, Any] = field(default_factory=dict)
     weights_digest: str | None = None  # None: any weights will do
     run: str | None = None  # the run the chunk belongs to, which `cancel_run` can stop
+
+    def __post_init__(self) -> None:
+        if self.prompts.empty and not all(task.hints for task in self.tasks):
+            raise PayloadError("a prompt-set reference needs a prompt set digest, a learned prompt, or both "
+                               "(only tasks segmented from their own exemplars, with hints, need no prompts)")
 
     def to_json(self) -> dict:
         return {"prompts": self.prompts.to_json(), "tasks": [t.to_json() for t in self.tasks], "namespace": self.namespace,

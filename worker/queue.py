@@ -42,7 +42,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def enqueue_segmentation(
     connection: redis.Redis,
-    prompt_set: str | PromptSetRef,
+    prompt_set: str | PromptSetRef | None,
     tasks: Sequence[dict | TaskRef],
     *,
     chunk_size: int = CHUNK_SIZE,
@@ -57,7 +57,8 @@ def enqueue_segmentation(
 ) -> tuple[str, list[str]]:
     """Split `tasks` into chunks (`SegmentationChunk`s) and enqueue one job each. Returns (namespace, job ids).
 
-    Each task is `{"id": ..., "image": {<source>: <value>}}`. A sink given by name gets `extra` as its params.
+    Each task is `{"id": ..., "image": {<source>: <value>}}`, with `"hints"` (`seggpt_core.exemplars.Hint`s) when
+    it is segmented from the annotator's marks in its own image (then `prompt_set` may be None). A sink given by name gets `extra` as its params.
     With `weights_digest`, only a worker that loaded those weights runs the chunks (see `gpu_worker`); with `run`,
     `cancel_run(run)` stops them.
     """
@@ -68,7 +69,7 @@ def enqueue_segmentation(
         elif "id" not in task or "image" not in task:
             raise ValueError(f"task {index} needs 'id' and 'image', got keys {sorted(task)}")
         else:
-            refs.append(TaskRef(task["id"], task["image"]))
+            refs.append(TaskRef(task["id"], task["image"], tuple(task.get("hints") or ())))
     prompts = prompt_set if isinstance(prompt_set, PromptSetRef) else PromptSetRef(prompt_set)
     spec = sink if isinstance(sink, SinkSpec) else SinkSpec(sink, dict(extra or {}))
     namespace = namespace or uuid.uuid4().hex

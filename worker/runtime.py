@@ -107,8 +107,6 @@ class WorkerRuntime:
 
     def predictor_for(self, connection: redis.Redis, prompts: PromptSetRef, options: Mapping | None = None) -> Any:
         """A predictor with the prompts `prompts` names prepared, from the cache when this worker has seen them."""
-        from seggpt_core import SegGptPredictor
-
         from .prompt_sets import load_learned_prompt, load_prompt_set
 
         options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "labels_per_forward")}
@@ -117,14 +115,7 @@ class WorkerRuntime:
         if predictor is not None:
             self._predictors.move_to_end(key)
             return predictor
-        predictor = SegGptPredictor(
-            self.load(),
-            embedding_type=options.get("embedding_type", "instance"),
-            spatial_ensemble=bool(options.get("spatial_ensemble", False)),
-            # 0 or absent: the model's own limit (its config)
-            labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
-            max_batch_rows=self.settings.max_batch_rows,
-        )
+        predictor = self.bare_predictor(options)
         predictor.set_prompts(load_prompt_set(connection, prompts.digest) if prompts.digest else [],
                               learned=load_learned_prompt(connection, prompts.learned) if prompts.learned else None)
         predictor.embeddings = None  # filled on first use by `prompt_embeddings`
@@ -132,6 +123,17 @@ class WorkerRuntime:
         self._predictors[key] = predictor
         self.trim_prompt_cache()
         return predictor
+
+    def bare_predictor(self, options: Mapping | None = None) -> Any:
+        """A predictor with no prompts, for tasks segmented only from the annotator's marks in their own image."""
+        from seggpt_core import SegGptPredictor
+
+        options = options or {}
+        return SegGptPredictor(self.load(), embedding_type=options.get("embedding_type", "instance"),
+                               spatial_ensemble=bool(options.get("spatial_ensemble", False)),
+                               # 0 or absent: the model's own limit (its config)
+                               labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
+                               max_batch_rows=self.settings.max_batch_rows)
 
     def prompt_cache_bytes(self) -> int:
         return sum(predictor.nbytes() for predictor in list(self._predictors.values()))

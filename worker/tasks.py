@@ -19,7 +19,7 @@ from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, TaskInputError, TransientError, WeightsMismatch
 from .metrics import count, observe
-from .payloads import SegmentationChunk
+from .payloads import SegmentationChunk, TaskRef
 from .runtime import get_runtime
 from .task_io import load_image_bytes, make_sink
 
@@ -117,7 +117,7 @@ def segment_chunk(payload: dict) -> dict:
     if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
         raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
                               f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
-    predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options)
+    predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options) if not chunk.prompts.empty else runtime.bare_predictor(chunk.options)
     sink = make_sink(connection, chunk.sink, chunk.namespace)
     tasks = [task.to_json() for task in chunk.tasks]
     options = chunk.options
@@ -136,6 +136,17 @@ def segment_chunk(payload: dict) -> dict:
     def prepare(task: dict):
         data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
         return predictor.prepare_target(data, where=f"task {task['id']}")
+
+    def from_exemplars(task: TaskRef) -> None:
+        """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.exemplars`)."""
+        from seggpt_core.exemplars import HintError, segment_in_image
+
+        data = with_backoff(lambda: load_image_bytes(connection, task.image))
+        try:
+            segmentation = segment_in_image(predictor, data, task.hints)
+        except HintError as exc:
+            raise TaskInputError(f"task {task.id}: {exc}") from None
+        write(task.to_json(), segmentation)
 
     def write(task: dict, segmentation) -> None:
         with_backoff(lambda: sink.write(task, segmentation, finished))
@@ -157,6 +168,10 @@ def segment_chunk(payload: dict) -> dict:
     # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
     # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
     # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
+    marked = [task for task in chunk.tasks if task.hints and str(task.id) not in already]
+    for task in marked:
+        record(str(task.id), _InlineExecutor().submit(from_exemplars, task))
+    pending = [task for task in pending if not task.get("hints")]
     interrupted = False
     cancelled = _cancelled(connection, chunk.run)
     overlap = runtime.overlaps_host_work()

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..metrics import count, observe
-from ..predict_service import predict_tasks, project_id
+from ..context_hints import ContextError
+from ..predict_service import predict_interactive, predict_tasks, project_id
 from ..schemas import PredictRequest
 
 router = APIRouter(dependencies=[Depends(require_basic_auth)])
@@ -25,6 +26,18 @@ def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -
         if "id" not in task:
             raise HTTPException(422, f"body.tasks[{index}].id is missing")
     started = time.perf_counter()
+    context = (body.params or {}).get("context")
+    if context and (context.get("result") if isinstance(context, dict) else True):
+        if len(body.tasks) != 1:
+            raise HTTPException(422, f"an interactive /predict (params.context) is for one task, got {len(body.tasks)}")
+        # a region drawn with a smart tool: find the other instances like it in the open task (results[0] is read)
+        try:
+            results, version = predict_interactive(connection, settings, body.tasks[0], project, body.label_config, context)
+        except (ContextError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        observe(connection, "interactive_request_seconds", time.perf_counter() - started)
+        log.info("project %s: interactive /predict for task %s, model version %s", project_id(project), body.tasks[0].get("id"), version)
+        return {"results": results, "model_version": version}
     results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
     observe(connection, "predict_request_seconds", time.perf_counter() - started)
     count(connection, "predict_requests")
