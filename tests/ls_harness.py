@@ -129,9 +129,9 @@ class LabelStudio:
     def predictions(self, task_id: int) -> list[dict]:
         return self.api("GET", "/api/predictions/", params={"task": task_id}).json()
 
-    def connect_backend(self, project: int, url: str, user: str, password: str) -> dict:
+    def connect_backend(self, project: int, url: str, user: str, password: str, interactive: bool = False) -> dict:
         return self.api("POST", "/api/ml", json={
-            "url": url, "project": project, "title": "seggpt-ls", "is_interactive": False,
+            "url": url, "project": project, "title": "seggpt-ls", "is_interactive": interactive,
             "auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password,
         }).json()
 

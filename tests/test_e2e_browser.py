@@ -148,3 +148,83 @@ def test_folder_mode_json_imports_into_label_studio(label_studio, tmp_path):
                 assert region["from_name"] == "label" and region["value"]["brushlabels"] == ["Disc"]
     finally:
         media.stop()
+
+
+def _login(page, label_studio) -> None:
+    page.goto(f"{label_studio.url}/user/login/")
+    page.fill('input[name="email"]', USER)
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('button[type="submit"], input[type="submit"]')
+    page.wait_for_load_state("networkidle")
+
+
+def test_a_smart_key_point_in_the_real_frontend_brings_back_the_other_instances(label_studio, tmp_path):
+    """The annotator turns Auto-Annotation on, clicks one instance with the smart key point, accepts what comes
+    back and submits: the stored annotation holds the other instances of that class, and not the other class."""
+    import cv2
+    from label_studio_sdk.converter.brush import decode_rle
+    from playwright.sync_api import sync_playwright
+
+    from seggpt_core.research.appearance import make_appearance_episode
+
+    episode = make_appearance_episode(10009018, shots=1, size=(120, 160), family="heldout")  # as tests/test_exemplars.py
+    label, target = episode.categories[0], episode.targets[0]
+    truth = target.masks[label]
+    count, components = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    marked = components == int(sizes.argmax())
+    inner = cv2.distanceTransform(marked.astype(np.uint8), cv2.DIST_L2, 3)
+    py, px = np.unravel_index(int(inner.argmax()), inner.shape)
+    config = ('<View><Image name="picture" value="$image"/>'
+              f'<BrushLabels name="brush" toName="picture"><Label value="{label}"/><Label value="Other"/></BrushLabels>'
+              f'<KeyPointLabels name="mark" toName="picture" smart="true"><Label value="{label}"/></KeyPointLabels></View>')
+    project = label_studio.create_project("exemplar in the open image", config)
+    label_studio.upload(project, {"target.png": _png(target.image)})
+    [task] = label_studio.tasks(project)
+    backend = start_backend(tmp_path / "backend", label_studio, workers=1, extra_env={"SEGGPT_WEIGHTS": "tiny-appearance"})
+    try:
+        label_studio.connect_backend(project, backend.url, backend.user, backend.password, interactive=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                _login(page, label_studio)
+                page.goto(f"{label_studio.url}/projects/{project}/data?task={task['id']}")
+                page.get_by_text("Auto-Annotation").wait_for(timeout=60000)
+                page.get_by_text("Auto-Annotation").click()
+                page.get_by_text("Auto-Accept Suggestions").click()
+                page.locator(".lsf-tool_smart").first.hover()
+                page.locator(".lsf-tool_smart[aria-label=key-point-tool]").first.click()
+                page.mouse.move(5, 5)
+                page.locator(".lsf-label").filter(has_text=label).last.click()
+                named = page.get_by_text(label, exact=True)
+                before = named.count()  # the label buttons
+                canvases = page.locator("canvas")
+                box = max((canvases.nth(i).bounding_box() for i in range(canvases.count())), key=lambda b: b["width"] * b["height"])
+                scale = box["width"] / 160
+                page.mouse.click(box["x"] + (px + 0.5) * scale, box["y"] + (py + 0.5) * scale)
+                # the suggestion is accepted into the annotation as brush regions
+                ARTIFACTS.mkdir(exist_ok=True)
+                try:
+                    # each accepted instance is listed in the regions panel under its label
+                    _wait(lambda: named.count() >= before + 2, 60, "the suggested regions")
+                    time.sleep(1)
+                finally:
+                    page.screenshot(path=str(ARTIFACTS / "exemplar-suggestion.png"))
+                page.get_by_role("button", name="Submit").click()
+                _wait(lambda: label_studio.api("GET", f"/api/tasks/{task['id']}/annotations/").json(), 60, "the submitted annotation")
+            finally:
+                browser.close()
+    finally:
+        backend.stop()
+    [annotation] = label_studio.api("GET", f"/api/tasks/{task['id']}/annotations/").json()
+    found = np.zeros(truth.shape, dtype=bool)
+    brush = [r for r in annotation["result"] if r["type"] == "brushlabels"]
+    assert len(brush) >= 2, [r["type"] for r in annotation["result"]]  # one region per instance
+    for region in brush:
+        assert region["value"]["brushlabels"] == [label]
+        found |= decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[..., 3] > 0
+    others = truth & ~marked
+    assert (found & others).sum() / others.sum() > 0.8, "the instances that were not clicked"
+    assert (found & truth).sum() / (found | truth).sum() > 0.65

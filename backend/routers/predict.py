@@ -36,7 +36,9 @@ def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -
         except (ContextError, ValueError) as exc:
             raise HTTPException(422, str(exc)) from None
         observe(connection, "interactive_request_seconds", time.perf_counter() - started)
-        log.info("project %s: interactive /predict for task %s, model version %s", project_id(project), body.tasks[0].get("id"), version)
+        found = len(results[0]["result"]) if isinstance(results[0], dict) else "no"
+        log.info("project %s: interactive /predict for task %s: %s region(s) in %.2f s, model version %s", project_id(project),
+                 body.tasks[0].get("id"), found, time.perf_counter() - started, version)
         return {"results": results, "model_version": version}
     results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
     observe(connection, "predict_request_seconds", time.perf_counter() - started)
