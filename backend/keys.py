@@ -3,7 +3,7 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 
 from worker.defaults import KEY_PREFIX
 
-__all__ = ["request_keys", "inflight_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
+__all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
            "pool_key", "pool_sync_due_key"]
 
 
@@ -15,6 +15,12 @@ def request_keys(request_id: str) -> tuple[str, str]:
 def inflight_key(project: int, version: str) -> str:
     """Hash task id -> job id of the tasks queued for `version` of `project`. TTL: 30 days."""
     return f"{KEY_PREFIX}:inflight:{project}:{version}"
+
+
+def import_attempts_key(project: int, version: str) -> str:
+    """Set of the task ids whose predictions of `version` a worker has started to import into `project`: only these
+    can already be in Label Studio, so only these are checked before an import. TTL: RESULT_TTL (7 days)."""
+    return f"{KEY_PREFIX}:imports:{project}:{version}"
 
 
 def current_version_key(project: int) -> str:

@@ -29,6 +29,9 @@ __all__ = ["PromptPool", "newest_annotation"]
 log = logging.getLogger(__name__)
 # Pool images and masks live as long as their entries are likely to (entries themselves have no TTL).
 POOL_BLOB_TTL = 365 * 24 * 3600
+# Prompt images are kept at most this many pixels on their longer side (masks with them): SegGPT never sees a
+# prompt larger than 448x448, so more only weighs on Redis (the 1080p pool of bench/scale.py took 3.3x the memory).
+POOL_IMAGE_MAX_SIDE = 1024
 
 
 def newest_annotation(annotations: Iterable[dict]) -> dict | None:
@@ -37,6 +40,27 @@ def newest_annotation(annotations: Iterable[dict]) -> dict | None:
     if not usable:
         return None
     return max(usable, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
+    """The prompt image (file bytes and image) and its masks, shrunk to POOL_IMAGE_MAX_SIDE if larger. The image is
+    re-encoded upright (EXIF orientation applied), as JPEG (quality 95) if it came as JPEG, else as PNG."""
+    import io
+
+    from PIL import Image
+
+    if max(image.width, image.height) <= POOL_IMAGE_MAX_SIDE:
+        return data, image, masks
+    scale = POOL_IMAGE_MAX_SIDE / max(image.width, image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small = image.convert("RGB").resize(size, Image.BICUBIC)
+    buffer = io.BytesIO()
+    if data[:3] == b"\xff\xd8\xff":  # JPEG
+        small.save(buffer, format="JPEG", quality=95)
+    else:
+        small.save(buffer, format="PNG")
+    shrunk = {label: np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)) for label, mask in masks.items()}
+    return buffer.getvalue(), small, shrunk
 
 
 class PromptPool:
@@ -158,6 +182,7 @@ class PromptPool:
                 self.connection.hdel(self.key, entry_id)
                 self._changed()
                 continue
+            data, image, masks = _bounded(data, image, masks)
             encoded = {label: mask_to_png(mask) for label, mask in masks.items()}
             entry = {
                 "entry": entry_id,

@@ -22,7 +22,7 @@ from worker import TransientError, register_sink, register_source
 from worker.defaults import RESULT_TTL
 from worker.payloads import PayloadError, SinkSpec
 
-from .keys import current_version_key, inflight_key, request_keys, shown_version_key
+from .keys import current_version_key, import_attempts_key, inflight_key, request_keys, shown_version_key
 from .label_config import Control
 from .ls_client import LabelStudioError
 from .ls_format import prediction_for
@@ -136,7 +136,7 @@ class LabelStudioSink:
             log.info("project %s: dropping %d predictions of superseded version %s", self.project, len(self._buffer), self.model_version)
             fresh = []
         else:
-            fresh = [(t, p) for t, p in self._buffer if not self._already_there(t, p)]
+            fresh = self._not_yet_imported()
         client = services_from_env().require_client()
         if fresh:
             body = [{"task": t, **p} for t, p in fresh]
@@ -157,6 +157,19 @@ class LabelStudioSink:
             pipe.hdel(inflight_key(self.project, self.model_version), *ids)
             pipe.execute()
         self._buffer.clear()
+
+    def _not_yet_imported(self) -> list[tuple[int, dict]]:
+        """The buffered predictions Label Studio does not hold yet. A task is asked about (one GET each) only if an
+        earlier attempt, by a crashed or duplicated chunk, got as far as importing it; the ids are noted before the
+        import, so a crash after it cannot hide one. The first attempt, the usual case, costs Label Studio nothing."""
+        key = import_attempts_key(self.project, self.model_version)
+        ids = [str(t) for t, _ in self._buffer]
+        with self.connection.pipeline() as pipe:
+            pipe.smismember(key, ids)
+            pipe.sadd(key, *ids)
+            pipe.expire(key, RESULT_TTL)
+            seen, _, _ = pipe.execute()
+        return [(t, p) for (t, p), tried in zip(self._buffer, seen) if not (tried and self._already_there(t, p))]
 
     def _make_current(self, client) -> None:
         """Once this version has predictions, make it the project's model version (shown as pre-annotations).

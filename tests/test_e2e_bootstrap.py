@@ -318,3 +318,46 @@ def test_project_events_update_the_pool_and_human_work_is_kept(label_studio, med
     finally:
         recorder.stop()
         backend.stop()
+
+
+def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_attempt_asks_nothing(label_studio, media, tmp_path, monkeypatch):
+    """The Label Studio sink in-process against the real server: the first import of a chunk asks Label Studio
+    about no task; the same chunk run again (its worker died after the import, before marking it done) finds its
+    predictions there and imports nothing."""
+
+    from backend.label_config import parse_label_config
+    from backend.worker_plugin import LabelStudioSink, label_studio_sink
+    from seggpt_core.predictor import Segmentation
+    from worker import EmbeddedRedis
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    project, tasks = _project(label_studio, media, "retried import", annotated=0)
+    controls = parse_label_config(CONFIG)
+    server = EmbeddedRedis(tmp_path / "redis")
+    try:
+        connection = server.connect()
+        spec = label_studio_sink(project, "seggpt-retry-test", controls, bulk=True)
+        chunk = tasks[:4]
+
+        def run_chunk() -> int:
+            sink = LabelStudioSink(connection, {"namespace": "n", **spec.params})
+            asked = []
+            original = sink._already_there
+            sink._already_there = lambda task_id, prediction: asked.append(task_id) or original(task_id, prediction)
+            for index, task in enumerate(chunk):
+                mask = np.zeros((64, 80), dtype=bool)
+                mask[10 + index : 30, 5:40] = True
+                segmentation = Segmentation({"mask\x1fDisc": mask}, {"mask\x1fDisc": 0.9}, (64, 80))
+                sink.write(task, segmentation, "done-key")
+            sink.flush()
+            return len(asked)
+
+        assert run_chunk() == 0  # the usual case: nothing to ask
+        assert run_chunk() == len(chunk)  # the re-run asks about each task, and finds it there
+        by_task = _predictions_by_task(label_studio, project)
+        for task in chunk:
+            assert [p["model_version"] for p in by_task[task["id"]]] == ["seggpt-retry-test"]
+        assert not any(by_task.get(t["id"]) for t in tasks[4:])
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@ prompt cache bounded in bytes. On a real (embedded) Redis."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from backend.label_config import parse_label_config
@@ -97,3 +98,44 @@ def test_a_workers_prompt_cache_is_bounded_in_bytes(connection):
     for digest in digests:
         unbounded.predictor_for(connection, PromptSetRef(digest))
     assert len(unbounded._predictors) == 4
+
+
+def test_large_prompt_images_are_kept_at_a_bounded_size_with_their_masks(tmp_path):
+    """A 1920x1080 annotation is stored at 1024x576, upright, its mask shrunk with it (nearest): a fraction of the
+    bytes, and what the network sees (448x448 at most) is the same."""
+    import io
+
+    from PIL import Image
+
+    from backend.prompt_pool import POOL_IMAGE_MAX_SIDE, PromptPool
+    from backend.label_config import parse_label_config
+    from label_studio_sdk.converter.brush import mask2rle
+    from worker import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    try:
+        connection = server.connect()
+        config = '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image"><Label value="Cat"/></BrushLabels></View>'
+        controls = parse_label_config(config)
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 255, size=(1080, 1920, 3), dtype=np.uint8)
+        mask = np.zeros((1080, 1920), dtype=bool)
+        mask[200:600, 300:1100] = True
+        for kind in ("JPEG", "PNG"):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format=kind)
+            original = buffer.getvalue()
+            pool = PromptPool(connection, {"JPEG": 1, "PNG": 2}[kind])
+            result = [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": "r",
+                       "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Cat"]}}]
+            pool.upsert({"id": 5, "data": {"image": "x"}}, {"id": 9, "result": result, "updated_at": "1"}, controls, lambda v, t: original)
+            [entry] = pool.entries()
+            stored = connection.get(entry["image"]["blob"])
+            with Image.open(io.BytesIO(stored)) as image:
+                assert image.size == (POOL_IMAGE_MAX_SIDE, 576) and image.format == kind
+            assert len(stored) < 0.5 * len(original)
+            [small] = pool.entry_masks(entry).values()
+            assert small.shape == (576, 1024) and small.sum() == pytest.approx(mask.sum() * (1024 / 1920) ** 2, rel=0.02)
+            assert small[107:320, 160:586].all() and not small[:100].any()
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, RESULT_TTL
 from .keys import chunk_done_key, run_cancelled_key, worker_info_key
 from .metrics import counters
+from .waiting import status_ended
 from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 
 T = TypeVar("T")
@@ -124,25 +125,52 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Job:
     return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
 
 
+class ProgressTracker:
+    """`job_progress` over many polls: a job that has ended is read one last time and then never again, so a poll
+    of a 10,000-task bootstrap reads only its running and queued chunks."""
+
+    def __init__(self, connection: redis.Redis, job_ids: Sequence[str]) -> None:
+        self.connection = connection
+        self.jobs = len(job_ids)
+        self.pending = list(job_ids)
+        self.ended = {"total": 0, "done": 0, "failed": 0, "jobs_finished": 0, "jobs_failed": 0, "cancelled": 0, "jobs_cancelled": 0}
+
+    def poll(self) -> dict:
+        """Summed progress over the jobs: total, done, failed tasks, and jobs finished / failed; once any was
+        cancelled (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue."""
+        summary = dict(self.ended)
+        still = []
+        for job_id, job in zip(self.pending, Job.fetch_many(self.pending, connection=self.connection, serializer=JSONSerializer)):
+            if job is None:
+                continue  # expired: it no longer counts
+            part = dict.fromkeys(summary, 0)
+            meta = job.get_meta(refresh=False)
+            for key in ("total", "done", "failed"):
+                part[key] = int(meta.get(key, 0))
+            part["cancelled"] = int(meta.get("cancelled", 0))  # a chunk that stopped midway
+            status = job.get_status(refresh=False)
+            part["jobs_finished"] = int(status == "finished")
+            part["jobs_failed"] = int(status == "failed")
+            if status in ("canceled", "stopped"):  # taken off its queue before it ran
+                part["jobs_cancelled"] = 1
+                part["cancelled"] += part["total"] - part["done"] - part["failed"]
+            for key, value in part.items():
+                summary[key] += value
+            if status_ended(status):
+                for key, value in part.items():
+                    self.ended[key] += value
+            else:
+                still.append(job_id)
+        self.pending = still
+        summary["jobs"] = self.jobs
+        if not (summary["cancelled"] or summary["jobs_cancelled"]):
+            del summary["cancelled"], summary["jobs_cancelled"]
+        return summary
+
+
 def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
-    """Summed progress over jobs: total, done, failed tasks, and jobs finished / failed; once any was cancelled
-    (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue."""
-    summary = {"total": 0, "done": 0, "failed": 0, "jobs": len(job_ids), "jobs_finished": 0, "jobs_failed": 0}
-    cancelled = {"cancelled": 0, "jobs_cancelled": 0}
-    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
-        if job is None:
-            continue
-        meta = job.get_meta(refresh=False)
-        for key in ("total", "done", "failed"):
-            summary[key] += int(meta.get(key, 0))
-        cancelled["cancelled"] += int(meta.get("cancelled", 0))  # a chunk that stopped midway
-        status = job.get_status(refresh=False)
-        summary["jobs_finished"] += status == "finished"
-        summary["jobs_failed"] += status == "failed"
-        if status in ("canceled", "stopped"):  # taken off its queue before it ran
-            cancelled["jobs_cancelled"] += 1
-            cancelled["cancelled"] += int(meta.get("total", 0)) - int(meta.get("done", 0)) - int(meta.get("failed", 0))
-    return {**summary, **cancelled} if any(cancelled.values()) else summary
+    """Summed progress over jobs, read once (see `ProgressTracker`)."""
+    return ProgressTracker(connection, job_ids).poll()
 
 
 def cancel_run(connection: redis.Redis, run: str, job_ids: Sequence[str]) -> dict:

@@ -39,10 +39,12 @@ def wait_until(poll: Callable[[], T], ended: Callable[[T], bool], interval: floa
 def wait_for_jobs(connection: redis.Redis, job_ids: Sequence[str], *, interval: float = 0.2, timeout: float | None = None,
                   on_progress: Callable[[dict], None] | None = None) -> dict:
     """Poll `job_progress` until every job has ended (or `timeout`); returns the last summary."""
-    from .queue import job_progress
+    from .queue import ProgressTracker
+
+    tracker = ProgressTracker(connection, job_ids)
 
     def poll() -> dict:
-        progress = job_progress(connection, job_ids)
+        progress = tracker.poll()
         if on_progress is not None:
             on_progress(progress)
         return progress

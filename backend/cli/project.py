@@ -36,16 +36,15 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
 def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch) -> None:
     from tqdm import tqdm
 
-    from ..bootstrap import batch_progress
+    from worker.waiting import wait_for_jobs
 
     with tqdm(total=batch.queued, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
-        def poll() -> dict:
-            progress = batch_progress(connection, batch)
+        def show(progress: dict) -> None:
             bar.update(progress["done"] + progress["failed"] - bar.n)
             bar.set_postfix(done=progress["done"], failed=progress["failed"])
-            return progress
 
-        wait_until(poll, jobs_ended)
+        # once a second, reading only the chunks not yet ended: the bar costs the machine next to nothing
+        wait_for_jobs(connection, batch.job_ids, interval=1.0, on_progress=show)
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
