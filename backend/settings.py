@@ -40,6 +40,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "score_threshold": ("SEGGPT_SCORE_THRESHOLD", "leave out predicted regions scoring below this (0: keep all); a control's model_score_threshold applies too"),
     "label_thresholds": ("SEGGPT_LABEL_THRESHOLDS", "per-label score thresholds, e.g. Cat=0.6,Dog=0.3"),
     "min_area": ("SEGGPT_MIN_AREA", "leave out regions (and polygon components) smaller than this: pixels (200) or a share of the image (0.5%)"),
+    "score": ("SEGGPT_SCORE", "crisp (one forward) or agreement (also paints the mirrored image: orders masks by quality for review, Spearman 0.56 against 0.31, at twice the compute)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
 }
 
@@ -87,6 +88,7 @@ class Settings:
     auto_prelabel: bool = True
     keep_old_predictions: bool = True
     labels_per_forward: int = 0
+    score: str = "crisp"
     tune_steps: int = 150
     score_threshold: float = 0.0
     label_thresholds: str = ""
@@ -104,6 +106,8 @@ class Settings:
             problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if self.prompt_strategy not in ("similar", "recent"):
             problems.append(f"SEGGPT_PROMPT_STRATEGY must be similar or recent, got {self.prompt_strategy!r}")
+        if self.score not in ("crisp", "agreement"):
+            problems.append(f"SEGGPT_SCORE must be crisp or agreement, got {self.score!r}")
         if self.tune_steps < 1:
             problems.append(f"SEGGPT_TUNE_STEPS must be >= 1, got {self.tune_steps}")
         if not 0 <= self.score_threshold <= 1:
@@ -142,6 +146,7 @@ class Settings:
         return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype,
                 "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy,
                 **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {}),
+                **({"score": self.score} if self.score != "crisp" else {}),
                 **({"regions": self.region_filter.to_json()} if self.region_filter.active else {})}
 
     @property
@@ -153,6 +158,8 @@ class Settings:
     def prediction_options(self) -> dict:
         """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type."""
         options = {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy}
+        if self.score != "crisp":
+            options["score"] = self.score
         return {**options, "labels_per_forward": self.labels_per_forward} if self.labels_per_forward else options
 
     @property

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from .prompt_tuning import LearnedPrompt
 
 
+# How a label's score is made. "crisp": the soft IoU of the mask with the painted colors (one forward). "agreement":
+# that times the IoU of the mask with the one painted on the mirrored target (two forwards; it orders masks by their
+# true IoU much better, see docs/benchmarks.md).
+SCORES = ("crisp", "agreement")
+
+
 @dataclass(frozen=True)
 class Prompt:
     """An annotated example: an image and one mask per label it annotates.
@@ -100,6 +106,7 @@ class SegGptPredictor:
             the official demos do). 1 paints every label alone in white: more forwards, but a small model trained on
             one color per episode needs it. None (the default): what the model's config asks for
             (`SegGptConfig.labels_per_forward`: 1 for the shipped `tiny-appearance`, no limit for the real SegGPT).
+        score: "crisp" (default) or "agreement" (see SCORES): how each label's score is made.
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class SegGptPredictor:
         max_batch_rows: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         labels_per_forward: int | None = None,
+        score: str = "crisp",
     ) -> None:
         if embedding_type not in ("instance", "semantic"):
             raise ValueError(f"embedding_type must be 'instance' or 'semantic', got {embedding_type!r}")
@@ -122,6 +130,9 @@ class SegGptPredictor:
         if labels_per_forward is None:
             labels_per_forward = model.config.labels_per_forward
         self.labels_per_forward = max(0, int(labels_per_forward))
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.score = score
         self.size = model.config.half_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -212,7 +223,7 @@ class SegGptPredictor:
         """A predictor on the same model and settings with `prompts` set (the model is shared, not copied)."""
         other = SegGptPredictor(self.model, embedding_type=self.embedding_type, spatial_ensemble=self.spatial_ensemble,
                                 max_batch_rows=self.max_batch_rows, max_pixels=self.max_pixels,
-                                labels_per_forward=self.labels_per_forward)
+                                labels_per_forward=self.labels_per_forward, score=self.score)
         other.set_prompts(prompts)
         return other
 
@@ -321,6 +332,20 @@ class SegGptPredictor:
     ) -> list[Segmentation]:
         """Segment prepared targets. `selections`, one per target, restrict each label to chosen prompts
         (label -> prompt indices); by default every label uses every prompt that annotates it."""
+        results = self._painted(targets, selections)
+        if self.score == "agreement":
+            # Paint the mirrored targets too: where the two paintings disagree, the model is guessing. The score is
+            # the crisp score times the IoU of the two masks, at the price of a second forward per target.
+            mirrored = self._painted([PreparedTarget(t.tensor.flip(-1), t.size) for t in targets], selections)
+            for result, other in zip(results, mirrored):
+                for label, mask in result.masks.items():
+                    mine = np.asarray(mask.label_map) == mask.value
+                    theirs = (np.asarray(other.masks[label].label_map) == other.masks[label].value)[:, ::-1]
+                    union = np.count_nonzero(mine | theirs)
+                    result.scores[label] *= float(np.count_nonzero(mine & theirs) / union) if union else 1.0
+        return results
+
+    def _painted(self, targets: Sequence[PreparedTarget], selections: Sequence[Mapping[str, Sequence[int]]] | None) -> list[Segmentation]:
         if not self._groups and self._learned is None:
             raise RuntimeError("no prompts set: call set_prompts() before predict()")
         if selections is not None and len(selections) != len(targets):

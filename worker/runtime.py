@@ -109,7 +109,7 @@ class WorkerRuntime:
         """A predictor with the prompts `prompts` names prepared, from the cache when this worker has seen them."""
         from .prompt_sets import load_learned_prompt, load_prompt_set
 
-        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "labels_per_forward")}
+        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "labels_per_forward", "score")}
         key = (prompts.digest, prompts.learned, tuple(sorted(options.items())))
         predictor = self._predictors.get(key)
         if predictor is not None:
@@ -133,7 +133,7 @@ class WorkerRuntime:
                                spatial_ensemble=bool(options.get("spatial_ensemble", False)),
                                # 0 or absent: the model's own limit (its config)
                                labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
-                               max_batch_rows=self.settings.max_batch_rows)
+                               max_batch_rows=self.settings.max_batch_rows, score=options.get("score", "crisp"))
 
     def prompt_cache_bytes(self) -> int:
         return sum(predictor.nbytes() for predictor in list(self._predictors.values()))

@@ -25,6 +25,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> 
     parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
     parser.add_argument("--labels-per-forward", type=int, default=0,
                         help="paint at most N labels per forward (0: the model's own limit: 1 for tiny-appearance, trained on one color; none for SegGPT)")
+    parser.add_argument("--score", default=os.environ.get("SEGGPT_SCORE", "crisp"), choices=["crisp", "agreement"],
+                        help="crisp: one forward; agreement: also the mirrored image, a score that orders masks by quality (default: %(default)s)")
 
 
 def add_redis_option(parser: argparse.ArgumentParser) -> None:

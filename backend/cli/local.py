@@ -26,7 +26,8 @@ def _build_predictor(args: argparse.Namespace):
     param = next(model.parameters())
     print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
     return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble,
-                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward or None)
+                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward or None,
+                           score=getattr(args, "score", "crisp"))
 
 
 def _list_images(directory: Path) -> list[Path]:
