@@ -32,6 +32,7 @@ POOL_BLOB_TTL = 365 * 24 * 3600
 # Prompt images are kept at most this many pixels on their longer side (masks with them): SegGPT never sees a
 # prompt larger than 448x448, so more only weighs on Redis (the 1080p pool of bench/scale.py took 3.3x the memory).
 POOL_IMAGE_MAX_SIDE = 1024
+SYNC_THREADS = 4
 
 
 def newest_annotation(annotations: Iterable[dict]) -> dict | None:
@@ -58,7 +59,7 @@ def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
     if data[:3] == b"\xff\xd8\xff":  # JPEG
         small.save(buffer, format="JPEG", quality=95)
     else:
-        small.save(buffer, format="PNG")
+        small.save(buffer, format="PNG", compress_level=1)  # 4x faster than the default, a little larger
     shrunk = {label: np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)) for label, mask in masks.items()}
     return buffer.getvalue(), small, shrunk
 
@@ -240,18 +241,33 @@ class PromptPool:
 
 def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control]) -> dict:
     """Rebuild the pool from every task's newest usable annotation; returns counts and per-task errors."""
+    from concurrent.futures import ThreadPoolExecutor
+
     seen, errors, stored = set(), {}, 0
-    for task in client.iter_tasks(pool.project):
-        annotation = newest_annotation(task.get("annotations") or [])
-        if annotation is None:
-            continue
-        seen.add(task["id"])
+
+    def settle(task_id, future) -> None:
+        nonlocal stored
         try:
-            if pool.upsert(task, annotation, controls, fetch):
+            if future.result():
                 stored += 1
         except Exception as exc:  # one bad annotation must not stop the sync; the reason is kept
-            errors[task["id"]] = f"{type(exc).__name__}: {exc}"
-            log.warning("task %s: annotation not usable as a prompt: %s", task["id"], exc)
+            errors[task_id] = f"{type(exc).__name__}: {exc}"
+            log.warning("task %s: annotation not usable as a prompt: %s", task_id, exc)
+
+    # Fetching and decoding overlap across a few threads (downloads wait on the network, Pillow releases the GIL):
+    # the 100-annotation sync of bench/scale.py is the bootstrap's first step, before any task is queued.
+    with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pool-sync") as threads:
+        running = []
+        for task in client.iter_tasks(pool.project):
+            annotation = newest_annotation(task.get("annotations") or [])
+            if annotation is None:
+                continue
+            seen.add(task["id"])
+            running.append((task["id"], threads.submit(pool.upsert, task, annotation, controls, fetch)))
+            while len(running) > 4 * SYNC_THREADS:  # bounded: a big pool is never held whole
+                settle(*running.pop(0))
+        for task_id, future in running:
+            settle(task_id, future)
     for entry in pool.entries():
         if entry["task"] not in seen:
             pool.remove_task(entry["task"])

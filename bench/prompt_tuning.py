@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=40)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=None, help="tuning learning rate (default: TuneSettings')")
     parser.add_argument("--jitter", type=float, default=16.0)
     args = parser.parse_args()
 
@@ -39,7 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
     reports = evaluate_prompt_tuning(load_model(args.weights, device="cpu"), args.projects, args.examples, args.targets,
-                                     args.steps, args.k, args.jitter, log=lambda line: print(line, flush=True))
+                                     args.steps, args.k, args.jitter, log=lambda line: print(line, flush=True), lr=args.lr)
     print(f"weights={args.weights} projects={args.projects} examples={args.examples} targets={args.targets} steps={args.steps} "
           f"jitter={args.jitter:g}; {time.perf_counter() - started:.0f} s on {torch.get_num_threads()} thread(s)")
     for name, report in reports.items():

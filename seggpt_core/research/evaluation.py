@@ -222,20 +222,23 @@ def evaluate_prompt_strategies(predictor: SegGptPredictor, episodes: int, select
 
 def evaluate_prompt_tuning(model: SegGpt, projects: int, examples: int = 16, targets: int = 40, steps: int = 150, k: int = 5,
                            jitter: float = 16.0, first_seed: int = HELD_OUT_SEED + 1_200_000,
-                           log: Callable[[str], None] | None = None) -> dict[str, EvalReport]:
-    """Tuned prompt against one-shot (the first labeled scene, where tuning starts) and the K-shot ensemble, on
+                           log: Callable[[str], None] | None = None, lr: float | None = None) -> dict[str, EvalReport]:
+    """Tuned prompt against one-shot (the first labeled scene), the scene tuning started from alone ("start"), and
+    the K-shot ensemble, on
     the held-out scenes of synthetic projects (see `make_project`), SegGPT frozen. Returns a report per method,
     grouped by project."""
     from ..prompt_tuning import TuneSettings, tune_prompt
 
     predictor = SegGptPredictor(model)
-    reports = {name: EvalReport() for name in ("one-shot", f"{k}-shot", "tuned")}
+    reports = {name: EvalReport() for name in ("one-shot", "start", f"{k}-shot", "tuned")}
     for index in range(projects):
         label, scenes = make_project(first_seed + 1000 * index, examples + targets, jitter=jitter)
         labeled = [Prompt(s.image, {label: s.masks[label]}) for s in scenes[:examples]]
         held_out = scenes[examples:]
-        learned = tune_prompt(model, labeled, TuneSettings(steps=steps))
-        setups = {"one-shot": (labeled[:1], None), f"{k}-shot": (labeled[:k], None), "tuned": ([], learned)}
+        learned = tune_prompt(model, labeled, TuneSettings(steps=steps) if lr is None else TuneSettings(steps=steps, lr=lr))
+        start = learned.info["initial_example"]  # the example tuning started from, alone: what the choice gives
+        setups = {"one-shot": (labeled[:1], None), "start": (labeled[start : start + 1], None), f"{k}-shot": (labeled[:k], None),
+                  "tuned": ([], learned)}
         group = f"project {index} ({label})"
         for name, (prompts, tuned) in setups.items():
             predictor.set_prompts(prompts, learned=tuned)
