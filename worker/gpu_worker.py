@@ -75,6 +75,26 @@ class SegGptWorker(SimpleWorker):
             self.runtime.stop_requested.set()  # the running chunk stops at its next batch
         super().request_stop(signum, frame)
 
+    def _stopping(self) -> bool:
+        return self.runtime is not None and self.runtime.stop_requested.is_set()
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        # A stop asked for while a job ran must not go on to wait for the next one: RQ's dequeue retries a lost Redis
+        # for up to `max_connection_wait_time` without looking at the stop, so a worker whose Redis ended with it
+        # (both children of a killed serve) lingered ~30 s.
+        if self._stopping():
+            raise StopRequested()
+        self._dequeuing = True
+        try:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        finally:
+            self._dequeuing = False
+
+    def heartbeat(self, *args, **kwargs):
+        if getattr(self, "_dequeuing", False) and self._stopping():
+            raise StopRequested()  # each turn of dequeue's retry loop starts here
+        return super().heartbeat(*args, **kwargs)
+
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
         if "ChunkInterrupted" in exc_string and job.retries_left is not None:
             job.retries_left += 1  # a stop is not the chunk's failure: it goes back without using a retry
