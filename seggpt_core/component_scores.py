@@ -24,6 +24,7 @@ class ComponentScores:
         self.indices, self.confidence, self.runner_up = indices, confidence, runner_up
         self.value = value
         self.size = (int(size[0]), int(size[1]))
+        self.factor = 1.0  # what the label's score was multiplied by after decoding (the "agreement" score)
         self._map: np.ndarray | None = None
 
     def score_map(self) -> np.ndarray:
@@ -57,4 +58,4 @@ class ComponentScores:
         source_rows = nearest_source_indices(self.indices.shape[0], self.size[0])[np.asarray(rows)]
         source_cols = nearest_source_indices(self.indices.shape[1], self.size[1])[np.asarray(cols)]
         values = self.score_map()[source_rows, source_cols]
-        return float(values.max()) if values.size else 0.0
+        return float(values.max()) * self.factor if values.size else 0.0

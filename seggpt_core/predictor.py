@@ -342,7 +342,9 @@ class SegGptPredictor:
                     mine = np.asarray(mask.label_map) == mask.value
                     theirs = (np.asarray(other.masks[label].label_map) == other.masks[label].value)[:, ::-1]
                     union = np.count_nonzero(mine | theirs)
-                    result.scores[label] *= float(np.count_nonzero(mine & theirs) / union) if union else 1.0
+                    agreement = float(np.count_nonzero(mine & theirs) / union) if union else 1.0
+                    result.scores[label] *= agreement
+                    result.component_scores[label].factor = agreement  # each instance region's score follows
         return results
 
     def _painted(self, targets: Sequence[PreparedTarget], selections: Sequence[Mapping[str, Sequence[int]]] | None) -> list[Segmentation]:

@@ -141,6 +141,8 @@ def test_each_component_keeps_its_own_score_and_one_component_scores_like_its_la
     runner_up = np.zeros((40, 40), dtype=np.int64)
     alone = _decoded(indices, confidence, runner_up)
     assert alone.component_scores["L"].at(np.array([6]), np.array([6])) == pytest.approx(alone.scores["L"]) == pytest.approx(1.0)
+    alone.component_scores["L"].factor = 0.5  # what the agreement score sets, with the label's score
+    assert alone.component_scores["L"].at(np.array([6]), np.array([6])) == pytest.approx(0.5)
 
     indices[25:35, 25:35] = 1  # a second, uncertain instance with a fringe
     confidence[25:35, 25:35] = 0.2
@@ -327,3 +329,20 @@ def test_a_context_that_names_no_known_label_is_a_clear_422(stack):
     response = stack.client.post("/predict", json={**body, "tasks": [{**body["tasks"][0], "data": {"image": stack.url}}],
                                                   "project": "7105.1", "params": {"context": {"result": [region]}}})
     assert response.status_code == 422 and "result[0]: label 'Nope'" in response.json()["detail"]
+
+
+def test_the_agreement_score_reaches_each_instance_region():
+    from seggpt_core import load_model
+    from seggpt_core.predictor import Prompt
+
+    image, truth = _scene()
+    model = load_model("tiny-appearance", device="cpu")
+    crisp, agreeing = SegGptPredictor(model), SegGptPredictor(model, score="agreement")
+    prompts = [Prompt(image, {"disc": truth["disc"][0] | truth["disc"][1]})]
+    for predictor in (crisp, agreeing):
+        predictor.set_prompts(prompts)
+    [one], [two] = crisp.predict([image]), agreeing.predict([image])
+    factor = two.component_scores["disc"].factor
+    assert 0 < factor <= 1 and two.scores["disc"] == pytest.approx(one.scores["disc"] * factor)
+    rows, cols = np.nonzero(truth["disc"][2])
+    assert two.component_scores["disc"].at(rows, cols) == pytest.approx(one.component_scores["disc"].at(rows, cols) * factor)

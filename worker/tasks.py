@@ -164,14 +164,16 @@ def segment_chunk(payload: dict) -> dict:
         else:
             already.add(task_id)
 
-    # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
-    # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
-    # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
-    # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
+    # tasks the annotator marked (interactive, one at a time) first, then the batched rest
     marked = [task for task in chunk.tasks if task.hints and str(task.id) not in already]
     for task in marked:
         record(str(task.id), _InlineExecutor().submit(from_exemplars, task))
     pending = [task for task in pending if not task.get("hints")]
+
+    # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
+    # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
+    # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
+    # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
     interrupted = False
     cancelled = _cancelled(connection, chunk.run)
     overlap = runtime.overlaps_host_work()
