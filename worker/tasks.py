@@ -133,15 +133,23 @@ def segment_chunk(payload: dict) -> dict:
     done_before = len(already)
     batch = max(1, int(options.get("batch_targets") or BATCH_TARGETS))
 
+    def pause(delay: float) -> None:
+        # a retry's wait ends when the worker is told to stop: its Redis may have ended with it (a killed serve)
+        if runtime.stop_requested.wait(delay):
+            raise ChunkInterrupted("the worker is stopping: what is stored stays, the rest runs again")
+
+    def retried(action: Callable[[], T]) -> T:
+        return with_backoff(action, sleep=pause)
+
     def prepare(task: dict):
-        data = with_backoff(lambda: load_image_bytes(connection, task["image"]))
+        data = retried(lambda: load_image_bytes(connection, task["image"]))
         return predictor.prepare_target(data, where=f"task {task['id']}")
 
     def from_exemplars(task: TaskRef) -> None:
         """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.exemplars`)."""
         from seggpt_core.exemplars import HintError, segment_in_image
 
-        data = with_backoff(lambda: load_image_bytes(connection, task.image))
+        data = retried(lambda: load_image_bytes(connection, task.image))
         try:
             segmentation = segment_in_image(predictor, data, task.hints)
         except HintError as exc:
@@ -149,7 +157,7 @@ def segment_chunk(payload: dict) -> dict:
         write(task.to_json(), segmentation)
 
     def write(task: dict, segmentation) -> None:
-        with_backoff(lambda: sink.write(task, segmentation, finished))
+        retried(lambda: sink.write(task, segmentation, finished))
 
     def record(task_id: str, future) -> None:
         try:
@@ -220,7 +228,7 @@ def segment_chunk(payload: dict) -> dict:
             record(*writes.pop(0))
     flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
     if flush is not None:
-        with_backoff(flush)
+        retried(flush)
     count(connection, "tasks_done", len(already) - done_before)
     count(connection, "tasks_failed_input", len(bad_input))
     count(connection, "tasks_failed_system", len(failed) + len(transient) - len(bad_input))
