@@ -89,14 +89,15 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float
 
 
 def brush_instance_regions(mask: np.ndarray, control: Control, label: str, score: float, rid_prefix: str,
-                           component_scores=None, min_pixels: float = 1) -> list[dict]:
-    """One brush region per connected component (an instance), largest first, each with its own score."""
+                           component_scores=None) -> list[dict]:
+    """One brush region per connected component (an instance), largest first, each with its own score (the
+    region filter's minimum area has been applied to `mask` before)."""
     import cv2
 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, dtype=np.uint8), connectivity=8)
     order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])
     regions = []
-    for index, component in enumerate(i for i in order if stats[i, cv2.CC_STAT_AREA] >= min_pixels):
+    for index, component in enumerate(order):
         part = labels == component
         rows, cols = np.nonzero(part)
         regions.append(brush_region(part, control, label, _own_score(component_scores, rows, cols, score), f"{rid_prefix}{index}"))

@@ -111,10 +111,7 @@ class LabelStudioSink:
         if self.interactive:
             # the page that asked has given up: a suggestion is never stored as a prediction
             log.info("project %s: task %s: interactive suggestion finished after its request closed; dropped", self.project, task_id)
-            with self.connection.pipeline() as pipe:
-                pipe.sadd(done_key, str(task_id))
-                pipe.expire(done_key, RESULT_TTL)
-                pipe.execute()
+            self._mark_done(done_key, task_id)
             return
         if self.bulk:
             self._buffer.append((task_id, prediction))
@@ -122,6 +119,9 @@ class LabelStudioSink:
             return
         if not self._already_there(task_id, prediction):
             self._call(lambda: services_from_env().require_client().create_prediction(task_id, prediction))
+        self._mark_done(done_key, task_id)
+
+    def _mark_done(self, done_key: str, task_id: object) -> None:
         with self.connection.pipeline() as pipe:
             pipe.sadd(done_key, str(task_id))
             pipe.expire(done_key, RESULT_TTL)

@@ -3,8 +3,9 @@ side in one run on the same held-out episodes (200 by default), with the goal be
 
 1. one-shot mIoU on appearance-class episodes (goal >= 0.75), and random weights of the same config (< 0.1);
 2. the prompt swap: mIoU with another class's prompt, as a ratio of the own prompt's (goal <= 0.3);
-3. 5-shot against 1-shot on episodes whose instances vary (jitter 16, twice the standard; goal >= +0.03), and
-   at jitter 24, beyond anything training drew;
+3. 5-shot against 1-shot on episodes whose instances vary (jitter 32, four times the standard and twice the top
+   of one-shot training's range; goal >= +0.03), and at jitters 16 and 24, where one prompt already shows most
+   of the spread;
 4. prediction score against IoU, Spearman (goal >= 0.5), for both scores (crisp, and agreement);
 8. two labels painted in one forward against each label alone (goal >= 0.9x).
 Also the harder sets, reported without goals: shape-category episodes, and the held-out family of textures,
@@ -28,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="tiny-appearance")
     parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--varied-jitter", type=float, default=16.0, help="instance brightness spread of the varied episodes: twice the standard 8, the top of training's range")
+    parser.add_argument("--varied-jitter", type=float, default=32.0, help="instance brightness spread of the varied episodes: four times the standard 8, twice the top of training's range")
     args = parser.parse_args()
 
     import torch
@@ -60,8 +61,10 @@ def main() -> None:
     line("varied_1shot_miou", varied_one.miou)
     line("varied_5shot_miou", varied_five.miou)
     line("five_minus_one_shot", varied_five.miou - varied_one.miou, "goal >= 0.03")
-    wild_one, wild_five = evaluate_synthetic(own, n, jitter=24.0), evaluate_synthetic(own, n, shots=5, jitter=24.0)
-    line("jitter24_five_minus_one", wild_five.miou - wild_one.miou, f"(1-shot {wild_one.miou:.4f})")
+    for spread in (16.0, 24.0):
+        milder_one = evaluate_synthetic(own, n, jitter=spread)
+        milder_five = evaluate_synthetic(own, n, shots=5, jitter=spread)
+        line(f"jitter{spread:g}_five_minus_one", milder_five.miou - milder_one.miou, f"(1-shot {milder_one.miou:.4f})")
     plain_five = evaluate_synthetic(own, n, shots=5)
     line("five_shot_miou", plain_five.miou, f"(jitter 8; 1-shot {one.miou:.4f})")
     alone = evaluate_synthetic(SegGptPredictor(model, labels_per_forward=1), n, labels=2)

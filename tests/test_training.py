@@ -58,6 +58,38 @@ def test_appearance_batches_pair_the_same_images_with_two_labels():
     assert torch.allclose(batch["prompt_masks"].amax(dim=(0, 2, 3)), batch["labels"].amax(dim=(0, 2, 3)))
 
 
+def test_multi_prompt_batches_group_k_prompts_of_one_target_for_the_feature_ensemble():
+    batch = make_batch([3, 4], (48, 48), shots=3, jitter=(24.0, 24.0))
+    # two seeds x two paired labels = 4 groups of 3 prompt rows, one label row per group
+    assert batch["pixel_values"].shape == (12, 3, 48, 48) and batch["labels"].shape == (4, 3, 48, 48)
+    for group in range(4):
+        rows = range(3 * group, 3 * group + 3)
+        assert all(torch.equal(batch["pixel_values"][r], batch["pixel_values"][3 * group]) for r in rows)
+        prompts = [batch["prompt_pixel_values"][r] for r in rows]
+        assert not torch.equal(prompts[0], prompts[1]) and not torch.equal(prompts[1], prompts[2])  # K scenes
+    # the two labels of a seed: same target and prompts, different masks and answers
+    assert torch.equal(batch["prompt_pixel_values"][:3], batch["prompt_pixel_values"][3:6])
+    assert not torch.equal(batch["prompt_masks"][:3], batch["prompt_masks"][3:6])
+    assert not (batch["foreground"][0] & batch["foreground"][1]).any()
+    model = load_model("tiny-appearance", device="cpu")
+    painted = model(batch["pixel_values"], batch["prompt_pixel_values"], batch["prompt_masks"], num_prompts=3,
+                    target_only=True)
+    assert painted.shape == batch["labels"].shape
+
+
+def test_multi_prompt_training_reports_the_varied_ensemble_and_needs_appearance(tmp_path):
+    lines = []
+    best = train(TrainSettings(steps=2, batch=2, warmup=1, eval_every=2, eval_episodes=2, init="tiny-appearance",
+                               lr=1e-4, ensemble_shots=2, ensemble_batch=1), tmp_path / "w", log=lines.append)
+    assert 0.0 <= best["varied_one_shot"] <= 1.0 and 0.0 <= best["varied_five_shot"] <= 1.0
+    assert best["merit"] == pytest.approx((best["miou"] + best["varied_five_shot"]) / 2)
+    assert any("5-shot" in line for line in lines)
+    with pytest.raises(ValueError, match="ensemble_shots=1 needs at least 2 shots"):
+        TrainSettings(ensemble_shots=1)
+    with pytest.raises(ValueError, match="the appearance task"):
+        TrainSettings(ensemble_shots=3, task="shapes")
+
+
 def test_shape_batches_keep_the_old_recipe():
     batch = make_batch([3, 4], (48, 48), task="shapes")
     assert batch["pixel_values"].shape == (2, 3, 48, 48)

@@ -194,7 +194,8 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every,
-                             eval_episodes=args.eval_episodes, warmup=args.warmup, task=args.task, init=args.init)
+                             eval_episodes=args.eval_episodes, warmup=args.warmup, task=args.task, init=args.init,
+                             ensemble_shots=args.ensemble_shots, ensemble_batch=args.ensemble_batch)
     best = train(settings, Path(args.out), log=lambda line: print(line, flush=True))
     print(f"best held-out 1-shot mIoU {best['miou']:.4f} (another class's prompt: {best['swapped_miou']:.4f}) at step "
           f"{best['step']} ({best['seconds']} s); weights in {args.out}")
@@ -243,6 +244,8 @@ def add_train_tiny(commands: argparse._SubParsersAction) -> None:
     trainer.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     trainer.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay")
     trainer.add_argument("--init", help="start from these weights (e.g. tiny-appearance) instead of random ones: fine-tuning")
+    trainer.add_argument("--ensemble-shots", type=int, default=0, help="also train K-prompt episodes through the feature ensemble, with instances that vary more (0: one-shot only)")
+    trainer.add_argument("--ensemble-batch", type=int, default=4, help="image pairs of K prompts each per step, with --ensemble-shots")
     trainer.set_defaults(handler=cmd_train_tiny)
 
 

@@ -56,12 +56,21 @@ class TrainSettings:
     task: str = "appearance"
     episode_size: tuple[int, int] = (96, 96)  # generated at this size, then resized to the model's
     init: str | None = None  # weights to start from (fine-tuning) instead of random ones
+    # Multi-prompt episodes: each step also trains `ensemble_batch` pairs of `ensemble_shots` prompts each through
+    # the feature ensemble, with instances that vary more, so that averaging the prompts' features pays off
+    # (0: one-shot only, how the shipped model was first trained).
+    ensemble_shots: int = 0
+    ensemble_batch: int = 4
+    ensemble_jitter: tuple[float, float] = (8.0, 32.0)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown training task {self.task!r}; known: {', '.join(TASKS)}")
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps and batch must be positive, got {self.steps} and {self.batch}")
+        if self.ensemble_shots and (self.ensemble_shots < 2 or self.task != "appearance" or self.ensemble_batch < 1):
+            raise ValueError(f"ensemble_shots={self.ensemble_shots} needs at least 2 shots, a positive ensemble_batch "
+                             f"and the appearance task (got task {self.task!r})")
 
 
 _WHITE = make_palette(1)[1].astype(np.float32)
@@ -75,18 +84,22 @@ def _painted(mask: np.ndarray, size: tuple[int, int], color: np.ndarray = _WHITE
 
 
 def make_batch(seeds: list[int], size: tuple[int, int], task: str = "appearance",
-               episode_size: tuple[int, int] = (96, 96)) -> dict[str, torch.Tensor]:
-    """Tensors for one batch of 1-shot episodes, one per seed, at the model's half `size`.
+               episode_size: tuple[int, int] = (96, 96), shots: int = 1,
+               jitter: tuple[float, float] = (4.0, 16.0)) -> dict[str, torch.Tensor]:
+    """Tensors for one batch of episodes, one per seed, at the model's half `size`.
 
-    appearance: two rows per seed, the same images with each of the episode's two paired labels.
+    appearance: two groups per seed, the same images with each of the episode's two paired labels; a group is
+    `shots` consecutive rows (prompt k, the target), as the feature ensemble takes them, with one label row.
     shapes: one row per seed, the category painted in a random saturated color (how `tiny-shapes` was trained).
     """
     targets, prompts, prompt_masks, labels, foreground = [], [], [], [], []
 
-    def add(prompt_image, target_image, prompt_mask, target_mask, color=_WHITE):
-        prompts.append(image_to_tensor(prompt_image, size))
-        targets.append(image_to_tensor(target_image, size))
-        prompt_masks.append(_painted(prompt_mask, size, color)[0])
+    def add(prompt_images, target_image, prompt_mask_list, target_mask, color=_WHITE):
+        target_tensor = image_to_tensor(target_image, size)
+        for prompt_image, prompt_mask in zip(prompt_images, prompt_mask_list):
+            prompts.append(image_to_tensor(prompt_image, size))
+            targets.append(target_tensor)
+            prompt_masks.append(_painted(prompt_mask, size, color)[0])
         label, fg = _painted(target_mask, size, color)
         labels.append(label)
         foreground.append(fg)
@@ -94,11 +107,12 @@ def make_batch(seeds: list[int], size: tuple[int, int], task: str = "appearance"
     for seed in seeds:
         if task == "appearance":
             # instances that vary from mild to strong, so that the model meets spreads it must generalize over
-            jitter = float(np.random.default_rng([seed, 3]).uniform(4, 16))
-            episode = make_appearance_episode(seed, size=episode_size, paired=True, jitter=jitter)
-            prompt, target = episode.prompts[0], episode.targets[0]
+            spread = float(np.random.default_rng([seed, 3]).uniform(*jitter))
+            episode = make_appearance_episode(seed, shots=shots, size=episode_size, paired=True, jitter=spread)
+            target = episode.targets[0]
             for label in episode.categories:
-                add(prompt.image, target.image, prompt.masks[label], target.masks[label])
+                add([p.image for p in episode.prompts], target.image, [p.masks[label] for p in episode.prompts],
+                    target.masks[label])
         else:
             episode = make_episode(seed, shots=1, targets=1, size=episode_size)
             category = episode.categories[0]
@@ -106,7 +120,7 @@ def make_batch(seeds: list[int], size: tuple[int, int], task: str = "appearance"
             color = rng.integers(0, 256, size=3).astype(np.float32)
             color[rng.integers(0, 3)] = 255.0  # keep it well away from the black background
             prompt, target = episode.prompts[0], episode.targets[0]
-            add(prompt.image, target.image, prompt.masks[category], target.masks[category], color)
+            add([prompt.image], target.image, [prompt.masks[category]], target.masks[category], color)
     return {
         "pixel_values": torch.stack(targets),
         "prompt_pixel_values": torch.stack(prompts),
@@ -126,10 +140,36 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def checkpoint_report(model: SegGpt, settings: TrainSettings):
-    """Held-out 1-shot quality with the prompt swap, painted one label at a time as inference does."""
+# The instance spread at which multi-prompt checkpoints are judged: beyond one-shot training's range, where one
+# prompt no longer shows how the instances vary.
+VARIED_JITTER = 24.0
+
+
+@dataclass
+class CheckpointReport:
+    miou: float  # 1-shot, standard episodes
+    swapped_miou: float
+    varied_one_shot: float | None = None  # at VARIED_JITTER, with multi-prompt training only
+    varied_five_shot: float | None = None
+
+    @property
+    def merit(self) -> float:
+        """What checkpoints are chosen by: the 1-shot mIoU, averaged with the varied 5-shot one when the
+        ensemble is trained too (so that neither is bought with the other)."""
+        return self.miou if self.varied_five_shot is None else (self.miou + self.varied_five_shot) / 2
+
+
+def checkpoint_report(model: SegGpt, settings: TrainSettings) -> CheckpointReport:
+    """Held-out 1-shot quality with the prompt swap, painted one label at a time as inference does; with
+    multi-prompt training also 1-shot and 5-shot on varied instances."""
     predictor = SegGptPredictor(model, labels_per_forward=1)
-    return evaluate_synthetic(predictor, settings.eval_episodes, first_seed=CHECKPOINT_SEED, prompt_swap=True, task=settings.task)
+    n, seed = settings.eval_episodes, CHECKPOINT_SEED
+    one = evaluate_synthetic(predictor, n, first_seed=seed, prompt_swap=True, task=settings.task)
+    report = CheckpointReport(one.miou, one.swapped_miou)
+    if settings.ensemble_shots:
+        report.varied_one_shot = evaluate_synthetic(predictor, n, first_seed=seed, jitter=VARIED_JITTER).miou
+        report.varied_five_shot = evaluate_synthetic(predictor, n, shots=5, first_seed=seed, jitter=VARIED_JITTER).miou
+    return report
 
 
 def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = print) -> dict:
@@ -146,7 +186,7 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
     size = model.config.half_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = warmup_cosine(optimizer, settings.warmup, settings.steps)
-    best = {"miou": -1.0, "swapped_miou": None, "step": 0}
+    best: dict = {"merit": -1.0, "miou": -1.0, "swapped_miou": None, "step": 0}
     started = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
     for step in range(1, settings.steps + 1):
@@ -154,6 +194,13 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
         batch = make_batch(seeds, size, settings.task, settings.episode_size)
         painted = model(batch["pixel_values"], batch["prompt_pixel_values"], batch["prompt_masks"], target_only=True)
         loss = balanced_loss(painted, batch["labels"], batch["foreground"])
+        if settings.ensemble_shots:
+            seeds = rng.integers(0, HELD_OUT_SEED, size=settings.ensemble_batch).tolist()
+            group = make_batch(seeds, size, settings.task, settings.episode_size, settings.ensemble_shots,
+                               settings.ensemble_jitter)
+            painted = model(group["pixel_values"], group["prompt_pixel_values"], group["prompt_masks"],
+                            num_prompts=settings.ensemble_shots, target_only=True)
+            loss = loss + balanced_loss(painted, group["labels"], group["foreground"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -165,9 +212,12 @@ def train(settings: TrainSettings, out_dir: Path, log: Callable[[str], None] = p
             model.eval()
             report = checkpoint_report(model, settings)
             model.train()
-            log(f"step {step} held-out 1-shot mIoU {report.miou:.4f} swapped-prompt mIoU {report.swapped_miou:.4f}")
-            if report.miou > best["miou"]:
-                best = {"miou": report.miou, "swapped_miou": report.swapped_miou, "step": step}
+            varied = "" if report.varied_five_shot is None else (
+                f" varied (jitter {VARIED_JITTER:g}) 1-shot {report.varied_one_shot:.4f} 5-shot {report.varied_five_shot:.4f}")
+            log(f"step {step} held-out 1-shot mIoU {report.miou:.4f} swapped-prompt mIoU {report.swapped_miou:.4f}{varied}")
+            if report.merit > best["merit"]:
+                best = {"merit": report.merit, "miou": report.miou, "swapped_miou": report.swapped_miou, "step": step,
+                        "varied_one_shot": report.varied_one_shot, "varied_five_shot": report.varied_five_shot}
                 save_model(model.eval(), out_dir)
                 model.train()
     best["seconds"] = round(time.perf_counter() - started, 1)
