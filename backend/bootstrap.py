@@ -94,6 +94,12 @@ def _is_unlabeled(task: dict) -> bool:
     return not task.get("is_labeled") and not task.get("total_annotations")
 
 
+def _task_count(client, project: int) -> int | None:
+    """The project's number of tasks, as Label Studio reports it (None when it does not)."""
+    count = client.get_json(f"/api/projects/{project}").get("task_number")
+    return count if isinstance(count, int) else None
+
+
 def start_bootstrap(
     connection: redis.Redis,
     services: Services,
@@ -130,6 +136,8 @@ def start_bootstrap(
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
     inflight = inflight_key(project, version)
     size = chunk_size or settings.chunk_size
+    project_tasks = _task_count(client, project)
+    import_each = settings.import_each_above >= 0 and project_tasks is not None and project_tasks > settings.import_each_above
     fields: dict[str, tuple] = {}  # data key -> (prompts, sink) of the fields that can be predicted
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
@@ -138,7 +146,7 @@ def start_bootstrap(
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
         fields[data_key] = (prompts, label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
-                                                            region_filter=settings.region_filter))
+                                                            region_filter=settings.region_filter, import_each=import_each))
     buffers: dict[str, list[dict]] = {key: [] for key in fields}
 
     def enqueue(data_key: str, refs: list[dict]) -> None:

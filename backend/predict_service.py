@@ -82,7 +82,8 @@ def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
     with connection.pipeline(transaction=True) as pipe:
         pipe.set(closed, 1, ex=86400)
         pipe.hgetall(results)
-        _, stored = pipe.execute()
+        pipe.delete(results)  # read once: nothing writes to a closed request (460 of them held 24 MB for a day)
+        _, stored, _ = pipe.execute()
     return {k.decode(): json.loads(v) for k, v in stored.items()}
 
 

@@ -32,6 +32,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
+    "import_each_above": ("SEGGPT_IMPORT_EACH_ABOVE", "in projects of more tasks than this, bootstrap writes one POST per prediction instead of one bulk import per chunk (Label Studio 1.23.2 recounts every task of the project on each bulk import; -1: always bulk)"),
     "prompt_strategy": ("SEGGPT_PROMPT_STRATEGY", "similar (the K most similar annotated images per label) or recent"),
     "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
     "auto_prelabel": ("SEGGPT_AUTO_PRELABEL", "pre-label newly imported tasks once the project has a prompt"),
@@ -61,6 +62,12 @@ def _parse(kind: type, raw: str) -> Any:
     return raw
 
 
+# Label Studio 1.23.2's bulk prediction import (its default, "legacy" path) recounts the annotations and predictions
+# of every task in the project, so its cost grows with the project; a POST per prediction updates only its task.
+# Measured (docs/benchmarks.md): they cost Label Studio the same for a chunk of 16 near this project size.
+IMPORT_EACH_ABOVE = 2000
+
+
 @dataclass(frozen=True)
 class Settings:
     label_studio_url: str = ""
@@ -83,6 +90,7 @@ class Settings:
     queue: str = "seggpt"
     interactive_queue: str = "seggpt-interactive"
     chunk_size: int = 16
+    import_each_above: int = IMPORT_EACH_ABOVE
     prompt_strategy: str = "similar"
     auto_relabel: bool = False
     auto_prelabel: bool = True

@@ -61,6 +61,7 @@ class LabelStudioTarget:
     replace_older: bool = False  # delete this backend's older predictions of the tasks
     region_filter: RegionFilter = RegionFilter()
     interactive: bool = False  # a suggestion for an open labeling page: one region per instance, never stored late
+    import_each: bool = False  # bulk work written one POST per prediction (large projects: see IMPORT_EACH_ABOVE)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
@@ -68,18 +69,19 @@ class LabelStudioTarget:
             controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
             return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
                        bool(params.get("bulk")), bool(params.get("replace_older")), RegionFilter.from_json(params.get("regions")),
-                       bool(params.get("interactive")))
+                       bool(params.get("interactive")), bool(params.get("import_each")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"label_studio sink params: {type(exc).__name__}: {exc}") from None
 
 
 def label_studio_sink(project: int, model_version: str, controls: Sequence[Control], *, request: str | None = None,
                       bulk: bool = False, replace_older: bool = False, region_filter: RegionFilter | None = None,
-                      interactive: bool = False) -> SinkSpec:
+                      interactive: bool = False, import_each: bool = False) -> SinkSpec:
     """The sink spec of a chunk whose results go to Label Studio."""
     return SinkSpec("label_studio", {"project": project, "model_version": model_version, "controls": [asdict(c) for c in controls],
                                      "request": request, "bulk": bulk, "replace_older": replace_older,
-                                     "regions": (region_filter or RegionFilter()).to_json(), "interactive": interactive})
+                                     "regions": (region_filter or RegionFilter()).to_json(), "interactive": interactive,
+                                     "import_each": import_each})
 
 
 class LabelStudioSink:
@@ -96,6 +98,7 @@ class LabelStudioSink:
         self.replace_older = target.replace_older
         self.region_filter = target.region_filter
         self.interactive = target.interactive
+        self.import_each = target.import_each
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
@@ -128,7 +131,8 @@ class LabelStudioSink:
             pipe.execute()
 
     def flush(self) -> None:
-        """Import the buffered predictions in one request, skipping any a re-run already wrote."""
+        """Write the buffered predictions, in one import request (or one POST each, with `import_each`), skipping
+        any a re-run already wrote."""
         if not self._buffer:
             return
         current = self.connection.get(current_version_key(self.project))
@@ -138,7 +142,11 @@ class LabelStudioSink:
         else:
             fresh = self._not_yet_imported()
         client = services_from_env().require_client()
-        if fresh:
+        if fresh and self.import_each:
+            for task_id, prediction in fresh:
+                self._call(lambda: client.create_prediction(task_id, prediction))
+            self._make_current(client)
+        elif fresh:
             body = [{"task": t, **p} for t, p in fresh]
             self._call(lambda: client.import_predictions(self.project, body))
             self._make_current(client)

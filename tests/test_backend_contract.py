@@ -155,6 +155,10 @@ def test_predict_replay_returns_one_item_per_task_in_order(stack):
             assert (region["original_width"], region["original_height"]) == (80, 60)
     ids = [r["id"] for item in answer["results"] for r in item["result"]]
     assert len(ids) == len(set(ids))  # region ids are unique across tasks
+    # the request's results are read once and gone; only its small closed flag stays, for its day
+    closed = list(stack["redis"].scan_iter("seggpt:predict:*:closed"))
+    assert closed and not list(stack["redis"].scan_iter("seggpt:predict:*:results"))
+    assert all(0 < stack["redis"].ttl(key) <= 86400 for key in closed)
 
 
 def test_bad_images_fail_alone_with_their_reason(stack, caplog):

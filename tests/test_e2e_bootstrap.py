@@ -56,10 +56,11 @@ def _project(label_studio, media, title: str, annotated: int = 2) -> tuple[int, 
     return project, tasks
 
 
-def _cli(backend, label_studio, *args: str, **popen) -> subprocess.Popen:
+def _cli(backend, label_studio, *args: str, extra_env: dict | None = None, **popen) -> subprocess.Popen:
     """The CLI with the environment the backend runs with."""
     env = {**__import__("os").environ, **backend.env, "MODEL_DIR": str(backend.model_dir), "LABEL_STUDIO_URL": label_studio.url,
-           "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu"}
+           "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu",
+           **(extra_env or {})}
     env.pop("REDIS_URL", None)
     return subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=exec_child_preexec(), **popen)
@@ -83,12 +84,18 @@ def backend(label_studio, media, tmp_path):
     server.stop()
 
 
-def test_bootstrap_gives_exactly_one_prediction_per_task(label_studio, media, backend):
-    project, tasks = _project(label_studio, media, "bootstrap once")
-    cli = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "5")
+@pytest.mark.parametrize("each_above", ["-1", "0"], ids=["bulk-import", "one-post-per-prediction"])
+def test_bootstrap_gives_exactly_one_prediction_per_task(label_studio, media, backend, each_above):
+    """Either way of writing (a bulk import per chunk, or, in projects above SEGGPT_IMPORT_EACH_ABOVE tasks, a
+    POST per prediction) gives every unlabeled task exactly one prediction of the new version."""
+    project, tasks = _project(label_studio, media, f"bootstrap once {each_above}")
+    cli = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "5",
+               extra_env={"SEGGPT_IMPORT_EACH_ABOVE": each_above})
     output, _ = cli.communicate(timeout=300)
     assert cli.returncode == 0, output
     assert f"queued {TASKS - 2} task(s)" in output and "done 30, failed 0" in output
+    imports = label_studio.log.read_text(errors="replace").count(f"POST /api/projects/{project}/import/predictions")
+    assert (imports > 0) == (each_above == "-1"), imports  # the mode the project's size chose was the one used
     version = label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]
     assert version.startswith("seggpt-")  # the project now shows this version's predictions
     by_task = _predictions_by_task(label_studio, project)
@@ -320,10 +327,11 @@ def test_project_events_update_the_pool_and_human_work_is_kept(label_studio, med
         backend.stop()
 
 
-def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_attempt_asks_nothing(label_studio, media, tmp_path, monkeypatch):
+@pytest.mark.parametrize("import_each", [False, True], ids=["bulk-import", "one-post-per-prediction"])
+def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_attempt_asks_nothing(label_studio, media, tmp_path, monkeypatch, import_each):
     """The Label Studio sink in-process against the real server: the first import of a chunk asks Label Studio
     about no task; the same chunk run again (its worker died after the import, before marking it done) finds its
-    predictions there and imports nothing."""
+    predictions there and imports nothing. The same with one POST per prediction (large projects)."""
 
     from backend.label_config import parse_label_config
     from backend.worker_plugin import LabelStudioSink, label_studio_sink
@@ -332,12 +340,12 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
 
     monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
-    project, tasks = _project(label_studio, media, "retried import", annotated=0)
+    project, tasks = _project(label_studio, media, f"retried import {import_each}", annotated=0)
     controls = parse_label_config(CONFIG)
     server = EmbeddedRedis(tmp_path / "redis")
     try:
         connection = server.connect()
-        spec = label_studio_sink(project, "seggpt-retry-test", controls, bulk=True)
+        spec = label_studio_sink(project, "seggpt-retry-test", controls, bulk=True, import_each=import_each)
         chunk = tasks[:4]
 
         def run_chunk() -> int:
@@ -355,9 +363,65 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
 
         assert run_chunk() == 0  # the usual case: nothing to ask
         assert run_chunk() == len(chunk)  # the re-run asks about each task, and finds it there
+        imports = label_studio.log.read_text(errors="replace").count(f"POST /api/projects/{project}/import/predictions")
+        assert (imports > 0) != import_each, imports
         by_task = _predictions_by_task(label_studio, project)
         for task in chunk:
             assert [p["model_version"] for p in by_task[task["id"]]] == ["seggpt-retry-test"]
         assert not any(by_task.get(t["id"]) for t in tasks[4:])
+    finally:
+        server.stop()
+
+
+def test_a_worker_dying_midway_through_posting_a_chunk_leaves_each_prediction_once(label_studio, media, tmp_path, monkeypatch):
+    """One POST per prediction (large projects): the worker dies after writing 2 of a chunk's 4 predictions (a
+    crash, made here by the third POST raising); the chunk's re-run writes exactly the other 2."""
+    from backend.label_config import parse_label_config
+    from backend.ls_client import LabelStudioClient
+    from backend.worker_plugin import LabelStudioSink, label_studio_sink
+    from seggpt_core.predictor import Segmentation
+    from worker import EmbeddedRedis
+
+    class WorkerDied(BaseException):
+        pass
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    project, tasks = _project(label_studio, media, "posts interrupted", annotated=0)
+    controls = parse_label_config(CONFIG)
+    chunk = tasks[:4]
+    real_create = LabelStudioClient.create_prediction
+    posted: list[int] = []
+
+    def dies_on_the_third(self, task_id, prediction):
+        if len(posted) == 2:
+            raise WorkerDied()
+        posted.append(task_id)
+        return real_create(self, task_id, prediction)
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    try:
+        connection = server.connect()
+        spec = label_studio_sink(project, "seggpt-posts-test", controls, bulk=True, import_each=True)
+
+        def run_chunk() -> None:
+            sink = LabelStudioSink(connection, {"namespace": "n", **spec.params})
+            for index, task in enumerate(chunk):
+                mask = np.zeros((64, 80), dtype=bool)
+                mask[10 + index : 30, 5:40] = True
+                sink.write(task, Segmentation({"mask\x1fDisc": mask}, {"mask\x1fDisc": 0.9}, (64, 80)), "done-key")
+            sink.flush()
+
+        monkeypatch.setattr(LabelStudioClient, "create_prediction", dies_on_the_third)
+        with pytest.raises(WorkerDied):
+            run_chunk()
+        assert sorted(_predictions_by_task(label_studio, project)) == sorted(posted) and len(posted) == 2
+        assert not connection.smembers("done-key")  # nothing was marked done: the chunk runs again
+        monkeypatch.setattr(LabelStudioClient, "create_prediction", real_create)
+        run_chunk()
+        by_task = _predictions_by_task(label_studio, project)
+        assert {t["id"]: [p["model_version"] for p in by_task.get(t["id"], [])] for t in chunk} == {
+            t["id"]: ["seggpt-posts-test"] for t in chunk}
+        assert connection.smembers("done-key") == {str(t["id"]).encode() for t in chunk}
     finally:
         server.stop()
