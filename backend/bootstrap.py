@@ -94,10 +94,11 @@ def _is_unlabeled(task: dict) -> bool:
     return not task.get("is_labeled") and not task.get("total_annotations")
 
 
-def _task_count(client, project: int) -> int | None:
-    """The project's number of tasks, as Label Studio reports it (None when it does not)."""
-    count = client.get_json(f"/api/projects/{project}").get("task_number")
-    return count if isinstance(count, int) else None
+def _holds_results(task: dict) -> bool:
+    """Whether the task has an annotation or a prediction: the tasks Label Studio 1.23.2 recounts on every bulk
+    import of the project."""
+    return bool(task.get("total_annotations") or task.get("cancelled_annotations") or task.get("total_predictions")
+                or task.get("annotations") or _prediction_versions(task))
 
 
 def start_bootstrap(
@@ -136,8 +137,6 @@ def start_bootstrap(
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
     inflight = inflight_key(project, version)
     size = chunk_size or settings.chunk_size
-    project_tasks = _task_count(client, project)
-    import_each = settings.import_each_above >= 0 and project_tasks is not None and project_tasks > settings.import_each_above
     fields: dict[str, tuple] = {}  # data key -> (prompts, sink) of the fields that can be predicted
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
@@ -145,18 +144,23 @@ def start_bootstrap(
         if prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
-        fields[data_key] = (prompts, label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
-                                                            region_filter=settings.region_filter, import_each=import_each))
+        fields[data_key] = (prompts, field_controls)
     buffers: dict[str, list[dict]] = {key: [] for key in fields}
+    holding = 0  # tasks seen that have an annotation or a prediction
 
     def enqueue(data_key: str, refs: list[dict]) -> None:
-        prompts, sink = fields[data_key]
-        _, ids = enqueue_segmentation(connection, prompts, refs, chunk_size=size, queue=settings.queue,
-                                      namespace=f"{batch.namespace}:{data_key}", options=settings.prediction_options,
-                                      weights_digest=digest, sink=sink, run=batch.namespace)
-        batch.job_ids.extend(ids)
-        batch.queued += len(refs)
-        connection.hset(inflight, mapping={str(ref["id"]): ids[i // size] for i, ref in enumerate(refs)})
+        prompts, field_controls = fields[data_key]
+        for chunk in chunked(refs, size):
+            # by the time this chunk is written, about this many tasks hold results for Label Studio to recount
+            each = 0 <= settings.import_each_above < holding + batch.queued
+            sink = label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
+                                     region_filter=settings.region_filter, import_each=each)
+            _, ids = enqueue_segmentation(connection, prompts, chunk, chunk_size=size, queue=settings.queue,
+                                          namespace=f"{batch.namespace}:{data_key}", options=settings.prediction_options,
+                                          weights_digest=digest, sink=sink, run=batch.namespace)
+            batch.job_ids.extend(ids)
+            batch.queued += len(chunk)
+            connection.hset(inflight, mapping={str(ref["id"]): ids[0] for ref in chunk})
         connection.expire(inflight, 30 * 24 * 3600)
 
     # Page by page: the project's tasks (with their predictions) are never all in memory; whole chunks are queued
@@ -165,6 +169,7 @@ def start_bootstrap(
     selected = 0
     statuses: dict[str, bool] = {}
     for page in chunked(client.iter_tasks(project), 100):
+        holding += sum(_holds_results(t) for t in page)
         # a task with an annotation is never re-predicted unless the user asks for all (human work comes first)
         chosen = [t for t in page if (wanted is None or t["id"] in wanted) and (only == "all" or _is_unlabeled(t))]
         if limit is not None:

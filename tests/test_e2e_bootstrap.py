@@ -84,18 +84,22 @@ def backend(label_studio, media, tmp_path):
     server.stop()
 
 
-@pytest.mark.parametrize("each_above", ["-1", "0"], ids=["bulk-import", "one-post-per-prediction"])
-def test_bootstrap_gives_exactly_one_prediction_per_task(label_studio, media, backend, each_above):
-    """Either way of writing (a bulk import per chunk, or, in projects above SEGGPT_IMPORT_EACH_ABOVE tasks, a
-    POST per prediction) gives every unlabeled task exactly one prediction of the new version."""
+@pytest.mark.parametrize("each_above, bulk_imports", [("-1", 6), ("0", 0), ("10", 2)],
+                         ids=["bulk-import", "one-post-per-prediction", "switching-midway"])
+def test_bootstrap_gives_exactly_one_prediction_per_task(label_studio, media, backend, each_above, bulk_imports):
+    """Every way of writing (a bulk import per chunk; a POST per prediction once more than SEGGPT_IMPORT_EACH_ABOVE
+    tasks hold results; or the first until that point, then the second) gives every unlabeled task exactly one
+    prediction of the new version. With 2 annotated tasks and chunks of 5, a threshold of 10 is crossed after the
+    second chunk: 2 bulk imports, then 4 chunks of POSTs."""
     project, tasks = _project(label_studio, media, f"bootstrap once {each_above}")
     cli = _cli(backend, label_studio, "bootstrap", "--project", str(project), "--chunk-size", "5",
                extra_env={"SEGGPT_IMPORT_EACH_ABOVE": each_above})
     output, _ = cli.communicate(timeout=300)
     assert cli.returncode == 0, output
     assert f"queued {TASKS - 2} task(s)" in output and "done 30, failed 0" in output
+    # Label Studio's log shows each request twice (two handlers)
     imports = label_studio.log.read_text(errors="replace").count(f"POST /api/projects/{project}/import/predictions")
-    assert (imports > 0) == (each_above == "-1"), imports  # the mode the project's size chose was the one used
+    assert imports == 2 * bulk_imports, imports
     version = label_studio.api("GET", f"/api/projects/{project}").json()["model_version"]
     assert version.startswith("seggpt-")  # the project now shows this version's predictions
     by_task = _predictions_by_task(label_studio, project)
