@@ -57,7 +57,7 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def _client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=2)
+        return redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=2, retry=quick_retry())
 
     def _alive(self) -> bool:
         try:
