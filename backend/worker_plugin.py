@@ -142,13 +142,13 @@ class LabelStudioSink:
         else:
             fresh = self._not_yet_imported()
         client = services_from_env().require_client()
-        if fresh and self.import_each:
-            for task_id, prediction in fresh:
-                self._call(lambda: client.create_prediction(task_id, prediction))
-            self._make_current(client)
-        elif fresh:
-            body = [{"task": t, **p} for t, p in fresh]
-            self._call(lambda: client.import_predictions(self.project, body))
+        if fresh:
+            if self.import_each:
+                for task_id, prediction in fresh:
+                    self._call(lambda: client.create_prediction(task_id, prediction))
+            else:
+                body = [{"task": t, **p} for t, p in fresh]
+                self._call(lambda: client.import_predictions(self.project, body))
             self._make_current(client)
         if self.replace_older and fresh:
             for task_id, _ in fresh:
