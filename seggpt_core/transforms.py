@@ -29,6 +29,7 @@ __all__ = [
     "to_rgb",
     "as_mask",
     "image_to_tensor",
+    "resize_as_network",
     "label_map_to_tensor",
     "denormalize",
     "resize_label_map",
@@ -185,6 +186,22 @@ def as_mask(mask: MaskLike, size: tuple[int, int], where: str) -> np.ndarray:
     return array.astype(bool, copy=False)
 
 
+def _resized_pixels(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """(3, h, w) uint8 of an RGB or YCbCr image at `size`: the network's resize (see `image_to_tensor`)."""
+    height, width = size
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    if image.size != (width, height):
+        pixels = F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
+    return pixels
+
+
+def resize_as_network(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` as RGB at `size` (height, width), resized exactly as `image_to_tensor` resizes: an image stored this
+    way at the network's input size reaches the network with the same pixels as its original."""
+    pixels = _resized_pixels(to_rgb(image), size)
+    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
 def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """(3, h, w) float32: bicubic resize to `size`, scale to [0, 1], ImageNet normalization (official).
 
@@ -195,9 +212,7 @@ def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     if image.mode not in ("RGB", "YCbCr"):
         image = to_rgb(image)
     height, width = size
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    if image.size != (width, height):
-        pixels = F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
+    pixels = _resized_pixels(image, size)
     # (x / 255 - mean) / std, as (x - 255 mean) / (255 std) on a channels-first float copy: two passes instead of
     # four. Made contiguous while still uint8: broadcasting over a channels-last float layout took twice as long.
     tensor = pixels.contiguous().to(torch.float32)

@@ -100,17 +100,22 @@ def test_a_workers_prompt_cache_is_bounded_in_bytes(connection):
     assert len(unbounded._predictors) == 4
 
 
-def test_large_prompt_images_are_kept_at_a_bounded_size_with_their_masks(tmp_path):
-    """A 1920x1080 annotation is stored at 1024x576, upright, its mask shrunk with it (nearest): a fraction of the
-    bytes, and what the network sees (448x448 at most) is the same."""
+def test_large_prompt_images_are_kept_at_the_networks_input_size_with_their_masks(tmp_path):
+    """A 1920x1080 annotation is stored at 448x448 (SegGPT's input, resized as the network resizes), upright, its
+    mask shrunk with it (nearest): a fraction of the bytes. A flat image stays PNG and reaches the network with
+    exactly its original's pixels; pure noise (JPEG's worst case) goes JPEG and moves by under 3 levels of 255."""
     import io
 
     from PIL import Image
 
-    from backend.prompt_pool import POOL_IMAGE_MAX_SIDE, PromptPool
+    from backend.prompt_pool import POOL_IMAGE_SIDE, PromptPool
     from backend.label_config import parse_label_config
     from label_studio_sdk.converter.brush import mask2rle
+    from seggpt_core.transforms import denormalize, image_to_tensor, open_image
     from worker import EmbeddedRedis
+
+    def network_view(data: bytes) -> np.ndarray:
+        return denormalize(image_to_tensor(open_image(data), (448, 448))[None])[0]  # levels of 255
 
     server = EmbeddedRedis(tmp_path / "redis")
     try:
@@ -118,24 +123,32 @@ def test_large_prompt_images_are_kept_at_a_bounded_size_with_their_masks(tmp_pat
         config = '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image"><Label value="Cat"/></BrushLabels></View>'
         controls = parse_label_config(config)
         rng = np.random.default_rng(0)
-        pixels = rng.integers(0, 255, size=(1080, 1920, 3), dtype=np.uint8)
+        noisy = np.clip(rng.normal(128, 12, size=(1080, 1920, 3)), 0, 255).astype(np.uint8)
+        flat = np.zeros((1080, 1920, 3), dtype=np.uint8)
+        flat[:, :700] = (200, 40, 40)
+        flat[300:900, 900:1500] = (20, 180, 60)
         mask = np.zeros((1080, 1920), dtype=bool)
         mask[200:600, 300:1100] = True
-        for kind in ("JPEG", "PNG"):
+        for project, (pixels, kind, stored_as) in enumerate([(noisy, "JPEG", "JPEG"), (noisy, "PNG", "JPEG"), (flat, "PNG", "PNG")], start=1):
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format=kind)
             original = buffer.getvalue()
-            pool = PromptPool(connection, {"JPEG": 1, "PNG": 2}[kind])
+            pool = PromptPool(connection, project)
             result = [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": "r",
                        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Cat"]}}]
             pool.upsert({"id": 5, "data": {"image": "x"}}, {"id": 9, "result": result, "updated_at": "1"}, controls, lambda v, t: original)
             [entry] = pool.entries()
             stored = connection.get(entry["image"]["blob"])
             with Image.open(io.BytesIO(stored)) as image:
-                assert image.size == (POOL_IMAGE_MAX_SIDE, 576) and image.format == kind
-            assert len(stored) < 0.5 * len(original)
+                assert image.size == (POOL_IMAGE_SIDE, POOL_IMAGE_SIDE) and image.format == stored_as
+            error = np.abs(network_view(stored) - network_view(original)).mean()
+            if stored_as == "PNG":
+                assert error == 0
+            else:
+                assert 0 < error < 3 and len(stored) < 0.25 * len(original)
             [small] = pool.entry_masks(entry).values()
-            assert small.shape == (576, 1024) and small.sum() == pytest.approx(mask.sum() * (1024 / 1920) ** 2, rel=0.02)
-            assert small[107:320, 160:586].all() and not small[:100].any()
+            assert small.shape == (448, 448) and small.sum() == pytest.approx(mask.sum() * (448 / 1920) * (448 / 1080), rel=0.02)
+            assert small[int(200 * 448 / 1080) + 1 : int(600 * 448 / 1080), int(300 * 448 / 1920) + 1 : int(1100 * 448 / 1920)].all()
+            assert not small[:80].any()
     finally:
         server.stop()
