@@ -2,7 +2,7 @@
 
 - baseline ("1024 long"): the rule before, at most 1024 px on the longer side, re-encoded in the source's format;
 - now ("448 axes"): `backend.prompt_pool._bounded`, at most 448 px on each axis (the network's input, resized as the
-  network resizes), the smaller of JPEG 95 and PNG.
+  network resizes), the smaller of JPEG 90 (4:4:4) and PNG.
 
 For each rule it prints the bytes Redis holds per entry (the bench/scale.py images: 640x480 to 1920x1080, JPEG and
 PNG), how far the real SegGPT's input (the prompt resized to 448x448) moves from the original's, in levels of 255,

@@ -161,17 +161,15 @@ def make_images(count: int, seed: int = 7) -> tuple[list[str], list[dict]]:
 
 
 def tagged(data: bytes, ext: str, tag: int) -> bytes:
-    """The same pixels under other bytes: a comment segment (JPEG) or a tEXt chunk (PNG) carrying `tag`. Prompt
-    images are stored in Redis by content digest, so M prompts must be M distinct files to weigh what M weigh."""
-    import struct
-    import zlib
-
-    text = f"seggpt-scale-{tag}".encode()
-    if ext == "jpg":
-        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
-    chunk = b"tEXt" + b"Comment\x00" + text
-    packed = struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
-    return data[:-12] + packed + data[-12:]  # before IEND
+    """The same scene with `tag` painted into its top-left 32x32 pixels (a color of its own), re-encoded. Prompt
+    images are stored in Redis by content, and resized to the network's input before they are: M prompts must
+    differ in their pixels, not only in their file's metadata, to weigh in Redis what M distinct images weigh."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    pixels = np.array(image)
+    pixels[:32, :32] = (tag % 256, (tag // 256) % 256, 255 - tag % 199)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG" if ext == "jpg" else "PNG", **({"quality": 90} if ext == "jpg" else {"compress_level": 1}))
+    return buffer.getvalue()
 
 
 class MediaServer:
