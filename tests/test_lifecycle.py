@@ -121,3 +121,26 @@ def test_a_command_that_starts_the_embedded_redis_ends_it_when_it_ends(tmp_path)
     socket = str(EmbeddedRedis(tmp_path / "redis").socket)
     left = [pid for pid in live_descendants(__import__("os").getpid()) if socket in command_line(pid)]
     assert left == [], [command_line(pid) for pid in left]
+
+
+def test_a_stopping_worker_does_not_wait_out_its_command_channel_poll(tmp_path):
+    """The race behind a worker that took over 30 s to exit on SIGTERM: the channel thread reads the unsubscribe
+    confirmation, goes back to waiting for a message, and only then is asked to stop; redis-py joins it. With RQ's
+    60 s poll that join took a minute; ours returns within the poll."""
+    from worker.gpu_worker import PUBSUB_POLL, SegGptWorker
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    try:
+        connection = server.connect()
+        worker = SegGptWorker(["race"], connection=connection)
+        worker.subscribe()
+        time.sleep(0.3)
+        worker.pubsub.unsubscribe()
+        time.sleep(0.3)  # the thread has taken the confirmation and waits again
+        assert worker.pubsub_thread.is_alive()
+        started = time.monotonic()
+        worker.pubsub_thread.stop()
+        assert not worker.pubsub_thread.is_alive()
+        assert time.monotonic() - started < PUBSUB_POLL + 1.0
+    finally:
+        server.stop()

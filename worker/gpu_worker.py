@@ -32,6 +32,7 @@ __all__ = ["SegGptWorker", "run_worker", "expected_digest"]
 
 log = logging.getLogger(__name__)
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+PUBSUB_POLL = 0.5  # seconds the command-channel thread waits for a message before it looks at its stop flag
 
 
 class _OncePerOutage(logging.Filter):
@@ -90,10 +91,15 @@ class SegGptWorker(SimpleWorker):
         finally:
             self._dequeuing = False
 
-    def heartbeat(self, *args, **kwargs):
-        if getattr(self, "_dequeuing", False) and self._stopping():
-            raise StopRequested()  # each turn of dequeue's retry loop starts here
-        return super().heartbeat(*args, **kwargs)
+    def subscribe(self) -> None:
+        # RQ polls the worker's command channel in waits of 60 s, and redis-py 8.2's PubSubWorkerThread.stop() joins
+        # the thread: where a warm shutdown's unsubscribe raced the poll, the worker hung for up to 60 s before it
+        # exited (a CI teardown gave up after 30 s). A short poll bounds that wait.
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=PUBSUB_POLL, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
         if "ChunkInterrupted" in exc_string and job.retries_left is not None:
@@ -112,6 +118,8 @@ class SegGptWorker(SimpleWorker):
         self.connection.set(worker_info_key(self.name), json.dumps(info), ex=self.heartbeat_interval + HEARTBEAT_GRACE)
 
     def heartbeat(self, timeout=None, pipeline=None):
+        if getattr(self, "_dequeuing", False) and self._stopping():
+            raise StopRequested()  # each turn of dequeue's retry loop starts here
         super().heartbeat(timeout, pipeline)
         self._publish_info()
         if _outage.announced:
