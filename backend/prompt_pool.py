@@ -49,7 +49,7 @@ def newest_annotation(annotations: Iterable[dict]) -> dict | None:
 def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
     """The prompt image (file bytes and image) and its masks at most POOL_IMAGE_SIDE on each axis. A resized image
     is re-encoded upright (EXIF orientation applied) as the smaller of JPEG (quality 90, 4:4:4) and PNG: flat synthetic
-    images stay lossless, noisy textured ones take well under half their PNG bytes."""
+    images stay lossless, noisy textured ones take under half their PNG bytes (64 against 148 KB)."""
     import io
 
     from PIL import Image
