@@ -32,6 +32,7 @@ def counters(connection: redis.Redis) -> dict[str, int]:
 HISTOGRAMS = {
     "task_seconds": "seconds per task in a worker (a batch's forward and writes, shared by its tasks)",
     "predict_request_seconds": "seconds a /predict request took to answer",
+    "interactive_request_seconds": "seconds an interactive /predict request (a click or a box in the open task) took to answer",
 }
 
 

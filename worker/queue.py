@@ -258,5 +258,7 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
             "weights_digest": details.get("weights_digest"),
             "host": details.get("host", worker.hostname),
             "model_loads": details.get("model_loads"),
+            "prompt_cache_limit_bytes": details.get("prompt_cache_limit_bytes"),
+            "max_batch_rows": details.get("max_batch_rows"),
         })
     return status

@@ -161,6 +161,8 @@ class WorkerRuntime:
             "prompt_preparations": self.prompt_preparations,
             "prompt_cache_sets": len(self._predictors),
             "prompt_cache_bytes": self.prompt_cache_bytes(),
+            "prompt_cache_limit_bytes": self.settings.prompt_cache_bytes,
+            "max_batch_rows": self.settings.max_batch_rows,
             "device": self.device,
             "weights": self.settings.weights,
             "weights_digest": self.weights_digest,

@@ -16,13 +16,18 @@ if TYPE_CHECKING:
 CLI_COMMAND = [sys.executable, "-m", "backend.cli"]
 
 
-def add_model_options(parser: argparse.ArgumentParser, default_weights: str) -> None:
+def add_model_options(parser: argparse.ArgumentParser, default_weights: str, prediction: bool = True) -> None:
+    """The model flags; with `prediction` also those that shape a prediction, which a worker does not take: they
+    travel in each job."""
     parser.add_argument("--weights", default=default_weights, help="hub id, directory, .safetensors, original .pth, or random:<variant> (default: %(default)s)")
     parser.add_argument("--device", default=os.environ.get("SEGGPT_DEVICE"), help="cuda:0, cpu, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=os.environ.get("SEGGPT_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-size", type=int, default=int(os.environ.get("SEGGPT_BATCH_ROWS", 8)),
+                        help="prompt rows per forward (targets x prompts) (default: %(default)s, env SEGGPT_BATCH_ROWS)")
+    if not prediction:
+        return
     parser.add_argument("--embedding-type", default="instance", choices=["instance", "semantic"])
     parser.add_argument("--spatial-ensemble", action="store_true", help="stitch prompts into one canvas instead of the feature ensemble")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompt rows per forward (targets x prompts)")
     parser.add_argument("--labels-per-forward", type=int, default=0,
                         help="paint at most N labels per forward (0: the model's own limit: 1 for tiny-appearance, trained on one color; none for SegGPT)")
     parser.add_argument("--score", default=os.environ.get("SEGGPT_SCORE", "crisp"), choices=["crisp", "agreement"],

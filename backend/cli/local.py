@@ -63,7 +63,8 @@ def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path,
         connection = connect(args)
         digest = _digest_if_local(args.weights)
         workers = local_workers_if_none(connection, args, _model_flags(args), digest)
-        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble, "labels_per_forward": args.labels_per_forward}
+        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble,
+                   "labels_per_forward": args.labels_per_forward, "score": args.score}
         try:
             report = run_on_queue(connection, prompts, images, options, weights_digest=digest)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from .common import add_model_options, add_redis_option, connect
@@ -19,9 +20,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     die_with_parent()  # a worker that `serve` or another command started ends with it
     backend_settings = Settings.from_env()
 
-    settings = ModelSettings(
+    # the environment's settings (SEGGPT_PROMPT_CACHE_MB and the rest), then the flags, whose defaults are the same
+    # variables: every documented variable reaches the worker
+    settings = dataclasses.replace(
+        ModelSettings.from_env(),
         weights=args.weights,
-        device=args.device,
+        device=args.device or None,
         dtype=None if args.dtype == "auto" else args.dtype,
         max_batch_rows=args.batch_size,
         low_memory=args.low_memory,
@@ -96,7 +100,7 @@ def add_worker(commands: argparse._SubParsersAction) -> None:
 
     worker = commands.add_parser("worker", help="run a worker: load the model once, then process queued jobs")
     add_redis_option(worker)
-    add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"), prediction=False)
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     worker.add_argument("--low-memory", action="store_true", default=ModelSettings.from_env().low_memory,
                         help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
