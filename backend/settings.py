@@ -166,7 +166,9 @@ class Settings:
     @property
     def prediction_options(self) -> dict:
         """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type."""
-        options = {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy}
+        # the dtype travels too: a worker configured for another declines the job (it is part of the model version)
+        options = {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy,
+                   "dtype": self.dtype}
         if self.score != "crisp":
             options["score"] = self.score
         return {**options, "labels_per_forward": self.labels_per_forward} if self.labels_per_forward else options

@@ -87,3 +87,44 @@ def test_every_observed_histogram_is_exported(model_dir):
     observe(connection, "interactive_request_seconds", 0.3)
     text = render(connection, {})
     assert 'seggpt_interactive_request_seconds_bucket{le="0.5"} 1.0' in text
+
+
+def test_the_dtype_of_the_model_version_travels_with_the_job_and_other_workers_decline_it(tmp_path):
+    """The version names the backend's dtype; a worker configured for another leaves the job to one that matches,
+    and without one the tasks fail naming both, with nothing written."""
+    from backend.predict_service import model_version
+    from backend.settings import Settings
+    from worker import enqueue_segmentation, fetch_job, job_failures, results_key, store_blob, store_prompt_set
+
+    from .queue_helpers import scene_prompt, target_bytes
+
+    fp32, bf16 = Settings(weights="random:tiny", dtype="float32"), Settings(weights="random:tiny", dtype="bfloat16")
+    assert model_version(fp32, "pool", "d") != model_version(bf16, "pool", "d")
+    assert fp32.prediction_options["dtype"] == "float32"
+    try:
+        connection = EmbeddedRedis(tmp_path / "redis").connect()
+        digest = store_prompt_set(connection, [scene_prompt(1)])
+        blob = store_blob(connection, target_bytes(4, size=(60, 60)))
+        namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": "x", "image": blob}], queue="dtype",
+                                                    options=fp32.prediction_options)
+        other = start_worker(tmp_path, "dtype", "--dtype", "bfloat16", "--weights-wait", "3", log=tmp_path / "bf16.log")
+        try:
+            wait_for(lambda: fetch_job(connection, job_id).get_status() == "failed", 90, interval=0.3, what="the job to fail")
+        finally:
+            other.terminate()
+            other.wait(30)
+        reason = job_failures(connection, [job_id])["x"]
+        assert "float32" in reason and "bfloat16" in reason, reason
+        assert connection.hlen(results_key(namespace)) == 0
+        assert "left for a matching worker" in (tmp_path / "bf16.log").read_text()
+        namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": "y", "image": blob}], queue="dtype",
+                                                    options=fp32.prediction_options)
+        matching = start_worker(tmp_path, "dtype", "--dtype", "float32", log=tmp_path / "fp32.log")
+        try:
+            wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 90, interval=0.3, what="the fp32 worker")
+        finally:
+            matching.terminate()
+            matching.wait(30)
+        assert connection.hlen(results_key(namespace)) == 1
+    finally:
+        EmbeddedRedis(tmp_path / "redis").stop()

@@ -58,9 +58,17 @@ logging.getLogger("rq.worker").addFilter(_outage)
 
 def expected_digest(job: Job) -> str | None:
     """The weights digest a segmentation chunk was queued for (None for jobs that need no model)."""
+    return _payload(job).get("weights_digest")
+
+
+def expected_dtype(job: Job) -> str | None:
+    """The dtype a segmentation chunk was queued for ("auto": each device's default; None: any)."""
+    return (_payload(job).get("options") or {}).get("dtype")
+
+
+def _payload(job: Job) -> dict:
     args = job.args or ()
-    payload = args[0] if args and isinstance(args[0], dict) else {}
-    return payload.get("weights_digest")
+    return args[0] if args and isinstance(args[0], dict) else {}
 
 
 class SegGptWorker(SimpleWorker):
@@ -129,10 +137,14 @@ class SegGptWorker(SimpleWorker):
     def _declines(self, job: Job, queue: Queue) -> bool:
         """Put a chunk for other weights back in its queue, for a matching worker; after `weights_wait` seconds
         without one, let it run: it then fails at once, naming both digests."""
-        expected = expected_digest(job)
-        mine = self.runtime.weights_digest if self.runtime is not None else None
-        if expected is None or mine is None or expected == mine:
+        if self.runtime is None:
             return False
+        expected, mine = expected_digest(job), self.runtime.weights_digest
+        if expected is None or mine is None or expected == mine:
+            # the dtype is part of the model version too: a bf16 worker leaves an fp32 chunk to an fp32 worker
+            expected, mine = expected_dtype(job), self.runtime.dtype_name
+            if expected is None or expected == mine:
+                return False
         meta = job.get_meta()
         since = float(meta.setdefault("weights_wait_since", time.time()))
         meta.setdefault("declined_by", {})[self.name] = mine
@@ -140,7 +152,7 @@ class SegGptWorker(SimpleWorker):
         if time.time() - since >= self.weights_wait:
             return False
         if len(meta["declined_by"]) == 1 and not meta.get("declined_logged"):
-            log.warning("job %s expects weights %s, this worker has %s: left for a matching worker (up to %.0f s)",
+            log.warning("job %s expects %s, this worker has %s: left for a matching worker (up to %.0f s)",
                         job.id, expected, mine, self.weights_wait)
             meta["declined_logged"] = True
             job.save_meta()

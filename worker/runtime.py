@@ -153,6 +153,11 @@ class WorkerRuntime:
             predictor.embeddings = [image_embedding(predictor.prompt_image(i)) for i in range(predictor.prompt_count)]
         return predictor.embeddings
 
+    @property
+    def dtype_name(self) -> str:
+        """The dtype this worker was configured for, as jobs name it ("auto": the device's default)."""
+        return self.settings.dtype or "auto"
+
     def stats(self) -> dict:
         return {
             "pid": os.getpid(),
@@ -166,6 +171,7 @@ class WorkerRuntime:
             "device": self.device,
             "weights": self.settings.weights,
             "weights_digest": self.weights_digest,
+            "dtype": self.dtype_name,
         }
 
 

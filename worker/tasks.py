@@ -117,6 +117,9 @@ def segment_chunk(payload: dict) -> dict:
     if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
         raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
                               f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
+    if chunk.options.get("dtype") not in (None, runtime.dtype_name):
+        raise WeightsMismatch(f"the chunk expects dtype {chunk.options['dtype']}; the only worker that took it runs "
+                              f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
     predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options) if not chunk.prompts.empty else runtime.bare_predictor(chunk.options)
     sink = make_sink(connection, chunk.sink, chunk.namespace)
     tasks = [task.to_json() for task in chunk.tasks]
