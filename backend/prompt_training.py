@@ -28,16 +28,16 @@ log = logging.getLogger(__name__)
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
 
 
-def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None, coalesce: bool = False) -> str:
+def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None, coalesce: bool = False) -> tuple[str, bool]:
     """Queue `train_prompt` for `project` with the settings' step count. Long work: it goes on the bulk queue,
     behind nothing interactive. With `coalesce` (START_TRAINING, /train), a tuning already waiting for the project
-    is the answer: three calls used to queue three tunings of ~30 s each. Returns the job id."""
+    is the answer: three calls used to queue three tunings of ~30 s each. Returns (the job id, whether this call
+    queued it)."""
     payload = {"project": project, "label_config": label_config, "steps": settings.tune_steps}
     description = f"tune the prompt of project {project}"
     if coalesce:
-        job_id, _ = schedule_hint_job(connection, settings, project, "tune", TRAIN_FUNCTION, payload, description)
-        return job_id
-    return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=description).id
+        return schedule_hint_job(connection, settings, project, "tune", TRAIN_FUNCTION, payload, description)
+    return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=description).id, True
 
 
 def learned_prompt_path(project: int, data_key: str) -> Path:

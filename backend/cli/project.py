@@ -158,7 +158,7 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
               "predicts from the annotations again")
         return 0
     project_controls(build_services(settings), pool)  # the job reads the saved config
-    job = fetch_job(connection, enqueue_prompt_tuning(connection, settings, args.project))
+    job = fetch_job(connection, enqueue_prompt_tuning(connection, settings, args.project)[0])
     print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
     if args.no_wait:
         print("follow it with: seggpt-ls status")

@@ -104,7 +104,7 @@ def webhook(event: WebhookEvent, request: Request, settings: SettingsDep, connec
                                              or (settings.webhook_secret and webhook_auth_ok(settings, request.headers))):
             raise HTTPException(401, "START_TRAINING needs the Basic auth credentials (Label Studio sends them with it)",
                                 headers={"WWW-Authenticate": 'Basic realm="seggpt-ls"'})
-        job_id = enqueue_prompt_tuning(connection, settings, project, event.project.label_config, coalesce=True)
-        return {"status": "queued", "action": action, "job": job_id}
+        job_id, queued = enqueue_prompt_tuning(connection, settings, project, event.project.label_config, coalesce=True)
+        return {"status": "queued" if queued else "coalesced", "action": action, "job": job_id}
     # PROJECT_CREATED, PROJECT_DELETED, LABEL_LINK_*: nothing for the pool or the controls
     return {"status": "ignored", "action": action}
