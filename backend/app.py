@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from worker import get_connection
 
 from .routers import health, metrics, predict, setup, train, versions, webhook
+from .request_guard import RequestGuard
 from .settings import Settings
 from .weights_identity import WeightsUnknown
 
@@ -48,4 +49,6 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
 
     for module in (health, setup, predict, train, webhook, metrics, versions):
         app.include_router(module.router)
+    # auth from the headers and the body's size before anything is parsed; /docs and /openapi.json are behind it too
+    app.add_middleware(RequestGuard, settings=settings)
     return app

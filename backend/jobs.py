@@ -10,12 +10,12 @@ from .label_config import parse_label_config
 from .bootstrap import start_bootstrap
 from .keys import current_version_key
 from .predict_service import current_model_version
-from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
+from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .weights_identity import backend_digest
 
-__all__ = ["sync_pool", "update_pool_for_task", "update_pool_for_tasks", "remove_pool_annotations", "remove_pool_tasks",
-           "refresh_controls", "prelabel_tasks"]
+# The webhook jobs are in `webhook_hints`: they act on hints, coalesced per project.
+__all__ = ["sync_pool", "pool_and_controls", "after_pool_change"]
 
 log = logging.getLogger(__name__)
 
@@ -42,59 +42,7 @@ def sync_pool(payload: dict) -> dict:
     return {"entries": report["entries"], "errors": {str(k): v for k, v in report["errors"].items()}, "version": pool.version()}
 
 
-def update_pool_for_task(payload: dict) -> dict:
-    """Re-read one task's annotations from Label Studio (webhook bodies are only hints) and update the pool."""
-    job, pool, controls = pool_and_controls(payload)
-    services = services_from_env()
-    client = services.require_client()
-    task = client.task(payload["task"])
-    annotation = newest_annotation(client.annotations(payload["task"]))
-    if annotation is None:
-        removed = pool.remove_task(task["id"])
-        return {"task": task["id"], "removed": removed, **_after_pool_change(job, pool, services, payload)}
-    labels = pool.upsert(task, annotation, controls, services.fetcher.fetch)
-    return {"task": task["id"], "labels": [l.split("\x1f", 1)[1] for l in labels], **_after_pool_change(job, pool, services, payload)}
-
-
-def update_pool_for_tasks(payload: dict) -> dict:
-    """Many tasks got annotations at once (ANNOTATIONS_CREATED): re-read each, then one version change."""
-    job, pool, controls = pool_and_controls(payload)
-    outcome = {}
-    for task_id in payload["tasks"]:
-        try:
-            outcome[str(task_id)] = update_pool_for_task({**payload, "task": task_id, "relabel": False}).get("labels", [])
-        except Exception as exc:  # one unusable annotation never stops the others
-            outcome[str(task_id)] = f"{type(exc).__name__}: {exc}"
-            log.warning("task %s: annotation not usable as a prompt: %s", task_id, exc)
-    return {"tasks": outcome, **_after_pool_change(job, pool, services_from_env(), payload)}
-
-
-def remove_pool_tasks(payload: dict) -> dict:
-    """Tasks were deleted (TASKS_DELETED): their prompts leave the pool."""
-    job, pool, controls = pool_and_controls(payload)
-    removed = sum(pool.remove_task(int(task_id)) for task_id in payload["tasks"])
-    return {"removed": removed, **_after_pool_change(job, pool, services_from_env(), payload)}
-
-
-def refresh_controls(payload: dict) -> dict:
-    """The project changed (PROJECT_UPDATED): re-read its label config from the API; when the controls differ,
-    save them and rebuild the pool with them (a new version only then)."""
-    job = get_current_job()
-    pool = PromptPool(job.connection, payload["project"])
-    services = services_from_env()
-    config = services.require_client().get_json(f"/api/projects/{pool.project}")["label_config"]
-    saved = pool.load_controls()
-    controls = parse_label_config(config)
-    if saved is not None and saved[0] == controls:
-        if saved[1] != config:
-            pool.save_controls(controls, config)  # the same controls, written differently: no new version
-        return {"changed": False}
-    pool.save_controls(controls, config)
-    report = sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls)
-    return {"changed": True, "entries": report["entries"], **_after_pool_change(job, pool, services, payload)}
-
-
-def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
+def after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     """The prompts changed, so the model version did; with auto-relabel, re-predict what is still unlabeled."""
     settings = services.settings
     digest = payload.get("weights_digest") or backend_digest(settings, job.connection)
@@ -109,23 +57,3 @@ def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     return {"version": version, "relabel": True, "queued": batch.queued, "jobs": batch.job_ids}
 
 
-def prelabel_tasks(payload: dict) -> dict:
-    """New tasks were imported: predict them with the current prompts, once the project has a prompt."""
-    job, pool, controls = pool_and_controls(payload)
-    services = services_from_env()
-    if pool.size() == 0:
-        return {"queued": 0, "reason": "no prompts yet"}
-    batch = start_bootstrap(job.connection, services, pool.project, task_ids=payload["tasks"], sync=False,
-                            weights_digest=payload.get("weights_digest"))
-    return {"queued": batch.queued, "jobs": batch.job_ids, "version": batch.model_version}
-
-
-def remove_pool_annotations(payload: dict) -> dict:
-    """Drop entries whose annotation was deleted; the task's other annotations are re-read."""
-    job, pool, controls = pool_and_controls(payload)
-    gone = set(payload["annotations"])
-    tasks = {e["task"] for e in pool.entries() if e["annotation"] in gone}
-    removed = pool.remove_annotations(gone)
-    for task_id in tasks:
-        update_pool_for_task({**payload, "task": task_id, "relabel": False})
-    return {"removed": removed, **_after_pool_change(job, pool, services_from_env(), payload)}

@@ -4,7 +4,7 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 from worker.defaults import KEY_PREFIX
 
 __all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key"]
+           "pool_key", "pool_sync_due_key", "hint_keys"]
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
@@ -59,3 +59,11 @@ def pool_key(project: int) -> str:
 def pool_sync_due_key(project: int) -> str:
     """Flag: the pool was rebuilt from Label Studio recently, so /setup does not do it again. TTL: set by /setup."""
     return f"{pool_key(project)}:sync-due"
+
+
+def hint_keys(project: int, kind: str) -> tuple[str, str, str]:
+    """(pending flag, hinted task ids, full-pass flag) of one kind of webhook work ("pool", "prelabel", "tune") for
+    `project`. The pending flag holds the queued job's id while it waits (TTL one hour, so that a lost job never
+    blocks the kind for good); the job clears it when it starts. The other two live until that job takes them."""
+    base = f"{KEY_PREFIX}:hints:{project}:{kind}"
+    return f"{base}:pending", f"{base}:tasks", f"{base}:full"

@@ -154,10 +154,9 @@ def prediction_for(
             left_out += bool(regions) and not kept
             result.extend(kept)
             region_scores.extend(r["score"] for r in kept)
-    if not result and left_out:
+    if not result:  # nothing found (a 1x1 image scored 0.97 from its empty masks): nothing to be confident about
         return {"result": [], "score": 0.0, "model_version": model_version}
-    pool = region_scores or list(scores.values()) or [0.0]
-    return {"result": result, "score": round(float(np.mean(pool)), 4), "model_version": model_version}
+    return {"result": result, "score": round(float(np.mean(region_scores)), 4), "model_version": model_version}
 
 
 def label_key(control: str, label: str) -> str:

@@ -8,8 +8,9 @@ only. Every fetch has a timeout, a size limit and a content-type check; every re
 from __future__ import annotations
 
 import base64
+import time
 from typing import Sequence
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
 
@@ -39,6 +40,7 @@ class MediaFetcher:
         self.client = client
         self.allowed = {h.lower() for h in allowed_hosts}
         self.max_bytes = max_bytes
+        self.timeout = timeout
         self.http = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def _host_allowed(self, url: str) -> bool:
@@ -55,6 +57,10 @@ class MediaFetcher:
         if not isinstance(value, str) or not value:
             raise MediaError(f"task {task_id}: image value {value!r} is not a URL")
         if value.startswith(LS_PREFIXES):
+            # the prefix counts only for a path that stays under it once decoded and normalised (the HTTP client removes
+            # dot segments): "/data/../api/current-user/whoami" would reach the API with the token
+            if ".." in unquote(value.split("?", 1)[0]).replace("\\", "/").split("/"):
+                raise MediaError(f"task {task_id}: {value[:80]!r} leaves Label Studio's media paths")
             if self.client is None:
                 raise MediaError(f"task {task_id}: {value} is a Label Studio path but LABEL_STUDIO_URL is not set")
             return self.client.base_url + value, False
@@ -70,21 +76,28 @@ class MediaFetcher:
     def fetch(self, value: str, task_id: int | None = None) -> bytes:
         """The image bytes for a task's raw image value. MediaError if refused for good, TransientError if a
         retry may succeed (network trouble, timeouts, 5xx, 429)."""
-        url, presigned = self.resolve(value, task_id)
+        url, _ = self.resolve(value, task_id)
         where = f"task {task_id}" if task_id is not None else "image"
+        # One deadline for the whole fetch, redirects included: a per-read timeout alone let a host sending a byte
+        # a second hold a worker for minutes. Each read waits at most what is left of it.
+        deadline = time.monotonic() + self.timeout
         for _ in range(6):
-            if not self._host_allowed(url) and not presigned:
+            # the presign answer (a redirect from Label Studio) names the cloud storage: its host is checked like any
+            # other, so cloud storage hosts belong in ALLOWED_MEDIA_HOSTS
+            if not self._host_allowed(url):
                 host = urlsplit(url).netloc or url[:60]
                 raise MediaError(f"{where}: host {host} is not allowed (Label Studio host or ALLOWED_MEDIA_HOSTS only)")
-            to_label_studio = self.client is not None and urlsplit(url).netloc.lower() == self.client.host
+            to_label_studio = self._is_label_studio(url)
             headers = self.client.auth.header() if to_label_studio else {}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MediaError(f"{where}: fetching {value[:80]} took longer than SEGGPT_MEDIA_TIMEOUT ({self.timeout:g} s)")
             try:
-                with self.http.stream("GET", url, headers=headers) as response:
+                with self.http.stream("GET", url, headers=headers, timeout=left) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
-                        presigned = presigned and to_label_studio  # the presign answer may point at cloud storage
                         continue
-                    return self._read(response, where, value)
+                    return self._read(response, where, value, deadline)
             except httpx.TimeoutException:
                 raise TransientError(f"{where}: timed out fetching {value[:80]}") from None
             except httpx.TransportError as exc:
@@ -93,7 +106,10 @@ class MediaFetcher:
                 raise (TransientError if exc.transient else MediaError)(f"{where}: {exc}") from None
         raise MediaError(f"{where}: too many redirects for {value[:80]}")
 
-    def _read(self, response: httpx.Response, where: str, value: str) -> bytes:
+    def _is_label_studio(self, url: str) -> bool:
+        return self.client is not None and urlsplit(url).netloc.lower().rsplit("@", 1)[-1] == self.client.host
+
+    def _read(self, response: httpx.Response, where: str, value: str, deadline: float) -> bytes:
         status = response.status_code
         if status >= 500 or status == 429:
             raise TransientError(f"{where}: HTTP {status} fetching {value[:80]}")
@@ -107,6 +123,10 @@ class MediaFetcher:
             raise MediaError(f"{where}: {value[:80]} is {declared} bytes, more than the limit {self.max_bytes}")
         chunks, total = [], 0
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                # still sending when the time is up: a trickling host, which a retry would only wait on again
+                raise MediaError(f"{where}: {value[:80]} sent {total} bytes in SEGGPT_MEDIA_TIMEOUT ({self.timeout:g} s), "
+                                 f"too slow; given up (final)")
             total += len(chunk)
             if total > self.max_bytes:
                 raise MediaError(f"{where}: {value[:80]} exceeds the limit of {self.max_bytes} bytes")

@@ -3,6 +3,7 @@ process and worker (in Redis, see `worker.metrics`), and gauges read at scrape t
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import redis
@@ -13,6 +14,8 @@ from worker.metrics import HISTOGRAMS, count, counters, histogram, observe
 
 __all__ = ["count", "observe", "render"]
 
+_VALID_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
 
 class _Snapshot:
     """A collector over one scrape's values: the counters and histograms in Redis plus the given gauges."""
@@ -22,6 +25,8 @@ class _Snapshot:
 
     def collect(self) -> Iterable[Metric]:
         for name, value in sorted(counters(self.connection).items()):
+            if not _VALID_NAME.match(name):
+                continue  # written by an older version from a webhook's action name: not a metric name
             yield CounterMetricFamily(f"seggpt_{name}", f"{name.replace('_', ' ')}, since the installation began", value=value)
         for name, help_text in HISTOGRAMS.items():
             buckets, total = histogram(self.connection, name)

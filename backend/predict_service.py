@@ -21,7 +21,7 @@ from worker import enqueue_segmentation, input_failures, job_failures
 from worker.metrics import count
 from worker.waiting import wait_for_jobs
 
-from .label_config import Control, parse_label_config
+from .label_config import Control, LabelConfigError, parse_label_config
 from .prompt_pool import PromptPool
 from .settings import Settings
 from .version_log import record_version
@@ -29,7 +29,7 @@ from .keys import request_keys
 from .weights_identity import backend_digest
 from .worker_plugin import label_studio_sink
 
-__all__ = ["model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
+__all__ = ["LabelConfigConflict", "model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,32 @@ def current_model_version(connection: redis.Redis, settings: Settings, project: 
     return model_version(settings, pool.version(), digest, saved[0] if saved else ())
 
 
+class LabelConfigConflict(ValueError):
+    """A /predict names a label config whose controls differ from the project's saved ones."""
+
+
 def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
+    """The controls to predict with. A request's label config is saved when the project has none yet; one that
+    differs from the saved controls is refused: it used to replace them silently under the same model version.
+    Label Studio calls /setup (which saves a new config) before every /predict, so its own requests agree."""
+    saved = pool.load_controls()
     if label_config:
         controls = parse_label_config(label_config)
-        pool.save_controls(controls, label_config)
-        return controls
-    saved = pool.load_controls()
+        if saved is None:
+            pool.save_controls(controls, label_config)
+            return controls
+        if saved[0] != controls:
+            raise LabelConfigConflict(
+                f"label_config differs from the one saved for project {pool.project} by /setup "
+                f"(controls {_describe(controls)} against {_describe(saved[0])}); send it to /setup first")
+        return saved[0]
     if saved is None:
         raise ValueError("no label config: neither in the request nor saved by an earlier /setup")
     return saved[0]
+
+
+def _describe(controls: Sequence[Control]) -> str:
+    return ", ".join(f"{c.name}({','.join(c.labels)})" for c in controls) or "none"
 
 
 def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
@@ -137,6 +154,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     digest = backend_digest(settings, connection)
     try:
         controls = _controls_for(pool, label_config)
+    except (LabelConfigConflict, LabelConfigError):
+        raise  # the request's own fault: the route answers 4xx, nothing is stored
     except ValueError as exc:
         version = model_version(settings, pool.version(), digest)
         log.error("project %s: cannot predict: %s", pid, exc)

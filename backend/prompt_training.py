@@ -19,6 +19,7 @@ from worker import data_dir, enqueue_call, store_learned_prompt
 from .jobs import pool_and_controls
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
+from .webhook_hints import clear_pending, schedule_hint_job
 
 __all__ = ["train_prompt", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION"]
 
@@ -27,11 +28,16 @@ log = logging.getLogger(__name__)
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
 
 
-def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None):
+def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None, coalesce: bool = False) -> tuple[str, bool]:
     """Queue `train_prompt` for `project` with the settings' step count. Long work: it goes on the bulk queue,
-    behind nothing interactive. Returns the RQ job."""
+    behind nothing interactive. With `coalesce` (START_TRAINING, /train), a tuning already waiting for the project
+    is the answer: three calls used to queue three tunings of ~30 s each. Returns (the job id, whether this call
+    queued it)."""
     payload = {"project": project, "label_config": label_config, "steps": settings.tune_steps}
-    return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=f"tune the prompt of project {project}")
+    description = f"tune the prompt of project {project}"
+    if coalesce:
+        return schedule_hint_job(connection, settings, project, "tune", TRAIN_FUNCTION, payload, description)
+    return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=description).id, True
 
 
 def learned_prompt_path(project: int, data_key: str) -> Path:
@@ -60,6 +66,7 @@ def train_prompt(payload: dict) -> dict:
     from worker.runtime import get_runtime
 
     job, pool, controls = pool_and_controls(payload)
+    clear_pending(job.connection, pool.project, "tune", payload.get("hint_job"))  # a START_TRAINING from now on queues another
     services = services_from_env()
     if payload.get("sync", True) and services.client is not None:
         sync_from_label_studio(pool, services.client, services.fetcher.fetch, controls)

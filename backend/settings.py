@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from seggpt_core.limits import DEFAULT_MAX_PIXELS
+
 from .region_filter import RegionFilter, parse_label_thresholds, parse_min_area
 
 __all__ = ["Settings", "ENVIRONMENT"]
@@ -28,7 +30,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "predict_budget": ("SEGGPT_PREDICT_BUDGET", "seconds /predict waits before the rest goes on in the background; keep below ML_TIMEOUT_PREDICT"),
     "allowed_media_hosts": ("ALLOWED_MEDIA_HOSTS", "comma-separated hosts (host or host:port) media may be fetched from, besides Label Studio"),
     "media_max_bytes": ("SEGGPT_MEDIA_MAX_BYTES", "largest image download accepted"),
-    "media_timeout": ("SEGGPT_MEDIA_TIMEOUT", "seconds per media request"),
+    "media_timeout": ("SEGGPT_MEDIA_TIMEOUT", "seconds one image fetch may take in all (redirects and every read together); a host still sending after it is the image's fault (final)"),
+    "max_pixels": ("SEGGPT_MAX_PIXELS", "largest image area a worker decodes, in pixels (a 12000x12000 PNG of 140 KB takes a worker past 1.7 GB)"),
+    "max_body_bytes": ("SEGGPT_MAX_BODY_BYTES", "largest request body /predict, /setup and /train accept (413 beyond); checked after auth, before the body is parsed"),
+    "max_webhook_bytes": ("SEGGPT_MAX_WEBHOOK_BYTES", "largest /webhook body accepted (413 beyond); a lost hint is caught up by the next pool sync"),
+    "webhook_secret": ("SEGGPT_WEBHOOK_SECRET", "when set, /webhook requires this value in the X-Seggpt-Webhook-Secret header (or the Basic auth credentials): set it as a custom header of the project's webhook in Label Studio"),
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
@@ -88,6 +94,10 @@ class Settings:
     allowed_media_hosts: tuple = ()
     media_max_bytes: int = 64 * 2**20
     media_timeout: float = 30.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_body_bytes: int = 8 * 2**20
+    max_webhook_bytes: int = 2**20
+    webhook_secret: str = field(default="", repr=False)  # never printed
     queue: str = "seggpt"
     interactive_queue: str = "seggpt-interactive"
     chunk_size: int = 16
@@ -126,6 +136,9 @@ class Settings:
                 parse(raw)
             except ValueError as exc:
                 problems.append(str(exc))
+        for name in ("max_pixels", "max_body_bytes", "max_webhook_bytes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{ENVIRONMENT[name][0]} must be >= 1, got {getattr(self, name)}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .limits import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -38,8 +39,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Larger than any camera frame or scan we expect; far below what would exhaust a worker's memory.
-DEFAULT_MAX_PIXELS = 150_000_000
 
 _MEAN_255 = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1) * 255.0
 _STD_255 = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1) * 255.0

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
 class MediaServer:
     """Serves `directory` at http://127.0.0.1:<port>/<name>. `/missing` answers 404, `/page.html` HTML,
-    `/flaky` 503 until `flaky_failures` requests have been refused."""
+    `/flaky` 503 until `flaky_failures` requests have been refused, `/trickle` a declared 100,000-byte image one
+    byte every `trickle_interval` seconds (a host that never times out a read and never finishes)."""
 
     def __init__(self, directory: Path, flaky_failures: int = 0) -> None:
         self.directory = Path(directory)
         self.flaky_left = flaky_failures
         self.requests: list[str] = []
+        self.request_times: list[tuple[float, str]] = []  # (monotonic time, path)
+        self.trickle_interval = 0.2
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,7 +35,21 @@ class MediaServer:
 
             def do_GET(self) -> None:
                 server.requests.append(self.path)
+                server.request_times.append((time.monotonic(), self.path))
                 name = self.path.lstrip("/").split("?")[0]
+                if name == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(100000):
+                            self.wfile.write(b"\x89")
+                            self.wfile.flush()
+                            time.sleep(server.trickle_interval)
+                    except OSError:
+                        pass  # the client gave up
+                    return
                 if name == "page.html":
                     return self._send(200, b"<html>not an image</html>", "text/html")
                 if name == "flaky":

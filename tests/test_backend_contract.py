@@ -132,7 +132,7 @@ def test_malformed_bodies_get_422_naming_the_field(stack):
     response = stack["client"].post("/setup", json={"project": "1.2"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "schema"]
     response = stack["client"].post("/predict", json={"tasks": [{"data": {}}], "project": "1"})
-    assert response.status_code == 422 and "body.tasks[0].id" in response.json()["detail"]
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "tasks", 0, "id"]
 
 
 def test_predict_replay_returns_one_item_per_task_in_order(stack):
@@ -198,22 +198,27 @@ def test_bad_images_fail_alone_with_their_reason(stack, caplog):
 
 
 def test_webhooks_answer_at_once_and_enqueue(stack):
-    for name, status in (("webhook_ANNOTATION_CREATED.json", "queued"), ("webhook_ANNOTATIONS_DELETED.json", "queued"),
-                         ("webhook_START_TRAINING.json", "queued"), ("webhook_TASKS_CREATED.json", "queued"),
-                         ("webhook_ANNOTATIONS_CREATED.json", "queued"), ("webhook_TASKS_DELETED.json", "queued"),
-                         ("webhook_PROJECT_UPDATED.json", "queued")):
+    """The recorded events of a project set up with this backend: each answers within Label Studio's 1 s, and what
+    concerns the pool queues (or joins) the project's one pending job. Without a Label Studio in this stack the
+    jobs cannot run: tests/test_hostile_input.py follows them through a stand-in one."""
+    assert stack["client"].post("/setup", json=recorded("setup.json")).status_code == 200  # project 1
+    for name, statuses in (("webhook_ANNOTATION_CREATED.json", ("queued", "coalesced")), ("webhook_ANNOTATIONS_DELETED.json", ("ignored",)),
+                           ("webhook_TASKS_CREATED.json", ("queued", "coalesced")), ("webhook_ANNOTATIONS_CREATED.json", ("queued", "coalesced")),
+                           ("webhook_TASKS_DELETED.json", ("ignored",)), ("webhook_PROJECT_UPDATED.json", ("queued", "coalesced"))):
         started = time.perf_counter()
         response = stack["client"].post("/webhook", json=recorded(name))
         elapsed = time.perf_counter() - started
-        assert response.status_code == 200 and response.json()["status"] == status, name
+        assert response.status_code == 200 and response.json()["status"] in statuses, (name, response.json())
         assert elapsed < 1.0  # Label Studio waits 1 s for a webhook
+    # deletions that concern no prompt of the pool cost nothing
+    assert stack["client"].post("/webhook", json=recorded("webhook_TASKS_DELETED.json")).json()["reason"] == "no prompt of the project is concerned"
     # issue 17 turned PROJECT_UPDATED from ignored into handled (the label config is re-read); the events that
     # concern neither the pool nor the controls are acknowledged and ignored
     for action in ("PROJECT_CREATED", "PROJECT_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED"):
         assert stack["client"].post("/webhook", json={"action": action, "project": {"id": 1}}).json()["status"] == "ignored", action
     bulk = recorded("webhook_ANNOTATIONS_CREATED.json")
     answer = stack["client"].post("/webhook", json=bulk).json()
-    assert answer["tasks"] == len({a["task"] for a in bulk["annotation"]}) == 2
+    assert answer["tasks"] == len({a["task"] for a in bulk["annotation"]}) == 2 and answer["status"] in ("queued", "coalesced")
 
 
 @pytest.mark.parametrize("route", ["webhook", "legacy-train"])

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import redis
 
+from seggpt_core.limits import DEFAULT_MAX_PIXELS
+
 from .defaults import PROMPT_CACHE_BYTES, PROMPT_CACHE_SIZE
 from .payloads import PromptSetRef
 
@@ -32,6 +34,7 @@ class ModelSettings:
     # every forward). bench/memory.py measures both.
     low_memory: bool = False
     prompt_cache_bytes: int = PROMPT_CACHE_BYTES  # prepared prompt sets kept, in bytes (SEGGPT_PROMPT_CACHE_MB)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # largest image decoded (SEGGPT_MAX_PIXELS): bounds a worker's memory
 
     @classmethod
     def from_env(cls) -> "ModelSettings":
@@ -42,6 +45,7 @@ class ModelSettings:
             max_batch_rows=int(os.environ.get("SEGGPT_BATCH_ROWS", cls.max_batch_rows)),
             low_memory=os.environ.get("SEGGPT_LOW_MEMORY", "").strip().lower() in ("1", "true", "yes", "on"),
             prompt_cache_bytes=int(float(os.environ.get("SEGGPT_PROMPT_CACHE_MB", PROMPT_CACHE_BYTES / 2**20)) * 2**20),
+            max_pixels=int(os.environ.get("SEGGPT_MAX_PIXELS") or DEFAULT_MAX_PIXELS),
         )
 
 
@@ -133,7 +137,8 @@ class WorkerRuntime:
                                spatial_ensemble=bool(options.get("spatial_ensemble", False)),
                                # 0 or absent: the model's own limit (its config)
                                labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
-                               max_batch_rows=self.settings.max_batch_rows, score=options.get("score", "crisp"))
+                               max_batch_rows=self.settings.max_batch_rows, score=options.get("score", "crisp"),
+                               max_pixels=self.settings.max_pixels)
 
     def prompt_cache_bytes(self) -> int:
         return sum(predictor.nbytes() for predictor in list(self._predictors.values()))

@@ -140,6 +140,8 @@ def add_cancel(commands: argparse._SubParsersAction) -> None:
 def cmd_train_prompt(args: argparse.Namespace) -> int:
     from ..bootstrap import project_controls
     from ..prompt_pool import PromptPool
+    from worker import fetch_job
+
     from ..prompt_training import enqueue_prompt_tuning
     from ..services import build_services
     from ..settings import Settings
@@ -156,7 +158,7 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
               "predicts from the annotations again")
         return 0
     project_controls(build_services(settings), pool)  # the job reads the saved config
-    job = enqueue_prompt_tuning(connection, settings, args.project)
+    job = fetch_job(connection, enqueue_prompt_tuning(connection, settings, args.project)[0])
     print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
     if args.no_wait:
         print("follow it with: seggpt-ls status")

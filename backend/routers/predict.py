@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..metrics import count, observe
 from ..context_hints import ContextError
-from ..predict_service import predict_interactive, predict_tasks, project_id
+from ..label_config import LabelConfigError
+from ..predict_service import LabelConfigConflict, predict_interactive, predict_tasks, project_id
 from ..schemas import PredictRequest
 
 router = APIRouter(dependencies=[Depends(require_basic_auth)])
@@ -16,35 +17,44 @@ log = logging.getLogger(__name__)
 
 
 @router.post("/predict")
-def predict(body: PredictRequest, settings: SettingsDep, connection: RedisDep) -> dict:
-    project = body.project
+def predict(request: PredictRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+    project = request.project
     if project is None:
-        project = next((t.get("project") for t in body.tasks if t.get("project") is not None), None)
+        project = next((t.project for t in request.tasks if t.project is not None), None)
     if project is None:
         raise HTTPException(422, "body.project is missing and no task names its project")
-    for index, task in enumerate(body.tasks):
-        if "id" not in task:
-            raise HTTPException(422, f"body.tasks[{index}].id is missing")
+    try:
+        return _predict(request, project, settings, connection)
+    except LabelConfigConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except LabelConfigError as exc:
+        raise HTTPException(400, f"body.label_config: {exc}") from None
+
+
+def _predict(request: PredictRequest, project, settings, connection) -> dict:
+    tasks = [t.model_dump() for t in request.tasks]  # validated; the extra fields Label Studio sends come along
     started = time.perf_counter()
-    context = (body.params or {}).get("context")
+    context = (request.params or {}).get("context")
     if context and (context.get("result") if isinstance(context, dict) else True):
-        if len(body.tasks) != 1:
-            raise HTTPException(422, f"an interactive /predict (params.context) is for one task, got {len(body.tasks)}")
+        if len(tasks) != 1:
+            raise HTTPException(422, f"an interactive /predict (params.context) is for one task, got {len(tasks)}")
         # a region drawn with a smart tool: find the other instances like it in the open task (results[0] is read)
         try:
-            results, version = predict_interactive(connection, settings, body.tasks[0], project, body.label_config, context)
+            results, version = predict_interactive(connection, settings, tasks[0], project, request.label_config, context)
+        except LabelConfigConflict:
+            raise
         except (ContextError, ValueError) as exc:
             raise HTTPException(422, str(exc)) from None
         observe(connection, "interactive_request_seconds", time.perf_counter() - started)
         found = len(results[0]["result"]) if isinstance(results[0], dict) else "no"
         log.info("project %s: interactive /predict for task %s: %s region(s) in %.2f s, model version %s", project_id(project),
-                 body.tasks[0].get("id"), found, time.perf_counter() - started, version)
+                 tasks[0].get("id"), found, time.perf_counter() - started, version)
         return {"results": results, "model_version": version}
-    results, version = predict_tasks(connection, settings, body.tasks, project, body.label_config)
+    results, version = predict_tasks(connection, settings, tasks, project, request.label_config)
     observe(connection, "predict_request_seconds", time.perf_counter() - started)
     count(connection, "predict_requests")
-    count(connection, "predict_tasks", len(body.tasks))
+    count(connection, "predict_tasks", len(tasks))
     count(connection, "predict_tasks_answered", sum(1 for r in results if isinstance(r, dict) and r["result"]))
     count(connection, "predict_tasks_deferred", sum(1 for r in results if isinstance(r, list)))
-    log.info("project %s: /predict %d task(s), model version %s", project_id(project), len(body.tasks), version)
+    log.info("project %s: /predict %d task(s), model version %s", project_id(project), len(tasks), version)
     return {"results": results, "model_version": version}

@@ -19,5 +19,5 @@ def train(body: TrainRequest, settings: SettingsDep, connection: RedisDep) -> di
     except ValueError as exc:
         raise HTTPException(422, f"body.project: {exc}") from None
     count(connection, "train_requests")
-    job = enqueue_prompt_tuning(connection, settings, project, body.label_config)
-    return {"status": "queued", "job": job.id}
+    job_id, queued = enqueue_prompt_tuning(connection, settings, project, body.label_config, coalesce=True)
+    return {"status": "queued" if queued else "coalesced", "job": job_id}

@@ -1,23 +1,35 @@
 """POST /webhook: Label Studio project events. Answered at once (Label Studio waits 1 s); work is queued.
 
-Label Studio sends webhooks without credentials, so this route does not require Basic auth: a webhook body is
-only a hint, and every job it starts re-reads the annotations from the Label Studio API.
+Label Studio sends webhooks without credentials, so this route does not require Basic auth (unless
+SEGGPT_WEBHOOK_SECRET is set, see `request_guard`): a body is only a hint of where to look. The ids it names are
+noted per project and one job per project and kind re-reads Label Studio for them (`webhook_hints`); events for a
+project this backend was never set up for are ignored. START_TRAINING, which Label Studio sends through its ML
+client with the backend's Basic auth, needs those credentials when they are configured.
 """
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request
 
-from worker import enqueue_call
-
-from ..dependencies import RedisDep, SettingsDep
+from ..dependencies import RedisDep, SettingsDep, basic_auth_ok, webhook_auth_ok
 from ..metrics import count
+from ..prompt_pool import PromptPool
 from ..prompt_training import enqueue_prompt_tuning
 from ..schemas import WebhookEvent
 from ..weights_identity import WeightsUnknown, backend_digest
+from ..webhook_hints import CONTROLS, POOL_FUNCTION, PRELABEL_FUNCTION, note_hints, schedule_hint_job
 
 router = APIRouter()
 log = logging.getLogger(__name__)
+
+# Label Studio 1.23.2's webhook actions (webhooks.models.WebhookAction) and START_TRAINING. Each is counted under its
+# own fixed metric name; any other action under webhook_other (a name from a body once made /metrics unparsable).
+KNOWN_ACTIONS = frozenset({
+    "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "TASKS_CREATED", "TASKS_DELETED", "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED",
+    "LABEL_LINK_DELETED", "START_TRAINING",
+})
+METRIC_NAMES = {action: f"webhook_{action.lower()}" for action in KNOWN_ACTIONS} | {None: "webhook_other"}
 
 
 def _digest_or_none(settings, connection) -> str | None:
@@ -28,44 +40,71 @@ def _digest_or_none(settings, connection) -> str | None:
         return None
 
 
+def _ids(items) -> list[int]:
+    """The integer ids among `items` (dicts); anything else in a hint is ignored."""
+    if isinstance(items, dict):
+        items = [items]
+    return [item["id"] for item in items or [] if isinstance(item, dict) and type(item.get("id")) is int]
+
+
+def _task_refs(items) -> list[int]:
+    if isinstance(items, dict):
+        items = [items]
+    return [item["task"] for item in items or [] if isinstance(item, dict) and type(item.get("task")) is int]
+
+
 @router.post("/webhook")
-def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) -> dict:
-    count(connection, f"webhook_{event.action.lower()}")
-    project = (event.project or {}).get("id")
-    label_config = (event.project or {}).get("label_config")
-    if project is None:
+def webhook(event: WebhookEvent, request: Request, settings: SettingsDep, connection: RedisDep) -> dict:
+    action = event.action if event.action in KNOWN_ACTIONS else None
+    count(connection, METRIC_NAMES[action])
+    if action is None:
+        return {"status": "ignored", "reason": "not a Label Studio action"}
+    if event.project is None:
         return {"status": "ignored", "reason": "no project in the event"}
-    base = {"project": project, "label_config": label_config, "weights_digest": _digest_or_none(settings, connection)}
-    if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and isinstance(event.annotation, dict):
-        task = event.annotation.get("task") or (event.task or {}).get("id")
-        enqueue_call(connection, "backend.jobs.update_pool_for_task", {**base, "task": task}, queue=settings.interactive_queue, at_front=True)
-        return {"status": "queued", "action": event.action}
-    if event.action == "ANNOTATIONS_DELETED" and event.annotations:
-        ids = [a["id"] for a in event.annotations if "id" in a]
-        enqueue_call(connection, "backend.jobs.remove_pool_annotations", {**base, "annotations": ids}, queue=settings.interactive_queue, at_front=True)
-        return {"status": "queued", "action": event.action}
-    if event.action == "TASKS_CREATED" and event.tasks:
+    project = event.project.id
+    pool = PromptPool(connection, project)
+    if pool.load_controls() is None:
+        # Label Studio calls /setup when the model is connected, before any event: a project that never came through
+        # it is not this backend's (a forged id such as 999 used to leave jobs failing three times each)
+        return {"status": "ignored", "reason": f"project {project} is not set up with this backend"}
+    base = {"weights_digest": _digest_or_none(settings, connection)}
+
+    def pool_job(task_ids=(), full=None) -> dict:
+        note_hints(connection, project, "pool", task_ids, full)
+        job_id, queued = schedule_hint_job(connection, settings, project, "pool", POOL_FUNCTION, base,
+                                           f"re-read project {project} from Label Studio (webhook hints)")
+        return {"status": "queued" if queued else "coalesced", "action": action, "job": job_id}
+
+    if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        tasks = _task_refs(event.annotation) or _ids(event.task)
+        return pool_job(tasks[:1]) if tasks else {"status": "ignored", "reason": "no task in the event"}
+    if action == "ANNOTATIONS_CREATED":  # "Create annotations from predictions" in the data manager
+        tasks = _task_refs(event.annotation) + _task_refs(event.annotations)
+        return {**pool_job(tasks), "tasks": len(set(tasks))} if tasks else {"status": "ignored", "reason": "no annotated task in the event"}
+    if action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
+        # only tasks holding prompts can matter; each is re-read, and leaves the pool only if Label Studio says so
+        named = set(_ids(event.annotations)) if action == "ANNOTATIONS_DELETED" else set(_ids(event.tasks))
+        field = "annotation" if action == "ANNOTATIONS_DELETED" else "task"
+        tasks = sorted({e["task"] for e in pool.entries() if e[field] in named})
+        return {**pool_job(tasks), "tasks": len(tasks)} if tasks else {"status": "ignored", "reason": "no prompt of the project is concerned"}
+    if action == "PROJECT_UPDATED":
+        return pool_job(full=CONTROLS)
+    if action == "TASKS_CREATED":
         if not settings.auto_prelabel:
             return {"status": "ignored", "reason": "SEGGPT_AUTO_PRELABEL is off"}
-        ids = [t["id"] for t in event.tasks if "id" in t]
-        enqueue_call(connection, "backend.jobs.prelabel_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue)
-        return {"status": "queued", "action": event.action, "tasks": len(ids)}
-    if event.action == "ANNOTATIONS_CREATED":  # "Create annotations from predictions" in the data manager
-        annotations = event.annotation if isinstance(event.annotation, list) else event.annotations or []
-        ids = sorted({a["task"] for a in annotations if isinstance(a, dict) and a.get("task") is not None})
-        if not ids:
-            return {"status": "ignored", "reason": "no annotated task in the event"}
-        enqueue_call(connection, "backend.jobs.update_pool_for_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue, at_front=True)
-        return {"status": "queued", "action": event.action, "tasks": len(ids)}
-    if event.action == "TASKS_DELETED" and event.tasks:
-        ids = [t["id"] for t in event.tasks if "id" in t]
-        enqueue_call(connection, "backend.jobs.remove_pool_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue, at_front=True)
-        return {"status": "queued", "action": event.action, "tasks": len(ids)}
-    if event.action == "PROJECT_UPDATED":
-        enqueue_call(connection, "backend.jobs.refresh_controls", base, queue=settings.interactive_queue, at_front=True)
-        return {"status": "queued", "action": event.action}
-    if event.action == "START_TRAINING":
-        job = enqueue_prompt_tuning(connection, settings, project, label_config)
-        return {"status": "queued", "action": event.action, "job": job.id}
+        tasks = _ids(event.tasks)
+        if not tasks:
+            return {"status": "ignored", "reason": "no task in the event"}
+        note_hints(connection, project, "prelabel", tasks)
+        job_id, queued = schedule_hint_job(connection, settings, project, "prelabel", PRELABEL_FUNCTION, base,
+                                           f"pre-label imported tasks of project {project}")
+        return {"status": "queued" if queued else "coalesced", "action": action, "tasks": len(set(tasks)), "job": job_id}
+    if action == "START_TRAINING":
+        if settings.basic_auth_user and not (basic_auth_ok(settings, request.headers.get("authorization"))
+                                             or (settings.webhook_secret and webhook_auth_ok(settings, request.headers))):
+            raise HTTPException(401, "START_TRAINING needs the Basic auth credentials (Label Studio sends them with it)",
+                                headers={"WWW-Authenticate": 'Basic realm="seggpt-ls"'})
+        job_id, queued = enqueue_prompt_tuning(connection, settings, project, event.project.label_config, coalesce=True)
+        return {"status": "queued" if queued else "coalesced", "action": action, "job": job_id}
     # PROJECT_CREATED, PROJECT_DELETED, LABEL_LINK_*: nothing for the pool or the controls
-    return {"status": "ignored", "action": event.action}
+    return {"status": "ignored", "action": action}
