@@ -31,6 +31,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -506,8 +507,10 @@ def model_only_child(argv: list[str]) -> None:
     print(f"SECONDS {time.perf_counter() - started:.4f} TARGETS {len(batches) * BATCH_TARGETS}", flush=True)
 
 
-def model_only_throughput(directory: Path, images: list[dict], labels: list[str], workers: int, k: int, targets: int) -> tuple[float, int, float]:
-    """(tasks/s of `workers` model-only processes together, targets in all, seconds)."""
+def model_only_throughput(directory: Path, images: list[dict], labels: list[str], workers: int, k: int, targets: int,
+                          command_prefix: Sequence[str] = ()) -> tuple[float, int, float]:
+    """(tasks/s of `workers` model-only processes together, targets in all, seconds). `command_prefix` runs them
+    elsewhere (bench/multihost.py: on a worker host's CPU)."""
     directory.mkdir(parents=True, exist_ok=True)
     names = []
     for index, image in enumerate(images):
@@ -521,7 +524,7 @@ def model_only_throughput(directory: Path, images: list[dict], labels: list[str]
         prompts.append({"image": f"prompt{index}.{image['ext']}", "masks": f"prompt{index}.npz"})
     (directory / "manifest.json").write_text(json.dumps({"labels": labels, "prompts": prompts, "targets": names}))
     env = base_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    children = [subprocess.Popen([sys.executable, __file__, CHILD_FLAG, "--data", str(directory), "--targets", str(targets)],
+    children = [subprocess.Popen([*command_prefix, sys.executable, __file__, CHILD_FLAG, "--data", str(directory), "--targets", str(targets)],
                                  env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     try:
         for child in children:

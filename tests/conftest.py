@@ -22,9 +22,14 @@ def _interrupt(signum, frame) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """Fail the run if a process a test started (a server, a worker, Label Studio, an embedded Redis) outlived it."""
+    """Fail the run if a process a test started (a server, a worker, Label Studio, an embedded Redis) or a network
+    namespace of the multi-host harness outlived it."""
     if not session.config.stash.get(_SUBREAPER, False) or hasattr(session.config, "workerinput"):
         return
+    namespaces = process_check.leftover_namespaces()
+    if namespaces:
+        session.config.get_terminal_writer().line(f"\nnetwork namespaces left behind by the tests (now removed): {', '.join(namespaces)}", red=True)
+        session.exitstatus = 1
     left = process_check.leftovers()
     if left:
         process_check.kill_all(left)  # never let them pile up across runs

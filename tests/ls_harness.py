@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import httpx
 from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
@@ -148,10 +149,12 @@ class LabelStudio:
             self.process.kill()
 
 
-def start_label_studio(directory: Path) -> LabelStudio:
+def start_label_studio(directory: Path, *, command_prefix: Sequence[str] = (), bind: str = "127.0.0.1", port: int | None = None) -> LabelStudio:
+    """Label Studio on `bind`:`port`, started through `command_prefix` (the multi-host harness runs it inside
+    another network namespace, pinned to a CPU; then the caller must also be in that namespace to reach it)."""
     directory.mkdir(parents=True, exist_ok=True)
     venv = ls_venv()
-    port = free_port()
+    port = port or free_port()
     token = secrets.token_hex(20)
     env = {
         **os.environ,
@@ -163,7 +166,7 @@ def start_label_studio(directory: Path) -> LabelStudio:
     }
     log = directory / "label-studio.log"
     process = subprocess.Popen(
-        [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+        [*command_prefix, str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", bind, "--port", str(port),
          "--data-dir", str(directory / "data"), "--username", USER, "--password", PASSWORD, "--user-token", token,
          "--enable-legacy-api-token"],
         env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, preexec_fn=exec_child_preexec(),

@@ -74,3 +74,14 @@ def kill_all(pids) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def leftover_namespaces() -> list[str]:
+    """Network namespaces the multi-host harness made in this process and did not remove; removed now (with every
+    process inside them), so that they never pile up across runs."""
+    from .multihost import delete_namespace, our_namespaces
+
+    left = our_namespaces(os.getpid())
+    for name in left:
+        delete_namespace(name)
+    return left

@@ -157,6 +157,51 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     assert meta["done"] == 400 and meta["worker"]["pid"] != first.pid
 
 
+def test_fault_a_zombie_worker_writes_nothing_for_a_chunk_taken_over(redis_conn, model_dir, queue_name, tmp_path):
+    """A worker frozen mid-chunk (SIGSTOP: as a partition or a long pause, it misses its heartbeats) has its chunk
+    re-queued and run by another; thawed, it still holds the chunk in memory. Its writes for it are refused: every
+    task is written once, the job ends finished (the zombie records neither a result nor a failure)."""
+    import signal
+
+    from rq.registry import FailedJobRegistry
+
+    from worker.keys import chunk_owner_key
+
+    digest = store_prompt_set(redis_conn, [scene_prompt(5)])
+    blob = store_blob(redis_conn, target_bytes(51, size=(60, 60)))
+    tasks = [{"id": f"z{i}", "image": blob} for i in range(400)]
+    namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=400, queue=queue_name,
+                                                sink=SinkSpec("redis", {"write_log": True}))
+    fast = ("--heartbeat-interval", "1", "--maintenance-interval", "2")
+    first = start_worker(model_dir, queue_name, *fast, log=tmp_path / "first.log")
+    second = None
+    try:
+        wait_for(lambda: fetch_job(redis_conn, job_id).get_meta().get("done", 0) >= 20, 120, what="the first worker to start")
+        first_owner = redis_conn.get(chunk_owner_key(job_id))
+        first.send_signal(signal.SIGSTOP)
+        second = start_worker(model_dir, queue_name, *fast, log=tmp_path / "second.log")
+        wait_for(lambda: redis_conn.get(chunk_owner_key(job_id)) not in (None, first_owner), 120, interval=0.2,
+                 what="the second worker to take the chunk over")
+        done_at_takeover = fetch_job(redis_conn, job_id).get_meta()["done"]
+        wait_for(lambda: fetch_job(redis_conn, job_id).get_meta().get("done", 0) >= done_at_takeover + 8, 120, interval=0.2,
+                 what="the second worker to make progress")
+        first.send_signal(signal.SIGCONT)  # the zombie wakes up mid-chunk
+        wait_for(lambda: "no longer this worker's" in (tmp_path / "first.log").read_text(errors="replace"), 60, interval=0.2,
+                 what="the zombie to find the chunk taken over")
+        wait_for(lambda: fetch_job(redis_conn, job_id).get_status() == "finished", 180, interval=0.5, what="the job to finish")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        for process in (first, second):
+            if process is not None:
+                process.terminate()
+                process.wait(30)
+    completions = write_counts(redis_conn, namespace)
+    assert set(completions) == {t["id"] for t in tasks}
+    assert max(completions.values()) == 1, sorted(k for k, v in completions.items() if v > 1)
+    assert fetch_job(redis_conn, job_id).get_meta()["worker"]["pid"] == second.pid
+    assert job_id not in FailedJobRegistry(queue=get_queue(redis_conn, queue_name)).get_job_ids()
+
+
 @pytest.mark.fault
 def test_fault_redis_restart_loses_no_queued_job(tmp_path, queue_name):
     server = EmbeddedRedis(tmp_path / "redis")

@@ -1,7 +1,7 @@
 """The job layer: Redis/RQ queue, job functions and the GPU worker process. Imports seggpt_core, never backend."""
 
 from .connection import EmbeddedRedis, data_dir, get_connection
-from .errors import ChunkIncomplete, ChunkInterrupted, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
+from .errors import ChunkIncomplete, ChunkInterrupted, ChunkLost, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
 from .prompt_sets import PromptRecord, PromptRef, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_refs, store_prompt_set
 from .queue import (
     cancel_run,
@@ -22,6 +22,7 @@ from .task_io import register_sink, register_source, results_key, store_blob
 __all__ = [
     "ChunkIncomplete",
     "ChunkInterrupted",
+    "ChunkLost",
     "TaskInputError",
     "WeightsMismatch",
     "input_failures",

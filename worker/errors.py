@@ -1,6 +1,6 @@
 """Exceptions of the job layer."""
 
-__all__ = ["QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "WeightsMismatch", "TaskInputError"]
+__all__ = ["QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError"]
 
 
 class QueueUnavailable(RuntimeError):
@@ -18,6 +18,11 @@ class ChunkIncomplete(RuntimeError):
 class ChunkInterrupted(RuntimeError):
     """The worker was asked to stop mid-chunk; the chunk goes back to its queue (no retry used) and the tasks it
     already stored are skipped when it runs again."""
+
+
+class ChunkLost(RuntimeError):
+    """The chunk was taken over by another worker while this one could not heartbeat (a partition, a pause): this
+    run writes nothing more for it, and records no result."""
 
 
 class WeightsMismatch(RuntimeError):

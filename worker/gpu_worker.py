@@ -25,6 +25,7 @@ from rq.serializers import JSONSerializer
 
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, WEIGHTS_WAIT
 from .keys import worker_info_key
+from .ownership import claim, holds
 from .runtime import ModelSettings, WorkerRuntime, set_runtime
 from .task_io import load_plugins
 
@@ -109,7 +110,29 @@ class SegGptWorker(SimpleWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=PUBSUB_POLL, daemon=True,
                                                        exception_handler=self._pubsub_exception_handler)
 
+    def _taken_over(self, job: Job, execution) -> bool:
+        """Whether another worker holds the job now (this one missed its heartbeats, and it was re-queued): then this
+        run records nothing for it, neither a result nor a failure nor a retry; it only drops its own execution."""
+        try:
+            if execution is None or holds(self.connection, job.id, execution.id):
+                return False
+        except _REDIS_ERRORS:
+            return False  # Redis is away: RQ's own bookkeeping fails next, and logs it
+        log.warning("job %s is no longer this worker's (taken over after this worker missed its heartbeats): its "
+                    "result and writes are dropped", job.id)
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        return True
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry, execution):
+        if self._taken_over(job, execution):
+            return
+        super().handle_job_success(job, queue, started_job_registry, execution)
+
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        if self._taken_over(job, execution):
+            return
         if "ChunkInterrupted" in exc_string and job.retries_left is not None:
             job.retries_left += 1  # a stop is not the chunk's failure: it goes back without using a retry
         elif "WeightsMismatch" in exc_string:
@@ -164,11 +187,16 @@ class SegGptWorker(SimpleWorker):
         if self._declines(job, queue):
             return
         execution = self.prepare_execution(job)
+        claim(self.connection, job.id, execution.id)  # a re-run after a takeover: the earlier run is now a zombie
+        if self.runtime is not None:
+            self.runtime.execution_id = execution.id
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_interval):
                 try:
+                    if not holds(self.connection, job.id, execution.id):
+                        return  # taken over: a beat would put this dead run back in the started registry
                     self.maintain_heartbeats(job, execution)
                     self._publish_info()
                 except redis.RedisError as exc:  # a missed beat is not fatal; the next may succeed
@@ -183,6 +211,8 @@ class SegGptWorker(SimpleWorker):
         finally:
             stop.set()
             thread.join()
+            if self.runtime is not None:
+                self.runtime.execution_id = None
         self.set_state("idle")
 
 

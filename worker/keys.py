@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .defaults import KEY_PREFIX
 
-__all__ = ["worker_info_key", "chunk_done_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+__all__ = ["worker_info_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
 
 
 def worker_info_key(name: str) -> str:
@@ -15,6 +15,11 @@ def worker_info_key(name: str) -> str:
 def chunk_done_key(job_id: str) -> str:
     """Set of the task ids a chunk has stored, so a re-run skips them. TTL: RESULT_TTL."""
     return f"{KEY_PREFIX}:chunk:{job_id}:done"
+
+
+def chunk_owner_key(job_id: str) -> str:
+    """String: the execution (one worker's run) that holds a chunk now; see `ownership`. TTL: RESULT_TTL."""
+    return f"{KEY_PREFIX}:chunk:{job_id}:owner"
 
 
 def run_cancelled_key(run: str) -> str:

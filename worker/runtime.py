@@ -59,6 +59,8 @@ class WorkerRuntime:
     weights_digest: str | None = None
     # Set when the worker is asked to stop: a running chunk ends at its next batch and goes back to the queue.
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    # The RQ execution running now, which claimed its chunk (see `ownership`); None outside a worker.
+    execution_id: str | None = None
     _predictors: "OrderedDict[tuple, Any]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

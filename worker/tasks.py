@@ -18,6 +18,7 @@ from rq import get_current_job
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, TaskInputError, TransientError, WeightsMismatch
+from .ownership import ensure_held
 from .metrics import count, observe
 from .payloads import SegmentationChunk, TaskRef
 from .runtime import get_runtime
@@ -159,7 +160,12 @@ def segment_chunk(payload: dict) -> dict:
             raise TaskInputError(f"task {task.id}: {exc}") from None
         write(task.to_json(), segmentation)
 
+    def still_ours() -> None:
+        # a run whose chunk was taken over (it missed its heartbeats) writes nothing more: ChunkLost
+        ensure_held(connection, job.id, runtime.execution_id)
+
     def write(task: dict, segmentation) -> None:
+        still_ours()
         retried(lambda: sink.write(task, segmentation, finished))
 
     def record(task_id: str, future) -> None:
@@ -200,6 +206,7 @@ def segment_chunk(payload: dict) -> dict:
             if _cancelled(connection, chunk.run):
                 cancelled = True  # what is stored stays; the rest is not done
                 break
+            still_ours()
             ready = []
             while queue and len(ready) < batch:
                 task, future = queue.popleft()
@@ -231,10 +238,12 @@ def segment_chunk(payload: dict) -> dict:
             record(*writes.pop(0))
     flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
     if flush is not None:
+        still_ours()
         retried(flush)
     count(connection, "tasks_done", len(already) - done_before)
     count(connection, "tasks_failed_input", len(bad_input))
     count(connection, "tasks_failed_system", len(failed) + len(transient) - len(bad_input))
+    still_ours()
     job.meta.update({
         "failed_tasks": {**failed, **transient},
         "input_failures": sorted(bad_input),
