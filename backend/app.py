@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from worker import get_connection
 
+from .redis_outage import RedisWatch, install_redis_errors
 from .routers import health, metrics, predict, setup, train, versions, webhook
 from .settings import Settings
 from .weights_identity import WeightsUnknown
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.redis = get_connection(settings.redis_url or None)
+        watch = RedisWatch(app.state.redis).start()  # /health says when Redis is away, and why
         import label_studio_sdk.label_interface  # noqa: F401  (warm: the first /setup must not pay 0.5 s of imports)
         logging.getLogger(__name__).info(
             "seggpt-ls backend: Label Studio %s, weights %s, K=%d, budget %.0f s",
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
         try:
             yield
         finally:
+            watch.stop()
             app.state.redis.close()
             if on_shutdown is not None:
                 on_shutdown()
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
         # say so, rather than predict under a version that may not describe the weights
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
+    install_redis_errors(app)  # a request that Redis failed: 503 naming Redis, never a bare 500
     for module in (health, setup, predict, train, webhook, metrics, versions):
         app.include_router(module.router)
     return app

@@ -1,11 +1,19 @@
-"""GET /health and GET /: liveness, answered without touching the model or the queue."""
+"""GET /health and GET /: UP, or DOWN (503) with the reasons that the parts of the backend hold (see
+`health_state`); answered without touching the model or the queue."""
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ..health_state import HEALTH
 
 router = APIRouter()
 
 
 @router.get("/health")
 @router.get("/")
-def health() -> dict:
-    return {"status": "UP", "model_class": "SegGPT", "model_dir": None}
+def health() -> JSONResponse:
+    reasons = HEALTH.reasons()
+    body = {"status": "DOWN" if reasons else "UP", "model_class": "SegGPT", "model_dir": None}
+    if reasons:
+        body["reasons"] = reasons
+    return JSONResponse(body, status_code=503 if reasons else 200)
