@@ -216,13 +216,13 @@ def get_connection(url: str | None = None) -> redis.Redis:
         where = parts.get("path") or f"{parts.get('host', 'localhost')}:{parts.get('port', 6379)}"  # never the password
         try:
             client.ping()
-        except (redis.AuthenticationError, redis.AuthorizationError) as exc:
-            raise QueueUnavailable(f"REDIS_URL: Redis at {where} refuses the password ({exc}): put the right one in "
-                                   "REDIS_URL (redis://:PASSWORD@host:port/0)") from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not str(exc).startswith(("NOAUTH", "WRONGPASS")):
                 raise
-            raise QueueUnavailable(f"REDIS_URL: Redis at {where} wants a password ({exc}): put it in REDIS_URL "
+            if parts.get("password"):
+                raise QueueUnavailable(f"REDIS_URL: Redis at {where} refuses the password ({exc}): put the right one in "
+                                       "REDIS_URL (redis://:PASSWORD@host:port/0)") from None
+            raise QueueUnavailable(f"REDIS_URL: Redis at {where} wants a password: put it in REDIS_URL "
                                    "(redis://:PASSWORD@host:port/0)") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise QueueUnavailable(f"REDIS_URL: cannot reach Redis at {where} ({exc}): start it, correct REDIS_URL, or unset "

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_FIRST = 0.5
 RESTART_BACKOFF_CAP = 10.0
 """Longest pause, in seconds, between two attempts to start the embedded Redis again."""
+STEADY_SECONDS = 10.0
+"""A server that dies sooner than this after its start is started again only after the (growing) backoff."""
 MIN_FREE_BYTES = 4 * 2**20
 """Free bytes the data directory's disk needs before a Redis that died of a failed write is started again."""
-_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Error writing",
+_WRITE_FAILURES = ("Short write", "No space left on device", "Disk quota exceeded", "Read-only file system", "Error writing",
                    "AOF write error", "Can't open the append-only file", "Failed opening")
 
 
@@ -40,16 +42,27 @@ def _size(count: int) -> str:
     return str(count)
 
 
-def disk_problem(server: EmbeddedRedis) -> str | None:
-    """A line naming the data directory and its free space, where the server's log says a write failed or the
-    disk is (nearly) full; None otherwise."""
+def _log_size(server: EmbeddedRedis) -> int:
+    try:
+        return (server.directory / "redis.log").stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_problem(server: EmbeddedRedis, since: int = 0) -> str | None:
+    """A line naming the data directory and its free space, where the server's log (from byte `since` on: the
+    run that ended) says a write failed, or the disk is (nearly) full; None otherwise."""
     try:
         free = shutil.disk_usage(server.directory).free
     except OSError as exc:
         return f"the embedded Redis's directory {server.directory} is unusable: {exc}"
     log_file = server.directory / "redis.log"
-    tail = log_file.read_text(errors="replace").splitlines()[-30:] if log_file.exists() else []
-    failure = next((line.split(" # ", 1)[-1] for line in reversed(tail) if any(m in line for m in _WRITE_FAILURES)), None)
+    tail = []
+    if log_file.exists():
+        with open(log_file, "rb") as handle:
+            handle.seek(since)
+            tail = handle.read().decode(errors="replace").splitlines()[-30:]
+    failure = next((line.split(" # ", 1)[-1] for line in tail if any(m in line for m in _WRITE_FAILURES)), None)
     if free >= MIN_FREE_BYTES and failure is None:
         return None
     said = f" ({failure.strip()})" if failure else ""
@@ -67,6 +80,7 @@ class RedisSupervisor:
         self.poll = poll
         self.process: subprocess.Popen | None = None
         self.restarts = 0
+        self._log_from = 0  # where the running server's lines begin in its log
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="seggpt-redis-supervisor", daemon=True)
@@ -77,6 +91,7 @@ class RedisSupervisor:
 
     def start(self) -> "RedisSupervisor":
         """Start the server (QueueUnavailable if it cannot), or adopt the one running; then watch it."""
+        self._log_from = _log_size(self.server)
         self.process = self.server.start_owned()
         self._thread.start()
         return self
@@ -86,12 +101,14 @@ class RedisSupervisor:
         with self._lock:
             if self._stopping.is_set():
                 return False
+            self._log_from = _log_size(self.server)
             self.process = self.server.start_owned()
             return True
 
     def _run(self) -> None:
         delay = RESTART_BACKOFF_FIRST
         down_since: float | None = None
+        started_at = time.monotonic()
         while not self._stopping.is_set():
             process = self.process
             if process is not None:
@@ -102,20 +119,25 @@ class RedisSupervisor:
                     return
                 self.process = None
                 down_since = time.monotonic()
-                problem = disk_problem(self.server)
+                problem = disk_problem(self.server, self._log_from)
                 reason = problem or f"the embedded Redis (pid {process.pid}) exited with code {code}: starting it again"
                 log.warning("%s", reason)
                 self.on_change(reason)
+                if time.monotonic() - started_at < STEADY_SECONDS:  # it keeps dying: back off
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, RESTART_BACKOFF_CAP)
+                else:
+                    delay = RESTART_BACKOFF_FIRST
             elif self.server._alive():
                 if down_since is not None:  # someone else started it meanwhile
                     down_since = None
                     self.on_change(None)
-                self._stopping.wait(self.poll)
+                self._stopping.wait(max(self.poll, 1.0))
                 continue
             elif down_since is None:
                 down_since = time.monotonic()
                 log.warning("the embedded Redis at %s is gone: starting it here", self.server.socket)
-            problem = disk_problem(self.server)
+            problem = disk_problem(self.server, self._log_from)
             if problem is not None and shutil.disk_usage(self.server.directory).free < MIN_FREE_BYTES:
                 self.on_change(problem)
                 self._stopping.wait(self.poll)  # no use starting it before space is freed
@@ -133,7 +155,7 @@ class RedisSupervisor:
                 self.restarts += 1
                 log.warning("the embedded Redis answers again after %.1f s (%s)", time.monotonic() - down_since,
                             f"pid {self.process.pid}" if self.process else "run by another process")
-                down_since, delay = None, RESTART_BACKOFF_FIRST
+                down_since, started_at = None, time.monotonic()
                 self.on_change(None)
 
     def stop(self, timeout: float = 5.0) -> None:
