@@ -335,3 +335,25 @@ def test_a_misconfiguration_at_start_is_one_line_and_an_exit_code(tmp_path, pass
     # the traceback, for whoever asks for it
     debug = _start(tmp_path, {"SEGGPT_NUM_PROMPTS": "abc", "LOG_LEVEL": "DEBUG"})
     assert debug.returncode == 78 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_the_supervisor_of_a_cli_command_restarts_reaps_and_reports(tmp_path):
+    """What a CLI command that starts the embedded Redis runs (`backend.cli.common`), in-process."""
+    from worker.redis_supervisor import RedisSupervisor
+
+    reports: list = []
+    supervisor = RedisSupervisor(EmbeddedRedis(tmp_path / "redis"), on_change=reports.append).start()
+    try:
+        assert supervisor.owned
+        first = supervisor.process.pid
+        connection = _client(tmp_path)
+        connection.set("kept", "yes")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: supervisor.process is not None and supervisor.process.pid != first and connection.ping(), 20,
+                 interval=0.1, what="the restart")
+        assert not Path(f"/proc/{first}").exists()  # reaped
+        assert reports == [f"the embedded Redis (pid {first}) exited with code -9: starting it again", None]
+        assert connection.get("kept") == b"yes"
+    finally:
+        supervisor.stop()
+    assert supervisor.process.poll() is not None
