@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from worker import get_connection
 
+from .redis_outage import RedisWatch, install_redis_errors
 from .routers import health, metrics, predict, setup, train, versions, webhook
 from .request_guard import RequestGuard
 from .settings import Settings
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.redis = get_connection(settings.redis_url or None)
+        watch = RedisWatch(app.state.redis).start()  # /health says when Redis is away, and why
         import label_studio_sdk.label_interface  # noqa: F401  (warm: the first /setup must not pay 0.5 s of imports)
         logging.getLogger(__name__).info(
             "seggpt-ls backend: Label Studio %s, weights %s, K=%d, budget %.0f s",
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
         try:
             yield
         finally:
+            watch.stop()
             app.state.redis.close()
             if on_shutdown is not None:
                 on_shutdown()
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
         # say so, rather than predict under a version that may not describe the weights
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
+    install_redis_errors(app)  # a request that Redis failed: 503 naming Redis, never a bare 500
     for module in (health, setup, predict, train, webhook, metrics, versions):
         app.include_router(module.router)
     # auth from the headers and the body's size before anything is parsed; /docs and /openapi.json are behind it too

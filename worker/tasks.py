@@ -95,8 +95,15 @@ class _InlineExecutor:
         return future
 
 
+class _Pool(ThreadPoolExecutor):
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        # an interrupted chunk does not wait for a fetch that hangs: it goes back to its queue now
+        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+        return False
+
+
 def _executor(threaded: bool, workers: int, name: str):
-    return ThreadPoolExecutor(workers, thread_name_prefix=name) if threaded else _InlineExecutor()
+    return _Pool(workers, thread_name_prefix=name) if threaded else _InlineExecutor()
 
 
 def segment_chunk(payload: dict) -> dict:

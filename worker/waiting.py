@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import redis
 
-__all__ = ["ENDED_STATUSES", "jobs_ended", "status_ended", "wait_until", "wait_for_jobs"]
+__all__ = ["ENDED_STATUSES", "STOPPING", "jobs_ended", "status_ended", "wait_until", "wait_for_jobs"]
 
 T = TypeVar("T")
 
 # rq statuses after which a job never runs again
 ENDED_STATUSES = ("finished", "failed", "canceled", "stopped")
+
+STOPPING = threading.Event()
+"""Set when this process is asked to stop (serve on SIGTERM/SIGINT): every wait ends at once, as at its timeout,
+so that no request holds a stopping server for its whole budget."""
 
 
 def jobs_ended(progress: Mapping[str, int]) -> bool:
@@ -26,14 +31,14 @@ def status_ended(status: str) -> bool:
 
 
 def wait_until(poll: Callable[[], T], ended: Callable[[T], bool], interval: float = 0.5, timeout: float | None = None) -> T:
-    """Call `poll` every `interval` seconds until `ended` holds for what it returns, or `timeout` seconds have
-    passed; return the last value."""
+    """Call `poll` every `interval` seconds until `ended` holds for what it returns, `timeout` seconds have
+    passed, or the process is stopping (`STOPPING`); return the last value."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         value = poll()
-        if ended(value) or (deadline is not None and time.monotonic() >= deadline):
+        if ended(value) or (deadline is not None and time.monotonic() >= deadline) or STOPPING.is_set():
             return value
-        time.sleep(interval)
+        STOPPING.wait(interval)
 
 
 def wait_for_jobs(connection: redis.Redis, job_ids: Sequence[str], *, interval: float = 0.2, timeout: float | None = None,

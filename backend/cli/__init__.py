@@ -44,8 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     from seggpt_core.errors import SegGptError  # light: does not load torch
 
+    from .startup_errors import report
+
     try:
         return args.handler(args)
     except SegGptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a misconfiguration gets one line and its exit code; anything else its traceback
+        code = report(exc)
+        if code is None:
+            raise
+        return code

@@ -55,14 +55,15 @@ _owned_redis: list = []
 def _own_embedded_redis() -> None:
     import atexit
 
-    from worker import EmbeddedRedis
-    from worker.lifecycle import stop_children
+    from worker.redis_supervisor import RedisSupervisor
 
     if not _owned_redis:
-        process = EmbeddedRedis().start_owned()  # None: serve or another process runs it
-        if process is not None:
-            _owned_redis.append(process)
-            atexit.register(stop_children, [process], 10)  # after the command's own workers have ended
+        supervisor = RedisSupervisor().start()  # restarts it whenever it dies, while this command runs
+        if supervisor.owned:
+            _owned_redis.append(supervisor)
+            atexit.register(supervisor.stop, 10)  # after the command's own workers have ended
+        else:
+            supervisor.stop()  # serve or another process runs it, and looks after it
 
 
 def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = (),

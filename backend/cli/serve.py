@@ -7,14 +7,34 @@ import os
 
 from .common import CLI_COMMAND
 
+# A stopping serve ends within 10 s whatever is in flight: requests get GRACE seconds to answer (their waits end at
+# once), the workers WORKER_STOP seconds to hand their chunks back, and the embedded Redis, stopped last, REDIS_STOP.
+GRACE = 1.5
+WORKER_STOP = 5.5
+REDIS_STOP = 2.0
+
+
+def _refuse_a_redis_of_another_serve(server, share: bool) -> None:
+    from .startup_errors import EXIT_IN_USE, StartupError
+
+    owner = server.owner()
+    if share or owner is None or "serve" not in owner[1] or owner[0] == os.getpid():
+        return
+    raise StartupError(f"MODEL_DIR: {server.directory.parent} is in use: its embedded Redis is run by another serve (pid "
+                       f"{owner[0]}); stop that one, set another MODEL_DIR, or set SEGGPT_SHARE_REDIS=true to share it "
+                       "(this serve then takes the Redis over when the other stops)", EXIT_IN_USE)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from worker import EmbeddedRedis
+    from worker import EmbeddedRedis, get_connection
     from worker.lifecycle import start_child, stop_children
+    from worker.redis_supervisor import RedisSupervisor
+    from worker.waiting import STOPPING
 
     from ..app import create_app
+    from ..health_state import HEALTH
     from ..settings import ENVIRONMENT, Settings
 
     overrides = {name: getattr(args, name, None) for name in ENVIRONMENT}
@@ -23,11 +43,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["MODEL_DIR"] = settings.model_dir  # the embedded Redis lives there, for us and the workers
     # Everything started here is a child that the kernel ends with this process (SIGKILL included), and that the
     # app's shutdown ends first, gracefully (SIGTERM, SIGINT): uvicorn re-raises those signals once it has shut
-    # down, so code after uvicorn.run may never run.
+    # down, so code after the server's run may never run.
     children: list = []
-    redis_child = None
-    if not settings.redis_url:
-        redis_child = EmbeddedRedis().start_owned()  # None: it runs already, owned by another process
+    supervisor = None
+    if settings.redis_url:
+        get_connection(settings.redis_url).close()  # unreachable, or a wrong password: one line, before anything starts
+    else:
+        server = EmbeddedRedis()
+        _refuse_a_redis_of_another_serve(server, settings.share_redis)
+        # started here (or adopted where another process runs it), restarted whenever it dies, /health told
+        supervisor = RedisSupervisor(server, on_change=lambda reason: HEALTH.update("embedded_redis", reason)).start()
         if args.workers > 0:
             # Local workers share the embedded Redis: same environment, same settings.
             env = dict(os.environ)
@@ -39,15 +64,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 children.append(start_child([*CLI_COMMAND, "--log-level", args.log_level, "worker"], env=env))
 
     def shut_down() -> None:
-        stop_children(children)  # a running chunk stops at its next batch and is re-queued
-        if redis_child is not None:
-            stop_children([redis_child], timeout=10)  # SIGTERM: Redis writes its data and exits
+        STOPPING.set()
+        stop_children(children, timeout=WORKER_STOP)  # a running chunk goes back to its queue
+        if supervisor is not None:
+            supervisor.stop(timeout=REDIS_STOP)  # last: SIGTERM, Redis writes its data and exits
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            STOPPING.set()  # a /predict waiting on its jobs answers now, with what is done
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(create_app(settings, on_shutdown=shut_down), host=args.host, port=args.port,
+                            log_level=args.log_level.lower(), timeout_graceful_shutdown=GRACE)
+    server = Server(config)
     try:
-        uvicorn.run(create_app(settings, on_shutdown=shut_down), host=args.host, port=args.port, log_level=args.log_level.lower())
+        server.run()
     finally:
         shut_down()  # uvicorn failed to start (a port in use): nothing else would
-    return 0
+    return 0 if server.started else 1
 
 
 def add_serve(commands: argparse._SubParsersAction) -> None:
