@@ -4,7 +4,7 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 from worker.defaults import KEY_PREFIX
 
 __all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key"]
+           "pool_key", "pool_sync_due_key", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key"]
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
@@ -59,3 +59,20 @@ def pool_key(project: int) -> str:
 def pool_sync_due_key(project: int) -> str:
     """Flag: the pool was rebuilt from Label Studio recently, so /setup does not do it again. TTL: set by /setup."""
     return f"{pool_key(project)}:sync-due"
+
+
+def pool_sync_failed_key(project: int) -> str:
+    """Why the project's last pool sync failed (one line), so /predict says it instead of "no prompts yet".
+    Deleted by the next sync that succeeds. TTL: one day."""
+    return f"{pool_key(project)}:sync-failed"
+
+
+def token_rejected_key() -> str:
+    """Label Studio's last 401/403 (one line), shown by /health and `seggpt-ls status`. TTL: 2 minutes, renewed by
+    every rejection; deleted by the next success of a process that saw one."""
+    return f"{KEY_PREFIX}:ls:token-rejected"
+
+
+def token_rejected_logged_key() -> str:
+    """Flag: a process logged the rejected token in the last minute, so no other does. TTL: 60 s."""
+    return f"{KEY_PREFIX}:ls:token-rejected:logged"

@@ -122,7 +122,8 @@ class EmbeddedRedis:
             if self._alive():
                 return None
             process = subprocess.Popen([executable, str(self._write_config(daemonize=False))], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, preexec_fn=exec_child_preexec())
+                                       stderr=subprocess.DEVNULL, preexec_fn=exec_child_preexec(),
+                                       start_new_session=True)  # a terminal's Ctrl-C reaches its owner, which stops it last
             self._await_answer(timeout, process)
             return process
 
