@@ -29,6 +29,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "allowed_media_hosts": ("ALLOWED_MEDIA_HOSTS", "comma-separated hosts (host or host:port) media may be fetched from, besides Label Studio"),
     "media_max_bytes": ("SEGGPT_MEDIA_MAX_BYTES", "largest image download accepted"),
     "media_timeout": ("SEGGPT_MEDIA_TIMEOUT", "seconds per media request"),
+    "ls_deadline": ("SEGGPT_LS_DEADLINE", "seconds one call to Label Studio may take in all, its retries included (429 waits Retry-After, 5xx backs off), before it gives up in one line"),
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
@@ -88,6 +89,7 @@ class Settings:
     allowed_media_hosts: tuple = ()
     media_max_bytes: int = 64 * 2**20
     media_timeout: float = 30.0
+    ls_deadline: float = 60.0
     queue: str = "seggpt"
     interactive_queue: str = "seggpt-interactive"
     chunk_size: int = 16
@@ -126,6 +128,8 @@ class Settings:
                 parse(raw)
             except ValueError as exc:
                 problems.append(str(exc))
+        if self.ls_deadline <= 0:
+            problems.append(f"SEGGPT_LS_DEADLINE must be > 0, got {self.ls_deadline}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
