@@ -195,7 +195,7 @@ class LabelStudioClient:
         url = self.url(path)
         if idempotent is None:
             idempotent = method.upper() != "POST"
-        where = f"{method} {_shown(url)}"
+        where = f"{method} {_shown(str(httpx.URL(url, params=kwargs['params'])) if kwargs.get('params') else url)}"
         if self._given_up is not None and time.monotonic() < self._given_up[0]:
             raise self._given_up[1]
         extra_headers = kwargs.pop("headers", None) or {}
@@ -249,7 +249,7 @@ class LabelStudioClient:
         """`send`, with every error status it returns (4xx, a POST's 500) raised as one line."""
         response = self.send(method, path, **kwargs)
         if response.status_code >= 400:
-            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} to {method} {_shown(self.url(path))}: "
+            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} to {method} {_shown(str(response.request.url))}: "
                                    f"{_one_line(response.text, 200)}", response.status_code, self.url(path))
         return response
 
