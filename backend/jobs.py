@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from rq import get_current_job
+
+from worker import SystemFault
 
 from .label_config import parse_label_config
 from .bootstrap import start_bootstrap
@@ -20,6 +23,20 @@ __all__ = ["sync_pool", "update_pool_for_task", "update_pool_for_tasks", "remove
            "refresh_controls", "prelabel_tasks"]
 
 log = logging.getLogger(__name__)
+
+
+def reports_token(function):
+    """A job that calls Label Studio: a rejected token is reported (for /health and status, logged once a minute)
+    before the job fails with its one line."""
+    @functools.wraps(function)
+    def job(payload: dict) -> dict:
+        try:
+            return function(payload)
+        except LabelStudioAuthError as exc:
+            report_token_rejected(get_current_job().connection, exc)
+            raise
+
+    return job
 
 
 def pool_and_controls(payload: dict):
@@ -67,6 +84,7 @@ def sync_failed(connection, project: int, error: LabelStudioError) -> dict:
     return {"error": str(error)}
 
 
+@reports_token
 def update_pool_for_task(payload: dict) -> dict:
     """Re-read one task's annotations from Label Studio (webhook bodies are only hints) and update the pool."""
     job, pool, controls = pool_and_controls(payload)
@@ -81,6 +99,7 @@ def update_pool_for_task(payload: dict) -> dict:
     return {"task": task["id"], "labels": [l.split("\x1f", 1)[1] for l in labels], **_after_pool_change(job, pool, services, payload)}
 
 
+@reports_token
 def update_pool_for_tasks(payload: dict) -> dict:
     """Many tasks got annotations at once (ANNOTATIONS_CREATED): re-read each, then one version change."""
     job, pool, controls = pool_and_controls(payload)
@@ -88,6 +107,8 @@ def update_pool_for_tasks(payload: dict) -> dict:
     for task_id in payload["tasks"]:
         try:
             outcome[str(task_id)] = update_pool_for_task({**payload, "task": task_id, "relabel": False}).get("labels", [])
+        except SystemFault:
+            raise  # Label Studio's fault, not the annotation's: every other task would meet it too
         except Exception as exc:  # one unusable annotation never stops the others
             outcome[str(task_id)] = f"{type(exc).__name__}: {exc}"
             log.warning("task %s: annotation not usable as a prompt: %s", task_id, exc)
@@ -101,6 +122,7 @@ def remove_pool_tasks(payload: dict) -> dict:
     return {"removed": removed, **_after_pool_change(job, pool, services_from_env(), payload)}
 
 
+@reports_token
 def refresh_controls(payload: dict) -> dict:
     """The project changed (PROJECT_UPDATED): re-read its label config from the API; when the controls differ,
     save them and rebuild the pool with them (a new version only then)."""
@@ -134,6 +156,7 @@ def _after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:
     return {"version": version, "relabel": True, "queued": batch.queued, "jobs": batch.job_ids}
 
 
+@reports_token
 def prelabel_tasks(payload: dict) -> dict:
     """New tasks were imported: predict them with the current prompts, once the project has a prompt."""
     job, pool, controls = pool_and_controls(payload)
@@ -145,6 +168,7 @@ def prelabel_tasks(payload: dict) -> dict:
     return {"queued": batch.queued, "jobs": batch.job_ids, "version": batch.model_version}
 
 
+@reports_token
 def remove_pool_annotations(payload: dict) -> dict:
     """Drop entries whose annotation was deleted; the task's other annotations are re-read."""
     job, pool, controls = pool_and_controls(payload)
