@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,15 @@ def _announce_workers(connection: redis.Redis, batch: BootstrapBatch, args: argp
     return local_workers_if_none(connection, args)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM to this command alone: handled as Ctrl-C, and passed on to its workers (a terminal's Ctrl-C reaches
+    them itself), so that they hand their chunks back before the embedded Redis stops, last."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from ..bootstrap import BootstrapError, start_bootstrap
     from ..ls_client import LabelStudioAuthError, LabelStudioError
@@ -119,6 +129,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         return 0
     queues = [settings.interactive_queue, settings.queue]
     workers: list = []
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if batch.all_job_ids:
             from worker.liveness import requeue_abandoned
@@ -126,10 +137,14 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
             requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
             workers.extend(_announce_workers(connection, batch, args))
             _wait_with_progress(connection, batch, args, workers, queues)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, _Terminated):
+            for process in workers:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)  # a warm stop: the running chunk goes back to its queue
         print(f"\ninterrupted: what is written stays; run bootstrap again to resume (seggpt-ls status --project {args.project})",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     finally:
         for process in workers:
             process.wait()
