@@ -209,10 +209,8 @@ class LabelStudioClient:
                 headers = {**(self.auth.header() if authenticate else {}), **extra_headers}
                 request = self.http.build_request(method, url, headers=headers, timeout=max(0.1, min(self.timeout, remaining)), **kwargs)
                 response = self.http.send(request, stream=stream)
-            except LabelStudioAuthError:
-                raise
-            except LabelStudioError as exc:  # the token refresh could not be sent
-                last = str(exc)
+            except LabelStudioError:
+                raise  # the token refresh was refused, or gave up under this same policy
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}" + (f": {_one_line(str(exc), 80)}" if str(exc) else "")
                 if not idempotent and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):

@@ -124,3 +124,25 @@ def test_401_and_403_are_the_token_not_the_image(standin):
     assert fetcher.fetch("/data/upload/1/c.png", 5) == b"\x89PNG...."
     hits = standin.hits("GET", "/data/upload/1/c.png")
     assert len(hits) == 2 and hits[-1][3] == f"Token {standin.legacy_token}"
+
+
+def test_the_personal_access_token_refresh_is_under_the_same_policy(standin):
+    import base64
+    import json
+
+    def jwt(payload: dict) -> str:
+        part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")  # noqa: E731
+        return f"{part({'alg': 'none'})}.{part(payload)}.sig"
+
+    pat = jwt({"token_type": "refresh", "exp": time.time() + 3600})
+    access = jwt({"token_type": "access", "exp": time.time() + 300})
+    standin.script("POST", "/api/token/refresh/", (503, "busy"), (200, {"access": access}))
+    standin.script("GET", "/api/projects/1", (200, {"id": 1}))
+    client = LabelStudioClient(standin.url, pat, policy=RetryPolicy(deadline=4, first_delay=0.2))
+    assert client.get_json("/api/projects/1") == {"id": 1}
+    assert standin.hits("GET", "/api/projects/1")[-1][3] == f"Bearer {access}"
+    assert len(standin.hits("POST", "/api/token/refresh/")) == 2
+
+    standin.script("POST", "/api/token/refresh/", (401, {"detail": "Token is invalid or expired"}))
+    with pytest.raises(LabelStudioAuthError, match=r"^Label Studio rejects the token: POST .*/api/token/refresh/ answered HTTP 401"):
+        LabelStudioClient(standin.url, pat, policy=RetryPolicy(deadline=4)).get_json("/api/projects/1")
