@@ -463,6 +463,8 @@ def test_an_interrupted_bootstrap_resumes_from_the_queue(label_studio, media, tm
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=exec_child_preexec())
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming: " in rerun.stdout and "left in the queue by an earlier run" in rerun.stdout, rerun.stdout
+    # the interrupted run's worker is gone: pruned from the registry, not waited on
+    assert "no live worker: starting one on this machine for this run" in rerun.stdout, rerun.stdout
     assert "failed 0" in rerun.stdout, rerun.stdout
     counts = Counter({task: len(p) for task, p in _predictions_by_task(label_studio, project).items()})
     assert set(counts) == unlabeled and set(counts.values()) == {1}, counts  # done when it says so, each task once
