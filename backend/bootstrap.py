@@ -49,10 +49,16 @@ class BootstrapBatch:
     skipped_inflight: int = 0
     skipped_no_image: int = 0
     started_at: float = field(default_factory=time.time)
+    resumed_job_ids: list[str] = field(default_factory=list)  # chunks an earlier run left unfinished in the queue
 
     @property
     def skipped(self) -> int:
         return self.skipped_predicted + self.skipped_inflight + self.skipped_no_image
+
+    @property
+    def all_job_ids(self) -> list[str]:
+        """This run's chunks and the earlier ones it waits for: the run is over when all have ended."""
+        return self.job_ids + [j for j in self.resumed_job_ids if j not in self.job_ids]
 
 
 def load_batch(connection: redis.Redis, project: int) -> BootstrapBatch | None:
@@ -198,13 +204,14 @@ def start_bootstrap(
     for data_key, buffer in buffers.items():
         if buffer:
             enqueue(data_key, buffer)
+    batch.resumed_job_ids = sorted(job_id for job_id, unfinished in statuses.items() if unfinished)
     connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
     return batch
 
 
 def batch_progress(connection: redis.Redis, batch: BootstrapBatch) -> dict:
-    return job_progress(connection, batch.job_ids)
+    return job_progress(connection, batch.all_job_ids)
 
 
 def batch_failures(connection: redis.Redis, batch: BootstrapBatch) -> dict[str, str]:
-    return job_failures(connection, batch.job_ids)
+    return job_failures(connection, batch.all_job_ids)

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from rq import get_current_job
 
 from .label_config import parse_label_config
 from .bootstrap import start_bootstrap
-from .keys import current_version_key
+from .keys import current_version_key, pool_sync_due_key, pool_sync_failed_key
+from .ls_client import LabelStudioAuthError, LabelStudioError
+from .ls_faults import note_label_studio_ok, report_token_rejected
 from .predict_service import current_model_version
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .weights_identity import backend_digest
 
 # The webhook jobs are in `webhook_hints`: they act on hints, coalesced per project.
-__all__ = ["sync_pool", "pool_and_controls", "after_pool_change"]
+__all__ = ["sync_pool", "pool_and_controls", "after_pool_change", "reports_token", "sync_failed"]
 
 log = logging.getLogger(__name__)
+
+
+def reports_token(function):
+    """A job that calls Label Studio: a rejected token is reported (for /health and status, logged once a minute)
+    before the job fails with its one line."""
+    @functools.wraps(function)
+    def job(payload: dict) -> dict:
+        try:
+            return function(payload)
+        except LabelStudioAuthError as exc:
+            report_token_rejected(get_current_job().connection, exc)
+            raise
+
+    return job
 
 
 def pool_and_controls(payload: dict):
@@ -36,10 +53,33 @@ def sync_pool(payload: dict) -> dict:
     """Rebuild a project's prompt pool from Label Studio: `{"project": id, "label_config": "<View>..."}`."""
     job, pool, controls = pool_and_controls(payload)
     services = services_from_env()
-    report = sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls)
+    try:
+        report = sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls)
+    except LabelStudioError as exc:
+        return sync_failed(job.connection, pool.project, exc)
+    job.connection.delete(pool_sync_failed_key(pool.project))
+    note_label_studio_ok(job.connection)
     job.meta.update({"entries": report["entries"], "errors": report["errors"]})
     job.save_meta()
     return {"entries": report["entries"], "errors": {str(k): v for k, v in report["errors"].items()}, "version": pool.version()}
+
+
+SYNC_RETRY_AFTER = 15  # seconds: after a failed sync, the next /setup may start another this soon (not SYNC_EVERY)
+
+
+def sync_failed(connection, project: int, error: LabelStudioError) -> dict:
+    """A sync that Label Studio made fail: the pool stays as it was, /predict says why it has no prompts, the next
+    /setup after SYNC_RETRY_AFTER seconds tries again, and the job ends (RQ's immediate retries would only meet
+    the same fault)."""
+    with connection.pipeline() as pipe:
+        pipe.set(pool_sync_failed_key(project), str(error), ex=86400)
+        pipe.set(pool_sync_due_key(project), 1, ex=SYNC_RETRY_AFTER)
+        pipe.execute()
+    if isinstance(error, LabelStudioAuthError):
+        report_token_rejected(connection, error)
+    else:
+        log.warning("project %s: prompt-pool sync failed, retried in %d s at the earliest: %s", project, SYNC_RETRY_AFTER, error)
+    return {"error": str(error)}
 
 
 def after_pool_change(job, pool: PromptPool, services, payload: dict) -> dict:

@@ -4,7 +4,7 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 from worker.defaults import KEY_PREFIX
 
 __all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key", "hint_keys"]
+           "pool_key", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key"]
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
@@ -67,3 +67,18 @@ def hint_keys(project: int, kind: str) -> tuple[str, str, str]:
     blocks the kind for good); the job clears it when it starts. The other two live until that job takes them."""
     base = f"{KEY_PREFIX}:hints:{project}:{kind}"
     return f"{base}:pending", f"{base}:tasks", f"{base}:full"
+def pool_sync_failed_key(project: int) -> str:
+    """Why the project's last pool sync failed (one line), so /predict says it instead of "no prompts yet".
+    Deleted by the next sync that succeeds. TTL: one day."""
+    return f"{pool_key(project)}:sync-failed"
+
+
+def token_rejected_key() -> str:
+    """Label Studio's last 401/403 (one line), shown by /health and `seggpt-ls status`. TTL: 2 minutes, renewed by
+    every rejection; deleted by the next success of a process that saw one."""
+    return f"{KEY_PREFIX}:ls:token-rejected"
+
+
+def token_rejected_logged_key() -> str:
+    """Flag: a process logged the rejected token in the last minute, so no other does. TTL: 60 s."""
+    return f"{KEY_PREFIX}:ls:token-rejected:logged"

@@ -1,5 +1,9 @@
 """Fetching task images: Label Studio paths, cloud URIs through its presign endpoint, and allowed http(s) hosts.
 
+Fault classes: only the image itself (not found, not an image, too large, a forbidden host) is a `MediaError`, a
+final empty result. The Label Studio host is asked through the client's retry policy; its 401/403 raises
+`LabelStudioAuthError` and its give-up `LabelStudioError`, both system faults that store nothing.
+
 Only the Label Studio host and the hosts in ALLOWED_MEDIA_HOSTS are ever contacted (any other address is
 refused, loopback and private ranges included). The Label Studio credentials are sent to the Label Studio host
 only. Every fetch has a timeout, a size limit and a content-type check; every redirect hop is checked again.
@@ -16,7 +20,7 @@ import httpx
 
 from worker import TaskInputError, TransientError
 
-from .ls_client import LabelStudioClient, LabelStudioError
+from .ls_client import LabelStudioClient
 
 __all__ = ["MediaError", "MediaFetcher"]
 
@@ -88,22 +92,27 @@ class MediaFetcher:
                 host = urlsplit(url).netloc or url[:60]
                 raise MediaError(f"{where}: host {host} is not allowed (Label Studio host or ALLOWED_MEDIA_HOSTS only)")
             to_label_studio = self._is_label_studio(url)
-            headers = self.client.auth.header() if to_label_studio else {}
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MediaError(f"{where}: fetching {value[:80]} took longer than SEGGPT_MEDIA_TIMEOUT ({self.timeout:g} s)")
             try:
-                with self.http.stream("GET", url, headers=headers, timeout=left) as response:
+                # the Label Studio host: its token, under the client's policy (429, 5xx, deadline; 401/403 is a
+                # configuration fault, LabelStudioAuthError, never the image's)
+                if to_label_studio:
+                    response = self.client.send("GET", url, stream=True)
+                else:
+                    response = self.http.send(self.http.build_request("GET", url, timeout=left), stream=True)
+                try:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
                     return self._read(response, where, value, deadline)
+                finally:
+                    response.close()
             except httpx.TimeoutException:
                 raise TransientError(f"{where}: timed out fetching {value[:80]}") from None
             except httpx.TransportError as exc:
                 raise TransientError(f"{where}: cannot fetch {value[:80]}: {type(exc).__name__}") from None
-            except LabelStudioError as exc:
-                raise (TransientError if exc.transient else MediaError)(f"{where}: {exc}") from None
         raise MediaError(f"{where}: too many redirects for {value[:80]}")
 
     def _is_label_studio(self, url: str) -> bool:

@@ -25,7 +25,7 @@ from .label_config import Control, LabelConfigError, parse_label_config
 from .prompt_pool import PromptPool
 from .settings import Settings
 from .version_log import record_version
-from .keys import request_keys
+from .keys import pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
 from .worker_plugin import label_studio_sink
 
@@ -164,13 +164,20 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     record_version(connection, pid, version, pool.size())
     empty = {"result": [], "score": 0.0, "model_version": version}
     request_id = uuid.uuid4().hex
+    sync_failure: str | None = None
     job_ids: list[str] = []
     pending: dict[int, set[str]] = {}  # task position -> data keys still expected
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
         if prompts is None:
-            log.info("project %s: no prompts yet for $%s; annotate a few tasks first", pid, data_key)
+            sync_failure = _sync_failure(connection, pid)
+            if sync_failure:
+                # not "no prompts yet": the prompts could not be read, so nothing is answered for good
+                log.warning("project %s: no prompts for $%s because the prompt-pool sync failed: %s; nothing stored, "
+                            "the next request retries", pid, data_key, sync_failure)
+            else:
+                log.info("project %s: no prompts yet for $%s; annotate a few tasks first", pid, data_key)
             continue
         batch = []
         for position, task in enumerate(tasks):
@@ -187,8 +194,10 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
                 sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter),
             )
             job_ids.extend(ids)
+    if sync_failure:
+        empty = []  # a system fault: Label Studio must store nothing, and ask again
     if not job_ids:
-        return [dict(empty) for _ in tasks], version
+        return [_copy(empty) for _ in tasks], version
 
     wait_for_jobs(connection, job_ids, interval=0.05, timeout=settings.predict_budget)
     delivered = {data_key: _close_request(connection, f"{request_id}:{data_key}") for data_key in {k for keys in pending.values() for k in keys}}
@@ -196,10 +205,11 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     failures = job_failures(connection, job_ids)
     final = input_failures(connection, job_ids)
     answer = []
+    system_faults: dict[str, list] = {}  # reason -> task ids: one line per reason, not one per task
     for position, task in enumerate(tasks):
         keys = pending.get(position)
         if not keys:
-            answer.append(dict(empty))
+            answer.append(_copy(empty))
             continue
         parts = [delivered[k].get(str(task["id"])) for k in sorted(keys)]
         if all(p is not None for p in parts):
@@ -211,9 +221,22 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             answer.append(dict(empty))  # final: Label Studio keeps it, and asking again would fail the same way
         elif str(task["id"]) in failures:
             # A system fault: store nothing, so that the next /predict or bootstrap tries again.
-            log.error("task %s: prediction failed (system fault, not stored; it is retried next time): %s", task["id"], failures[str(task["id"])])
-            count(connection, "predict_tasks_failed_system")
+            system_faults.setdefault(failures[str(task["id"])], []).append(task["id"])
             answer.append([])
         else:
             answer.append([])  # still running: the worker writes it into Label Studio when done
+    for reason, ids in system_faults.items():
+        count(connection, "predict_tasks_failed_system", len(ids))
+        # a rejected token is already said once a minute by whoever met it (ls_faults)
+        log.log(logging.DEBUG if reason.startswith("Label Studio rejects the token") else logging.ERROR,
+                "task(s) %s: prediction failed (system fault, not stored; retried next time): %s", ", ".join(map(str, ids)), reason)
     return answer, version
+
+
+def _copy(item: dict | list) -> dict | list:
+    return dict(item) if isinstance(item, dict) else []
+
+
+def _sync_failure(connection: redis.Redis, project: int) -> str | None:
+    raw = connection.get(pool_sync_failed_key(project))
+    return raw.decode() if raw else None

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import redis
 
-from worker import PromptRef, store_blob, store_prompt_refs
+from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
 from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
 from worker.payloads import PromptSetRef
 
@@ -258,6 +258,8 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
         try:
             if future.result():
                 stored += 1
+        except SystemFault:
+            raise  # Label Studio's fault (a rejected token, a give-up), not the annotation's: the sync fails whole
         except Exception as exc:  # one bad annotation must not stop the sync; the reason is kept
             errors[task_id] = f"{type(exc).__name__}: {exc}"
             log.warning("task %s: annotation not usable as a prompt: %s", task_id, exc)

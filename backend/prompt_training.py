@@ -16,7 +16,7 @@ from rq import get_current_job
 
 from worker import data_dir, enqueue_call, store_learned_prompt
 
-from .jobs import pool_and_controls
+from .jobs import pool_and_controls, reports_token
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .webhook_hints import clear_pending, schedule_hint_job
@@ -60,6 +60,7 @@ def _examples(pool: PromptPool, data_key: str) -> list:
     return examples
 
 
+@reports_token
 def train_prompt(payload: dict) -> dict:
     """`{"project": id, "label_config": "<View>..." (optional), "steps": N, "sync": true}` -> per-field report."""
     from seggpt_core.prompt_tuning import TuneSettings, tune_prompt

@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse
 from worker import QueueUnavailable
 
 from .health_state import HEALTH, HealthState
+from .ls_faults import token_problem
 
 __all__ = ["RedisWatch", "install_redis_errors", "REASON"]
 
 log = logging.getLogger(__name__)
 REASON = "redis"
+TOKEN_REASON = "label_studio_token"
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # Redis answers these when it cannot write (a full disk) or is not yet able to: an outage, not a bug.
 _OUTAGE_REPLIES = ("MISCONF", "LOADING", "READONLY", "MASTERDOWN")
@@ -66,6 +68,8 @@ class RedisWatch:
                     log.warning("Redis at %s answers again", self.where)
                 self.health.update(REASON, problem)
                 previous = problem
+            # Label Studio rejecting the token, as the workers and jobs report it in Redis
+            self.health.update(TOKEN_REASON, None if problem else token_problem(self.client), degraded=True)
             self._stop.wait(self.interval)
 
     def start(self) -> "RedisWatch":
@@ -76,6 +80,7 @@ class RedisWatch:
         self._stop.set()
         self._thread.join(5)
         self.health.clear(REASON)
+        self.health.clear(TOKEN_REASON)
         self.client.close()
 
 

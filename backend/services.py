@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .ls_client import LabelStudioClient
+from .ls_client import LabelStudioClient, RetryPolicy
 from .media import MediaFetcher
 from .settings import Settings
 
@@ -27,7 +27,8 @@ class Services:
 def build_services(settings: Settings) -> Services:
     client = None
     if settings.label_studio_url:
-        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.media_timeout)
+        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.media_timeout,
+                                   policy=RetryPolicy(deadline=settings.ls_deadline))
     fetcher = MediaFetcher(client, settings.allowed_media_hosts, settings.media_max_bytes, settings.media_timeout)
     return Services(settings, client, fetcher)
 

@@ -35,6 +35,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "max_body_bytes": ("SEGGPT_MAX_BODY_BYTES", "largest request body /predict, /setup and /train accept (413 beyond); checked after auth, before the body is parsed"),
     "max_webhook_bytes": ("SEGGPT_MAX_WEBHOOK_BYTES", "largest /webhook body accepted (413 beyond); a lost hint is caught up by the next pool sync"),
     "webhook_secret": ("SEGGPT_WEBHOOK_SECRET", "when set, /webhook requires this value in the X-Seggpt-Webhook-Secret header (or the Basic auth credentials): set it as a custom header of the project's webhook in Label Studio"),
+    "ls_deadline": ("SEGGPT_LS_DEADLINE", "seconds one call to Label Studio may take in all, its retries included (429 waits Retry-After, 5xx backs off), before it gives up in one line"),
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
@@ -113,6 +114,7 @@ class Settings:
     max_body_bytes: int = 8 * 2**20
     max_webhook_bytes: int = 2**20
     webhook_secret: str = field(default="", repr=False)  # never printed
+    ls_deadline: float = 60.0
     queue: str = "seggpt"
     interactive_queue: str = "seggpt-interactive"
     chunk_size: int = 16
@@ -155,6 +157,8 @@ class Settings:
         for name in ("max_pixels", "max_body_bytes", "max_webhook_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{ENVIRONMENT[name][0]} must be >= 1, got {getattr(self, name)}")
+        if self.ls_deadline <= 0:
+            problems.append(f"SEGGPT_LS_DEADLINE must be > 0, got {self.ls_deadline}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:

@@ -19,10 +19,10 @@ from rq import get_current_job
 
 from worker import enqueue_call
 
-from .jobs import after_pool_change
+from .jobs import after_pool_change, reports_token
 from .keys import hint_keys
 from .label_config import LabelConfigError, parse_label_config
-from .ls_client import LabelStudioError
+from .ls_client import LabelStudioAuthError, LabelStudioError
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .services import services_from_env
 from .settings import Settings
@@ -123,14 +123,15 @@ def _reread_task(pool: PromptPool, client, fetch, controls, task_id: int) -> str
     try:
         return [label.split("\x1f", 1)[1] for label in pool.upsert(task, annotation, controls, fetch)]
     except LabelStudioError as exc:
-        if exc.transient:
-            raise
+        if exc.transient or isinstance(exc, LabelStudioAuthError):
+            raise  # Label Studio's fault, not the annotation's: every other task would meet it too
         return f"not usable as a prompt: {exc}"
     except Exception as exc:  # one unusable annotation never stops the others
         log.warning("task %s: annotation not usable as a prompt: %s", task_id, exc)
         return f"not usable as a prompt: {type(exc).__name__}: {exc}"
 
 
+@reports_token
 def apply_pool_hints(payload: dict) -> dict:
     """`{"project": id, "hint_job": job id, "weights_digest": ...}`: re-read the hinted tasks (or, for a full pass,
     the project's label config and every task) from Label Studio and update the pool; one version change at most."""
@@ -181,6 +182,7 @@ def _apply_pool_hints(job, payload: dict, project: int, task_ids: list[int], ful
     return {**outcome, **after_pool_change(job, pool, services, payload)}
 
 
+@reports_token
 def apply_prelabel_hints(payload: dict) -> dict:
     """`{"project": id, "hint_job": ..., "weights_digest": ...}`: predict the imported tasks that were hinted (or,
     past the bound, every unlabeled task); the bootstrap reads the task list from Label Studio, so ids that are not

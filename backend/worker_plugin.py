@@ -24,7 +24,8 @@ from worker.payloads import PayloadError, SinkSpec
 
 from .keys import current_version_key, import_attempts_key, inflight_key, request_keys, shown_version_key
 from .label_config import Control
-from .ls_client import LabelStudioError
+from .ls_client import LabelStudioAuthError, LabelStudioError
+from .ls_faults import note_label_studio_ok, report_token_rejected
 from .ls_format import prediction_for
 from .region_filter import RegionFilter
 from .services import services_from_env
@@ -46,7 +47,13 @@ return 1
 
 def _label_studio_source(connection: redis.Redis, reference: dict) -> bytes:
     spec = reference["label_studio"]
-    return services_from_env().fetcher.fetch(spec["value"], spec.get("task"))
+    try:
+        data = services_from_env().fetcher.fetch(spec["value"], spec.get("task"))
+    except LabelStudioAuthError as exc:
+        report_token_rejected(connection, exc)  # a configuration fault: the task fails unstored, said once a minute
+        raise
+    note_label_studio_ok(connection)
+    return data
 
 
 @dataclass(frozen=True)
@@ -196,14 +203,21 @@ class LabelStudioSink:
         existing = self._call(lambda: services_from_env().require_client().predictions(task_id))
         return any(p.get("model_version") == self.model_version and {r.get("id") for r in p.get("result") or []} == ours for p in existing)
 
-    @staticmethod
-    def _call(action):
+    def _call(self, action):
+        """An action on Label Studio. Its client already retried within the deadline: a give-up or a rejected token
+        fails the chunk's write (nothing stored); only a POST's 500 (the import may or may not have landed) is
+        retried again, after the check for what is already there."""
         try:
-            return action()
+            outcome = action()
+        except LabelStudioAuthError as exc:
+            report_token_rejected(self.connection, exc)
+            raise
         except LabelStudioError as exc:
-            if exc.transient:
+            if exc.transient and not exc.exhausted:
                 raise TransientError(str(exc)) from None
             raise
+        note_label_studio_ok(self.connection)
+        return outcome
 
 
 def install() -> None:

@@ -429,3 +429,58 @@ def test_a_worker_dying_midway_through_posting_a_chunk_leaves_each_prediction_on
         assert connection.smembers("done-key") == {str(t["id"]).encode() for t in chunk}
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c-to-the-group", "sigkill-to-the-group"])
+def test_an_interrupted_bootstrap_resumes_from_the_queue(label_studio, media, tmp_path, sig):
+    """No `serve`: bootstrap owns the embedded Redis and its worker, as in a terminal. The signal goes to its whole
+    process group mid-run (Ctrl-C, or a SIGKILL of all of it); the rerun finds the chunks left in the queue, serves
+    them (the dead worker pruned first) and ends only when every task holds exactly one prediction."""
+    import os
+
+    from worker import EmbeddedRedis
+
+    project, tasks = _project(label_studio, media, f"bootstrap interrupted by {sig.name}")
+    unlabeled = {t["id"] for t in tasks[2:]}
+    env = {**os.environ, "MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+           "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu", "ALLOWED_MEDIA_HOSTS": media.host, "PYTHONUNBUFFERED": "1"}
+    env.pop("REDIS_URL", None)
+    command = [sys.executable, "-m", "backend.cli", "bootstrap", "--project", str(project), "--chunk-size", "2"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait(lambda: len(_predictions_by_task(label_studio, project)) >= 4, 180, "the first predictions")
+    finally:
+        os.killpg(first.pid, sig)  # the terminal's process group: the command and its worker (Redis has its own session)
+    output, _ = first.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert first.returncode == 130 and "interrupted: what is written stays; run bootstrap again to resume" in output, output
+        assert "Traceback" not in output, output
+    _wait(lambda: not _group_alive(first.pid), 60, "the interrupted run's processes to end")
+    _wait(lambda: not EmbeddedRedis(tmp_path / "redis")._alive(), 30, "its embedded Redis to stop with its owner")
+    done_before = len(_predictions_by_task(label_studio, project))
+    assert done_before < len(unlabeled), "the run finished before it was interrupted"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=exec_child_preexec())
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming: " in rerun.stdout and "left in the queue by an earlier run" in rerun.stdout, rerun.stdout
+    # the interrupted run's worker is gone: pruned from the registry, not waited on
+    assert "no live worker: starting one on this machine for this run" in rerun.stdout, rerun.stdout
+    assert "failed 0" in rerun.stdout, rerun.stdout
+    counts = Counter({task: len(p) for task, p in _predictions_by_task(label_studio, project).items()})
+    assert set(counts) == unlabeled and set(counts.values()) == {1}, counts  # done when it says so, each task once
+    time.sleep(2)  # and nothing arrives late
+    assert sum(len(p) for p in _predictions_by_task(label_studio, project).values()) == len(unlabeled)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (a zombie left to pytest, the subreaper, does not count)."""
+    from pathlib import Path
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

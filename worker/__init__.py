@@ -1,7 +1,7 @@
 """The job layer: Redis/RQ queue, job functions and the GPU worker process. Imports seggpt_core, never backend."""
 
 from .connection import EmbeddedRedis, data_dir, get_connection
-from .errors import ChunkIncomplete, ChunkInterrupted, ChunkLost, QueueUnavailable, TaskInputError, TransientError, WeightsMismatch
+from .errors import ChunkIncomplete, ChunkInterrupted, ChunkLost, QueueUnavailable, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .prompt_sets import PromptRecord, PromptRef, load_learned_prompt, load_prompt_set, store_learned_prompt, store_prompt_refs, store_prompt_set
 from .queue import (
     cancel_run,
@@ -24,6 +24,7 @@ __all__ = [
     "ChunkInterrupted",
     "ChunkLost",
     "TaskInputError",
+    "SystemFault",
     "WeightsMismatch",
     "input_failures",
     "EmbeddedRedis",

@@ -1,6 +1,6 @@
 """Exceptions of the job layer."""
 
-__all__ = ["DataDirUnusable", "QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError"]
+__all__ = ["DataDirUnusable", "QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError", "SystemFault"]
 
 
 class QueueUnavailable(RuntimeError):
@@ -36,3 +36,9 @@ class WeightsMismatch(RuntimeError):
 class TaskInputError(ValueError):
     """A task that fails because of its own input (its image cannot be fetched or used), not because of the
     system: its empty result is final. Every other failure leaves the task without a result, to be retried."""
+
+
+class SystemFault(RuntimeError):
+    """The system cannot do this task now, and retrying at once will not help: a rejected credential, a service
+    that kept failing past its deadline. The task fails without a result (a later run retries it) and without
+    retries inside the chunk; whoever raised it has already logged why, once, so it is not logged per task."""

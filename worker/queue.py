@@ -246,6 +246,9 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
                 if bucket == "failed":
                     entry["reason"] = (job.latest_result().exc_string.strip().splitlines() or [""])[-1] if job.latest_result() else ""
                 status[bucket].append(entry)
+    from .liveness import prune_dead_workers
+
+    prune_dead_workers(connection)  # a dead worker is never reported live, nor waited on
     for worker in Worker.all(connection=connection):
         info = connection.get(worker_info_key(worker.name))
         details = json.loads(info) if info else {}

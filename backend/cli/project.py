@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -28,27 +29,81 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
     print(f"  done {progress['done']}, failed {len(failures)}, cancelled {cancelled}, queued {batch.queued}, "
           f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight}, "
           f"no image {batch.skipped_no_image})")
-    for task_id, reason in sorted(failures.items()):
-        print(f"  task {task_id}: {reason}")
+    by_reason: dict[str, list[str]] = {}
+    for task_id, reason in sorted(failures.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0):
+        by_reason.setdefault(reason, []).append(task_id)
+    for reason, ids in by_reason.items():  # a fault of the system fails many tasks alike: one line for them all
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        print(f"  task {shown}: {reason}" if len(ids) == 1 else f"  {len(ids)} tasks ({shown}): {reason}")
     return 1 if failures else 0
 
 
-def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch) -> None:
+def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list, queues: list[str]) -> None:
+    """Keep the run served: dead workers leave the registry, chunks they held go back to their queue, and when no
+    live worker is left while chunks are queued, a local one starts (embedded Redis only; with REDIS_URL, the
+    operator's workers serve it)."""
+    from worker import get_queue
+    from worker.liveness import requeue_abandoned
+
+    if any(process.poll() is None for process in workers):
+        return
+    requeue_abandoned(connection, queues)
+    if sum(get_queue(connection, name).count for name in queues):
+        workers.extend(local_workers_if_none(connection, args))
+
+
+def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: argparse.Namespace, workers: list, queues: list[str]) -> None:
+    import time
+
     from tqdm import tqdm
 
-    from worker.waiting import wait_for_jobs
+    from worker.queue import ProgressTracker
 
-    with tqdm(total=batch.queued, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
-        def show(progress: dict) -> None:
-            bar.update(progress["done"] + progress["failed"] - bar.n)
+    tracker = ProgressTracker(connection, batch.all_job_ids)
+    total = batch.queued + batch.skipped_inflight
+    with tqdm(total=total, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
+        checked = time.monotonic()
+        while True:
+            # once a second, reading only the chunks not yet ended: the bar costs the machine next to nothing
+            progress = tracker.poll()
+            bar.update(min(total, progress["done"] + progress["failed"]) - bar.n)
             bar.set_postfix(done=progress["done"], failed=progress["failed"])
+            if jobs_ended(progress):
+                return
+            if time.monotonic() - checked >= 5:
+                checked = time.monotonic()
+                _supervise(connection, args, workers, queues)
+            time.sleep(1.0)
 
-        # once a second, reading only the chunks not yet ended: the bar costs the machine next to nothing
-        wait_for_jobs(connection, batch.job_ids, interval=1.0, on_progress=show)
+
+def _announce_workers(connection: redis.Redis, batch: BootstrapBatch, args: argparse.Namespace) -> list:
+    """Start a local worker if no live one serves the run, or name the live ones that will."""
+    from worker import queue_status
+
+    live = queue_status(connection)["workers"]  # dead ones pruned first
+    if live:
+        names = ", ".join(w["name"] for w in live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
+        print(f"live worker(s) {names} will take the queued chunks")
+        return []
+    if args.redis_url:
+        print(f"warning: no live worker on this Redis: the run waits until one starts (seggpt-ls worker --redis-url ...)")
+        return []
+    return local_workers_if_none(connection, args)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM to this command alone: handled as Ctrl-C, and passed on to its workers (a terminal's Ctrl-C reaches
+    them itself), so that they hand their chunks back before the embedded Redis stops, last."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from ..bootstrap import BootstrapError, start_bootstrap
+    from ..ls_client import LabelStudioAuthError, LabelStudioError
+    from ..ls_faults import report_token_rejected
     from ..services import build_services
     from ..settings import Settings
 
@@ -60,15 +115,36 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LabelStudioError as exc:
+        if isinstance(exc, LabelStudioAuthError):
+            report_token_rejected(connection, exc)  # `status` and /health say it too
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     print(f"model version {batch.model_version}: queued {batch.queued} task(s) in {len(batch.job_ids)} job(s), "
           f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight})")
+    if batch.resumed_job_ids:
+        print(f"resuming: {batch.skipped_inflight} task(s) in {len(batch.resumed_job_ids)} job(s) left in the queue by an earlier run")
     if args.no_wait:
         print(f"follow it with: seggpt-ls status --project {args.project}")
         return 0
-    workers = local_workers_if_none(connection, args) if batch.job_ids else []
+    queues = [settings.interactive_queue, settings.queue]
+    workers: list = []
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if batch.job_ids:
-            _wait_with_progress(connection, batch)
+        if batch.all_job_ids:
+            from worker.liveness import requeue_abandoned
+
+            requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
+            workers.extend(_announce_workers(connection, batch, args))
+            _wait_with_progress(connection, batch, args, workers, queues)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, _Terminated):
+            for process in workers:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)  # a warm stop: the running chunk goes back to its queue
+        print(f"\ninterrupted: what is written stays; run bootstrap again to resume (seggpt-ls status --project {args.project})",
+              file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     finally:
         for process in workers:
             process.wait()

@@ -47,19 +47,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from worker import queue_status
 
+    from ..ls_faults import token_problem
+
+    connection = connect(args)
+    problem = token_problem(connection)
     if args.project is not None:
         from ..bootstrap import load_batch
 
-        connection = connect(args)
+        if problem:
+            print(f"problem: {problem}")
         batch = load_batch(connection, args.project)
         if batch is None:
             print(f"project {args.project}: no bootstrap has run")
             return 0
         return print_batch(connection, batch)
-    status = queue_status(connect(args), args.queue)
+    status = queue_status(connection, args.queue)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({**status, "problems": [problem] if problem else []}, indent=2))
         return 0
+    if problem:
+        print(f"problem: {problem}")
     for name, counts in status["queues"].items():
         print(f"queue {name}: {counts['queued']} queued, {counts['running']} running, {counts['failed']} failed")
     for job in status["running"]:

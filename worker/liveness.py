@@ -1,0 +1,61 @@
+"""Which registered workers are alive: dead ones leave RQ's registry before anything counts on them.
+
+RQ lists a worker until its key expires, up to `worker_ttl + 60` seconds after it died, and longer when Redis
+itself was down meanwhile. A command that sees such a worker would wait for it and start none of its own. A worker
+is dead when it ran on this host and its process is gone, or when its last heartbeat is older than DEAD_AFTER.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+from typing import Sequence
+
+import redis
+from rq import Worker
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
+
+__all__ = ["DEAD_AFTER", "prune_dead_workers", "requeue_abandoned"]
+
+log = logging.getLogger(__name__)
+
+DEAD_AFTER = 3 * (HEARTBEAT_INTERVAL + HEARTBEAT_GRACE)
+"""Seconds without a heartbeat after which a worker on another host counts as dead (three missed TTLs)."""
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # someone else's process: alive
+    return False
+
+
+def prune_dead_workers(connection: redis.Redis) -> list[str]:
+    """Unregister every dead worker (see the module); returns their names."""
+    host, now, pruned = socket.gethostname(), datetime.now(timezone.utc), []
+    for worker in Worker.all(connection=connection, serializer=JSONSerializer):
+        heartbeat = worker.last_heartbeat
+        if heartbeat is not None and heartbeat.tzinfo is None:
+            heartbeat = heartbeat.replace(tzinfo=timezone.utc)
+        silent = heartbeat is not None and (now - heartbeat).total_seconds() > DEAD_AFTER
+        if (worker.hostname == host and worker.pid and _process_gone(worker.pid)) or silent:
+            worker.register_death()
+            pruned.append(worker.name)
+            log.info("worker %s (pid %s on %s) is dead: removed from the registry", worker.name, worker.pid, worker.hostname)
+    return pruned
+
+
+def requeue_abandoned(connection: redis.Redis, queues: Sequence[str]) -> None:
+    """Put back on their queues the jobs whose worker stopped heartbeating (what a worker's sweep does, done now)."""
+    from .queue import get_queue
+
+    for name in queues:
+        StartedJobRegistry(queue=get_queue(connection, name)).cleanup()
