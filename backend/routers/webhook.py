@@ -13,6 +13,7 @@ from worker import enqueue_call
 from ..dependencies import RedisDep, SettingsDep
 from ..metrics import count
 from ..prompt_training import enqueue_prompt_tuning
+from ..review_jobs import queue_review
 from ..schemas import WebhookEvent
 from ..weights_identity import WeightsUnknown, backend_digest
 
@@ -39,10 +40,12 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
     if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED") and isinstance(event.annotation, dict):
         task = event.annotation.get("task") or (event.task or {}).get("id")
         enqueue_call(connection, "backend.jobs.update_pool_for_task", {**base, "task": task}, queue=settings.interactive_queue, at_front=True)
+        queue_review(connection, settings, project, [task])
         return {"status": "queued", "action": event.action}
     if event.action == "ANNOTATIONS_DELETED" and event.annotations:
         ids = [a["id"] for a in event.annotations if "id" in a]
         enqueue_call(connection, "backend.jobs.remove_pool_annotations", {**base, "annotations": ids}, queue=settings.interactive_queue, at_front=True)
+        queue_review(connection, settings, project, annotations=ids)
         return {"status": "queued", "action": event.action}
     if event.action == "TASKS_CREATED" and event.tasks:
         if not settings.auto_prelabel:
@@ -56,6 +59,7 @@ def webhook(event: WebhookEvent, settings: SettingsDep, connection: RedisDep) ->
         if not ids:
             return {"status": "ignored", "reason": "no annotated task in the event"}
         enqueue_call(connection, "backend.jobs.update_pool_for_tasks", {**base, "tasks": ids}, queue=settings.interactive_queue, at_front=True)
+        queue_review(connection, settings, project, ids)
         return {"status": "queued", "action": event.action, "tasks": len(ids)}
     if event.action == "TASKS_DELETED" and event.tasks:
         ids = [t["id"] for t in event.tasks if "id" in t]
