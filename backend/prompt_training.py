@@ -43,8 +43,9 @@ def _examples(pool: PromptPool, data_key: str) -> list:
     from seggpt_core import Prompt
 
     examples = []
+    excluded = pool.excluded()  # a prompt left out (`seggpt-ls prompts --exclude`) teaches the tuned one nothing either
     for entry in sorted(pool.entries(), key=lambda e: str(e["entry"])):
-        if entry["data_key"] != data_key:
+        if entry["data_key"] != data_key or entry["annotation"] in excluded:
             continue
         image = pool.connection.get(entry["image"]["blob"])
         if image is None:

@@ -186,3 +186,24 @@ def test_the_html_report_renders_its_charts_and_shows_the_json_numbers(reviewed,
         assert text == "n/a" if value is None else float(text) == pytest.approx(value, abs=5e-5), (label, key, text, value)
     for version, key, text in versions:
         assert float(text) == pytest.approx(numbers["versions"][version][key], abs=5e-5)
+
+
+def test_prompt_usefulness_is_listed_and_a_harmful_prompt_is_left_out_without_deleting_it(reviewed, label_studio):
+    from backend.label_config import parse_label_config
+    from backend.prompt_pool import PromptPool
+
+    backend, project, report, expected, connection = reviewed
+    listing = _cli(backend, label_studio, "prompts", "--project", str(project))
+    rows = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
+    assert set(rows) == set(report["prompts"])
+    for annotation_id, numbers in report["prompts"].items():
+        assert int(rows[annotation_id][2]) == numbers["predictions"] and float(rows[annotation_id][3]) == pytest.approx(numbers["mean_iou"], abs=5e-4)
+    worst = list(report["prompts"])[-1]
+    pool = PromptPool(connection, project)
+    before = pool.version()
+    assert int(worst) in pool.prompt_set_with_sources("image", parse_label_config(CONFIG), 16)[1]
+    assert f"left out of the prompts: [{worst}]" in _cli(backend, label_studio, "prompts", "--project", str(project), "--exclude", worst)
+    assert pool.version() != before and int(worst) not in pool.prompt_set_with_sources("image", parse_label_config(CONFIG), 16)[1]
+    assert any(a["id"] == int(worst) for t in label_studio.tasks(project) for a in t["annotations"])  # the human's work stays
+    _cli(backend, label_studio, "prompts", "--project", str(project), "--include", worst)
+    assert pool.version() == before
