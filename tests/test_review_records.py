@@ -100,9 +100,9 @@ def test_the_summary_counts_per_label_and_version_and_only_names_the_configs_lab
     assert summary["lead_time"]["from_scratch"] == 10.0 and summary["tasks_from_scratch"] == 1
 
 
-@pytest.fixture()
-def connection(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis")
+@pytest.fixture(scope="module")
+def connection(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("review") / "redis")
     yield server.connect()
     server.stop()
 
