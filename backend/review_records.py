@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .label_config import Control
-from .ls_format import AnnotationError, region_masks, split_label_key
+from .ls_format import region_masks, split_label_key
 
 __all__ = ["MATCH_IOU", "OUR_PREFIX", "compare_results", "made_from", "review_record"]
 
@@ -94,8 +94,8 @@ def made_from(annotation: Mapping, predictions: Sequence[Mapping]) -> Mapping | 
 
 def review_record(task_id: int, annotation: Mapping, predictions: Sequence[Mapping], controls: Sequence[Control],
                   prompts_used: Mapping[str, Sequence] | None = None) -> dict:
-    """The review record of `annotation` (the task's newest): small, JSON. Raises AnnotationError for regions that
-    do not fit their image."""
+    """The review record of `annotation` (the task's newest): small, JSON. Raises `ls_format.AnnotationError` for
+    regions that do not fit their image."""
     record = {"task": int(task_id), "annotation": annotation.get("id"), "lead_time": annotation.get("lead_time"),
               "updated_at": annotation.get("updated_at") or annotation.get("created_at") or ""}
     prediction = made_from(annotation, predictions)
@@ -108,5 +108,3 @@ def review_record(task_id: int, annotation: Mapping, predictions: Sequence[Mappi
             "parent": annotation.get("parent_prediction") is not None, "accepted": accepted, "labels": labels,
             "prompts": {label: names[label] for label in sorted(names) if label in labels}}
 
-
-__all__ += ["AnnotationError"]

@@ -12,8 +12,8 @@ import redis
 
 from .keys import REVIEW_TTL, prompts_used_key, review_key, review_projects_key
 
-__all__ = ["record_prompts_used", "prompts_used", "save_record", "load_records", "clear_records", "save_summary", "load_summary",
-           "reviewed_projects"]
+__all__ = ["record_prompts_used", "prompts_used", "save_record", "remove_record", "load_records", "clear_records", "save_summary",
+           "load_summary", "reviewed_projects"]
 
 
 def record_prompts_used(connection: redis.Redis, project: int, version: str, task_id: object, sources: Sequence,
@@ -82,5 +82,3 @@ def load_summary(connection: redis.Redis, project: int) -> dict | None:
 def reviewed_projects(connection: redis.Redis) -> list[int]:
     return sorted(int(p) for p in connection.smembers(review_projects_key()))
 
-
-__all__ += ["remove_record"]
