@@ -27,6 +27,7 @@ from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import Services
 from .version_log import record_version
 from .weights_identity import backend_digest
+from .calibration import project_settings
 from .worker_plugin import label_studio_sink
 
 __all__ = ["BootstrapError", "BootstrapBatch", "start_bootstrap", "batch_progress", "batch_failures", "load_batch", "inflight_key", "current_version_key"]
@@ -124,7 +125,7 @@ def start_bootstrap(
     weights `weights_digest` (default: this process's, see `weights_identity`)."""
     if only not in ("unlabeled", "all"):
         raise ValueError(f"--only must be unlabeled or all, got {only!r}")
-    settings, client = services.settings, services.require_client()
+    settings, client = project_settings(connection, services.settings, project), services.require_client()
     pool = PromptPool(connection, project)
     controls = project_controls(services, pool)
     sync_errors: dict = {}
@@ -146,21 +147,21 @@ def start_bootstrap(
     fields: dict[str, tuple] = {}  # data key -> (prompts, sink) of the fields that can be predicted
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
-        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        prompts, sources = pool.prompt_set_with_sources(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         if prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
             continue
-        fields[data_key] = (prompts, field_controls)
+        fields[data_key] = (prompts, field_controls, sources)
     buffers: dict[str, list[dict]] = {key: [] for key in fields}
     holding = 0  # tasks seen that have an annotation or a prediction
 
     def enqueue(data_key: str, refs: list[dict]) -> None:
-        prompts, field_controls = fields[data_key]
+        prompts, field_controls, sources = fields[data_key]
         for chunk in chunked(refs, size):
             # by the time this chunk is written, about this many tasks hold results for Label Studio to recount
             each = 0 <= settings.import_each_above < holding + batch.queued
             sink = label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
-                                     region_filter=settings.region_filter, import_each=each)
+                                     region_filter=settings.region_filter, import_each=each, prompt_sources=sources)
             _, ids = enqueue_segmentation(connection, prompts, chunk, chunk_size=size, queue=settings.queue,
                                           namespace=f"{batch.namespace}:{data_key}", options=settings.prediction_options,
                                           weights_digest=digest, sink=sink, run=batch.namespace)

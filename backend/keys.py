@@ -4,7 +4,8 @@ nowhere else; the job layer's own keys are in `worker.keys`, the counters in `wo
 from worker.defaults import KEY_PREFIX
 
 __all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key"]
+           "pool_key", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key",
+           "REVIEW_TTL", "review_key", "review_projects_key", "prompts_used_key"]
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
@@ -51,8 +52,9 @@ def bootstrap_batch_key(project: int) -> str:
 
 
 def pool_key(project: int) -> str:
-    """Prefix of the project's prompt pool: the entries hash and its companions (see `prompt_pool`). No TTL: the
-    pool is the project's annotations, kept until they are deleted or the pool is rebuilt."""
+    """Prefix of the project's prompt pool: the entries hash and its companions (see `prompt_pool`; `:excluded` is
+    the set of annotation ids `seggpt-ls prompts --exclude` left out of the prompts). No TTL: the pool is the
+    project's annotations, kept until they are deleted or the pool is rebuilt."""
     return f"{KEY_PREFIX}:pool:{project}"
 
 
@@ -67,6 +69,8 @@ def hint_keys(project: int, kind: str) -> tuple[str, str, str]:
     blocks the kind for good); the job clears it when it starts. The other two live until that job takes them."""
     base = f"{KEY_PREFIX}:hints:{project}:{kind}"
     return f"{base}:pending", f"{base}:tasks", f"{base}:full"
+
+
 def pool_sync_failed_key(project: int) -> str:
     """Why the project's last pool sync failed (one line), so /predict says it instead of "no prompts yet".
     Deleted by the next sync that succeeds. TTL: one day."""
@@ -82,3 +86,26 @@ def token_rejected_key() -> str:
 def token_rejected_logged_key() -> str:
     """Flag: a process logged the rejected token in the last minute, so no other does. TTL: 60 s."""
     return f"{KEY_PREFIX}:ls:token-rejected:logged"
+
+
+# Review records live half a year after their project's last review (renewed on every write).
+REVIEW_TTL = 180 * 24 * 3600
+
+
+def review_key(project: int) -> str:
+    """Prefix of a project's review records (owner: `backend.review_store`): `:records` (hash task id -> JSON record
+    of its newest annotation against the prediction it was made from), `:order` (sorted set task id -> when written,
+    to keep at most SEGGPT_REVIEW_MAX_RECORDS) and `:summary` (JSON: per-label numbers and calibrated thresholds,
+    for /metrics and SEGGPT_AUTO_THRESHOLDS). TTL: REVIEW_TTL, renewed on every write."""
+    return f"{KEY_PREFIX}:review:{project}"
+
+
+def review_projects_key() -> str:
+    """Set of the projects that have review records (/metrics reads their summaries). No TTL: a few ids."""
+    return f"{KEY_PREFIX}:review-projects"
+
+
+def prompts_used_key(project: int, version: str) -> str:
+    """Hash task id -> JSON {label: [annotation ids of the pool entries it was predicted from]}, for predictions of
+    `version` (written by the Label Studio sink; read by review records). TTL: REVIEW_TTL."""
+    return f"{KEY_PREFIX}:prompts-used:{project}:{version}"

@@ -16,7 +16,7 @@ from .label_config import Control
 from .region_filter import RegionFilter
 from .ls_rle import mask_to_rle
 
-__all__ = ["region_id", "brush_region", "brush_instance_regions", "polygon_regions", "prediction_for", "masks_from_annotation", "AnnotationError"]
+__all__ = ["region_id", "brush_region", "brush_instance_regions", "polygon_regions", "prediction_for", "masks_from_annotation", "region_masks", "AnnotationError"]
 
 
 class AnnotationError(ValueError):
@@ -169,17 +169,18 @@ def split_label_key(key: str) -> tuple[str, str]:
     return control, label
 
 
-def masks_from_annotation(result: Iterable[dict], controls: Sequence[Control], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Masks keyed by `label_key` from an annotation's result, for an image of `size` (height, width).
+def region_masks(result: Iterable[dict], controls: Sequence[Control], size: tuple[int, int]) -> list[tuple[str, np.ndarray, dict]]:
+    """(label key, mask, region) for each region of `result` that one of `controls` draws, for an image of `size`
+    (height, width); a region with several labels comes once per label.
 
     Regions of other controls or types are ignored; a region whose geometry does not fit `size` raises
-    AnnotationError. Only labels that were drawn get a mask: an annotation teaches nothing about the others.
+    AnnotationError.
     """
     from label_studio_sdk.converter.brush import decode_rle
 
     height, width = size
     by_name = {c.name: c for c in controls}
-    masks: dict[str, np.ndarray] = {}
+    found = []
     for region in result or ():
         control = by_name.get(region.get("from_name"))
         if control is None or region.get("type") != control.kind:
@@ -206,7 +207,17 @@ def masks_from_annotation(result: Iterable[dict], controls: Sequence[Control], s
             canvas = Image.new("L", (width, height), 0)
             ImageDraw.Draw(canvas).polygon([(x * width / 100.0, y * height / 100.0) for x, y in points], fill=1, outline=1)
             mask = np.asarray(canvas, dtype=bool)
-        for label in labels:
-            key = label_key(control.name, label)
-            masks[key] = masks[key] | mask if key in masks else mask
+        found.extend((label_key(control.name, label), mask, region) for label in labels)
+    return found
+
+
+def masks_from_annotation(result: Iterable[dict], controls: Sequence[Control], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Masks keyed by `label_key` from an annotation's result, for an image of `size` (height, width).
+
+    Regions of other controls or types are ignored; a region whose geometry does not fit `size` raises
+    AnnotationError. Only labels that were drawn get a mask: an annotation teaches nothing about the others.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for key, mask, _ in region_masks(result, controls, size):
+        masks[key] = masks[key] | mask if key in masks else mask
     return masks

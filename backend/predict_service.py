@@ -22,6 +22,7 @@ from worker.metrics import count
 from worker.waiting import wait_for_jobs
 
 from .label_config import Control, LabelConfigError, parse_label_config
+from .calibration import project_settings
 from .prompt_pool import PromptPool
 from .settings import Settings
 from .version_log import record_version
@@ -61,6 +62,7 @@ def current_model_version(connection: redis.Redis, settings: Settings, project: 
     pool = PromptPool(connection, project)
     saved = pool.load_controls()
     digest = weights_digest or backend_digest(settings, connection)
+    settings = project_settings(connection, settings, project)
     return model_version(settings, pool.version(), digest, saved[0] if saved else ())
 
 
@@ -112,6 +114,7 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
     from .context_hints import hints_from_context
 
     pid = project_id(project)
+    settings = project_settings(connection, settings, pid)
     pool = PromptPool(connection, pid)
     digest = backend_digest(settings, connection)
     controls = _controls_for(pool, label_config)
@@ -123,7 +126,7 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
         if value is None:
             raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
         field_controls = [c for c in controls if c.data_key == data_key]
-        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         _, ids = enqueue_segmentation(
             connection, prompts, [{"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}, "hints": hints}],
             queue=settings.interactive_queue, namespace=f"{request}:{data_key}", options=settings.prediction_options,
@@ -150,6 +153,7 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
 def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[dict], project: object, label_config: str | None) -> tuple[list, str]:
     """Returns (one item per task, model version)."""
     pid = project_id(project)
+    settings = project_settings(connection, settings, pid)
     pool = PromptPool(connection, pid)
     digest = backend_digest(settings, connection)
     try:
@@ -169,7 +173,7 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     pending: dict[int, set[str]] = {}  # task position -> data keys still expected
     for data_key in sorted({c.data_key for c in controls}):
         field_controls = [c for c in controls if c.data_key == data_key]
-        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label)
+        prompts, sources = pool.prompt_set_with_sources(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         if prompts is None:
             sync_failure = _sync_failure(connection, pid)
             if sync_failure:
@@ -191,7 +195,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             _, ids = enqueue_segmentation(
                 connection, prompts, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
                 namespace=f"{request_id}:{data_key}", options=settings.prediction_options, weights_digest=digest,
-                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter),
+                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter,
+                                       prompt_sources=sources),
             )
             job_ids.extend(ids)
     if sync_failure:

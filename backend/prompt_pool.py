@@ -96,12 +96,26 @@ class PromptPool:
             return cached.split(":", 1)[1]
         items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
         learned = sorted(self.learned_prompts().items())
-        version = hashlib.sha256(json.dumps([items, learned] if learned else items).encode()).hexdigest()[:16]
+        excluded = sorted(self.excluded())
+        document = [items, learned] if learned else items
+        if excluded:
+            document = {"entries": document, "excluded": excluded}  # leaving a prompt out changes the predictions
+        version = hashlib.sha256(json.dumps(document).encode()).hexdigest()[:16]
         self.connection.set(f"{self.key}:version", f"{generation}:{version}")
         return version
 
     def _changed(self) -> None:
         self.connection.incr(f"{self.key}:generation")
+
+    def excluded(self) -> set[int]:
+        """Annotation ids left out of the prompts (`seggpt-ls prompts --exclude`); the annotations stay in Label Studio."""
+        return {int(v) for v in self.connection.smembers(f"{self.key}:excluded")}
+
+    def set_excluded(self, annotation_ids: Iterable[int], excluded: bool = True) -> None:
+        ids = [int(a) for a in annotation_ids]
+        if ids:
+            (self.connection.sadd if excluded else self.connection.srem)(f"{self.key}:excluded", *ids)
+            self._changed()
 
     def learned_prompts(self) -> dict[str, str]:
         """image field -> digest of its learned (tuned) prompt, for the fields that have one."""
@@ -116,14 +130,21 @@ class PromptPool:
         self.connection.delete(f"{self.key}:learned")
         self._changed()
 
-    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int) -> PromptSetRef | None:
+    def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int, exclude: Iterable[int] = ()) -> PromptSetRef | None:
+        return self.prompt_set_with_sources(data_key, controls, max_per_label, exclude)[0]
+
+    def prompt_set_with_sources(self, data_key: str, controls: Sequence[Control], max_per_label: int,
+                                exclude: Iterable[int] = ()) -> tuple[PromptSetRef | None, list]:
         """Store the candidate prompts for the image field `data_key`, newest first: for each label, up to
         `max_per_label` of the newest entries that annotate it. Workers pick K per target from these.
         A learned prompt of the field, when there is one, comes along and predicts the labels it was tuned on.
-        None when the field has neither."""
+        None when the field has neither. Also returns the annotation id of each prompt, in the set's order.
+        Entries of excluded annotations (`exclude`, SEGGPT_EXCLUDE_PROMPTS, and the pool's own excluded set)
+        are left out."""
         learned = self.learned_prompts().get(data_key)
         wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
-        entries = [e for e in self.entries() if e["data_key"] == data_key]
+        left_out = self.excluded() | {int(a) for a in exclude}
+        entries = [e for e in self.entries() if e["data_key"] == data_key and e["annotation"] not in left_out]
         entries.sort(key=lambda e: (e["updated_at"], str(e["annotation"])), reverse=True)
         chosen: dict[str, set[str]] = {}
         for label in sorted(wanted):
@@ -134,7 +155,7 @@ class PromptPool:
             for entry in chosen_entries:
                 pipe.exists(entry["image"]["blob"])
             present = pipe.execute()
-        refs = []
+        refs, sources = [], []
         for entry, exists in zip(chosen_entries, present):
             if not exists:
                 log.warning("prompt image of task %s is gone from Redis; dropping the entry", entry["task"])
@@ -143,9 +164,10 @@ class PromptPool:
                 continue
             # references to the pool's own blobs: a request stores a few hundred bytes, never the images again
             refs.append(PromptRef(entry["image"]["blob"], {label: self._mask_blob(entry, label) for label in sorted(chosen[entry["entry"]])}))
+            sources.append(entry["annotation"])
         if not refs:
-            return PromptSetRef(None, learned) if learned else None
-        return PromptSetRef(store_prompt_refs(self.connection, refs), learned)
+            return (PromptSetRef(None, learned) if learned else None), []
+        return PromptSetRef(store_prompt_refs(self.connection, refs), learned), sources
 
     def _mask_blob(self, entry: dict, label: str) -> str:
         value = entry["masks"][label]

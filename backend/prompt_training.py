@@ -49,8 +49,10 @@ def _examples(pool: PromptPool, data_key: str) -> list:
     from seggpt_core import Prompt
 
     examples = []
+    # a prompt left out (SEGGPT_EXCLUDE_PROMPTS, `seggpt-ls prompts --exclude`) teaches the tuned one nothing either
+    excluded = pool.excluded() | services_from_env().settings.excluded_prompts
     for entry in sorted(pool.entries(), key=lambda e: str(e["entry"])):
-        if entry["data_key"] != data_key:
+        if entry["data_key"] != data_key or entry["annotation"] in excluded:
             continue
         image = pool.connection.get(entry["image"]["blob"])
         if image is None:

@@ -51,6 +51,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "score": ("SEGGPT_SCORE", "crisp (one forward) or agreement (also paints the mirrored image: orders masks by quality for review, Spearman 0.56 against 0.31, at twice the compute)"),
     "tune_steps": ("SEGGPT_TUNE_STEPS", "optimisation steps of prompt tuning (train-prompt, START_TRAINING)"),
     "share_redis": ("SEGGPT_SHARE_REDIS", "let serve use a MODEL_DIR whose embedded Redis another live serve runs (refused otherwise); it takes the Redis over when that one stops"),
+    "auto_thresholds": ("SEGGPT_AUTO_THRESHOLDS", "apply each label's score threshold calibrated from review records (part of the model version; SEGGPT_LABEL_THRESHOLDS entries win)"),
+    "calibration_min_regions": ("SEGGPT_CALIBRATION_MIN_REGIONS", "reviewed predicted regions a label needs before it gets a calibrated threshold"),
+    "exclude_prompts": ("SEGGPT_EXCLUDE_PROMPTS", "annotation ids left out of the prompts, e.g. 12,57 (the annotations stay in Label Studio)"),
+    "review_max_records": ("SEGGPT_REVIEW_MAX_RECORDS", "review records kept per project (the oldest go first)"),
 }
 
 
@@ -130,6 +134,10 @@ class Settings:
     score_threshold: float = 0.0
     label_thresholds: str = ""
     min_area: str = "0"
+    auto_thresholds: bool = False
+    calibration_min_regions: int = 20
+    exclude_prompts: str = ""
+    review_max_records: int = 20000
 
     def __post_init__(self) -> None:
         problems = []
@@ -159,6 +167,14 @@ class Settings:
                 problems.append(f"{ENVIRONMENT[name][0]} must be >= 1, got {getattr(self, name)}")
         if self.ls_deadline <= 0:
             problems.append(f"SEGGPT_LS_DEADLINE must be > 0, got {self.ls_deadline}")
+        try:
+            self.excluded_prompts
+        except ValueError:
+            problems.append(f"SEGGPT_EXCLUDE_PROMPTS must be annotation ids separated by commas, got {self.exclude_prompts!r}")
+        if self.calibration_min_regions < 1:
+            problems.append(f"SEGGPT_CALIBRATION_MIN_REGIONS must be >= 1, got {self.calibration_min_regions}")
+        if self.review_max_records < 1:
+            problems.append(f"SEGGPT_REVIEW_MAX_RECORDS must be >= 1, got {self.review_max_records}")
         if self.predict_budget <= 0:
             problems.append(f"SEGGPT_PREDICT_BUDGET must be > 0, got {self.predict_budget}")
         if problems:
@@ -189,7 +205,13 @@ class Settings:
                 "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy,
                 **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {}),
                 **({"score": self.score} if self.score != "crisp" else {}),
-                **({"regions": self.region_filter.to_json()} if self.region_filter.active else {})}
+                **({"regions": self.region_filter.to_json()} if self.region_filter.active else {}),
+                **({"excluded_prompts": sorted(self.excluded_prompts)} if self.excluded_prompts else {})}
+
+    @property
+    def excluded_prompts(self) -> frozenset[int]:
+        """SEGGPT_EXCLUDE_PROMPTS as annotation ids."""
+        return frozenset(int(part) for part in self.exclude_prompts.split(",") if part.strip())
 
     @property
     def region_filter(self) -> RegionFilter:

@@ -28,7 +28,7 @@ from .services import services_from_env
 from .settings import Settings
 
 __all__ = ["MAX_HINTED_TASKS", "note_hints", "schedule_hint_job", "clear_pending", "apply_pool_hints", "apply_prelabel_hints",
-           "POOL_FUNCTION", "PRELABEL_FUNCTION"]
+           "POOL_FUNCTION", "PRELABEL_FUNCTION", "take_hints"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def clear_pending(connection: redis.Redis, project: int, kind: str, job_id: str 
         connection.eval(_CLEAR_IF_OWNED, 1, hint_keys(project, kind)[0], job_id)
 
 
-def _take(connection: redis.Redis, project: int, kind: str, job_id: str | None) -> tuple[list[int], str | None]:
+def take_hints(connection: redis.Redis, project: int, kind: str, job_id: str | None) -> tuple[list[int], str | None]:
     clear_pending(connection, project, kind, job_id)  # first: an event from now on queues another job
     _, tasks_key, full_key = hint_keys(project, kind)
     with connection.pipeline(transaction=True) as pipe:
@@ -137,7 +137,7 @@ def apply_pool_hints(payload: dict) -> dict:
     the project's label config and every task) from Label Studio and update the pool; one version change at most."""
     job = get_current_job()
     project = int(payload["project"])
-    task_ids, full = _take(job.connection, project, "pool", payload.get("hint_job"))
+    task_ids, full = take_hints(job.connection, project, "pool", payload.get("hint_job"))
     if not task_ids and full is None:
         return {"project": project, "nothing": "to do (an earlier job took the hints)"}
     try:
@@ -191,7 +191,7 @@ def apply_prelabel_hints(payload: dict) -> dict:
 
     job = get_current_job()
     project = int(payload["project"])
-    task_ids, full = _take(job.connection, project, "prelabel", payload.get("hint_job"))
+    task_ids, full = take_hints(job.connection, project, "prelabel", payload.get("hint_job"))
     if not task_ids and full is None:
         return {"project": project, "nothing": "to do (an earlier job took the hints)"}
     pool = PromptPool(job.connection, project)

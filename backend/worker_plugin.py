@@ -28,6 +28,7 @@ from .ls_client import LabelStudioAuthError, LabelStudioError
 from .ls_faults import note_label_studio_ok, report_token_rejected
 from .ls_format import prediction_for
 from .region_filter import RegionFilter
+from .review_store import record_prompts_used
 from .services import services_from_env
 
 __all__ = ["install", "LabelStudioSink", "LabelStudioTarget", "label_studio_sink"]
@@ -69,6 +70,7 @@ class LabelStudioTarget:
     region_filter: RegionFilter = RegionFilter()
     interactive: bool = False  # a suggestion for an open labeling page: one region per instance, never stored late
     import_each: bool = False  # bulk work written one POST per prediction (large projects: see IMPORT_EACH_ABOVE)
+    prompt_sources: tuple = ()  # the annotation id of each prompt of the chunk's prompt set, in its order
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
@@ -76,19 +78,20 @@ class LabelStudioTarget:
             controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
             return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
                        bool(params.get("bulk")), bool(params.get("replace_older")), RegionFilter.from_json(params.get("regions")),
-                       bool(params.get("interactive")), bool(params.get("import_each")))
+                       bool(params.get("interactive")), bool(params.get("import_each")), tuple(params.get("prompt_sources") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError(f"label_studio sink params: {type(exc).__name__}: {exc}") from None
 
 
 def label_studio_sink(project: int, model_version: str, controls: Sequence[Control], *, request: str | None = None,
                       bulk: bool = False, replace_older: bool = False, region_filter: RegionFilter | None = None,
-                      interactive: bool = False, import_each: bool = False) -> SinkSpec:
-    """The sink spec of a chunk whose results go to Label Studio."""
+                      interactive: bool = False, import_each: bool = False, prompt_sources: Sequence = ()) -> SinkSpec:
+    """The sink spec of a chunk whose results go to Label Studio. `prompt_sources`: the annotation id of each prompt
+    of the chunk's prompt set, in its order, so that review records know which prompts took part."""
     return SinkSpec("label_studio", {"project": project, "model_version": model_version, "controls": [asdict(c) for c in controls],
                                      "request": request, "bulk": bulk, "replace_older": replace_older,
                                      "regions": (region_filter or RegionFilter()).to_json(), "interactive": interactive,
-                                     "import_each": import_each})
+                                     "import_each": import_each, "prompt_sources": list(prompt_sources)})
 
 
 class LabelStudioSink:
@@ -106,6 +109,7 @@ class LabelStudioSink:
         self.region_filter = target.region_filter
         self.interactive = target.interactive
         self.import_each = target.import_each
+        self.prompt_sources = target.prompt_sources
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
@@ -114,6 +118,9 @@ class LabelStudioSink:
         task_id = task["id"]
         prediction = prediction_for(task_id, self.controls, segmentation.masks, segmentation.scores, self.model_version,
                                     self.region_filter, getattr(segmentation, "component_scores", None), instances=self.interactive)
+        if self.prompt_sources and not self.interactive:
+            record_prompts_used(self.connection, self.project, self.model_version, task_id, self.prompt_sources,
+                                getattr(segmentation, "prompts", None) or {})
         if self.request:
             closed, results = request_keys(self.request)
             if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL]):

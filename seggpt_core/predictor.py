@@ -77,6 +77,8 @@ class Segmentation:
     size: tuple[int, int]
     # label -> a score for each connected component of its mask (one region per instance keeps its own)
     component_scores: dict[str, ComponentScores] = field(default_factory=dict)
+    # label -> indices (in the prompt set) of the prompts it was predicted from; a learned prompt's labels have none
+    prompts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -333,6 +335,9 @@ class SegGptPredictor:
         """Segment prepared targets. `selections`, one per target, restrict each label to chosen prompts
         (label -> prompt indices); by default every label uses every prompt that annotates it."""
         results = self._painted(targets, selections)
+        for position, result in enumerate(results):
+            chosen = self._annotated_by if selections is None else selections[position]
+            result.prompts = {label: tuple(chosen[label]) for label in result.masks if label in chosen}
         if self.score == "agreement":
             # Paint the mirrored targets too: where the two paintings disagree, the model is guessing. The score is
             # the crisp score times the IoU of the two masks, at the price of a second forward per target.

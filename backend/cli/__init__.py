@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from . import local, project, queue_commands, serve
+from . import local, project, queue_commands, review, serve
 from .local import DEMO_WEIGHTS, SAMPLES, demo_labels
 
 __all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
@@ -26,6 +26,8 @@ _SUBCOMMANDS = (
     project.add_cancel,
     project.add_train_prompt,
     queue_commands.add_retry_failed,
+    review.add_report,
+    review.add_prompts,
 )
 
 

@@ -7,6 +7,7 @@ from worker import queue_status
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..metrics import render
+from ..review_report import review_metrics
 
 router = APIRouter(dependencies=[Depends(require_basic_auth)])
 
@@ -29,4 +30,5 @@ def metrics(settings: SettingsDep, connection: RedisDep) -> str:
     return render(connection, gauges, {
         "worker_info": (["name", "host", "device", "weights_digest", "queues"], info),
         "workers_by_weights": (["weights_digest"], by_digest),
+        **review_metrics(connection),
     })

@@ -15,6 +15,7 @@ from ..dependencies import RedisDep, SettingsDep, basic_auth_ok, webhook_auth_ok
 from ..metrics import count
 from ..prompt_pool import PromptPool
 from ..prompt_training import enqueue_prompt_tuning
+from ..review_jobs import queue_review
 from ..schemas import WebhookEvent
 from ..weights_identity import WeightsUnknown, backend_digest
 from ..webhook_hints import CONTROLS, POOL_FUNCTION, PRELABEL_FUNCTION, note_hints, schedule_hint_job
@@ -77,13 +78,17 @@ def webhook(event: WebhookEvent, request: Request, settings: SettingsDep, connec
 
     if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         tasks = _task_refs(event.annotation) or _ids(event.task)
+        queue_review(connection, settings, project, tasks[:1])
         return pool_job(tasks[:1]) if tasks else {"status": "ignored", "reason": "no task in the event"}
     if action == "ANNOTATIONS_CREATED":  # "Create annotations from predictions" in the data manager
         tasks = _task_refs(event.annotation) + _task_refs(event.annotations)
+        queue_review(connection, settings, project, tasks)
         return {**pool_job(tasks), "tasks": len(set(tasks))} if tasks else {"status": "ignored", "reason": "no annotated task in the event"}
     if action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
         # only tasks holding prompts can matter; each is re-read, and leaves the pool only if Label Studio says so
         named = set(_ids(event.annotations)) if action == "ANNOTATIONS_DELETED" else set(_ids(event.tasks))
+        if action == "ANNOTATIONS_DELETED":
+            queue_review(connection, settings, project, annotations=named)
         field = "annotation" if action == "ANNOTATIONS_DELETED" else "task"
         tasks = sorted({e["task"] for e in pool.entries() if e[field] in named})
         return {**pool_job(tasks), "tasks": len(tasks)} if tasks else {"status": "ignored", "reason": "no prompt of the project is concerned"}

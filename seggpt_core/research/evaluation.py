@@ -17,6 +17,7 @@ from ..model import SegGpt
 from ..predictor import Prompt, SegGptPredictor
 from .appearance import apply_condition, make_appearance_episode, make_project
 from .episodes import HELD_OUT_SEED, Episode, Scene
+from ..ranking import spearman  # noqa: F401  (re-exported: evaluation reports it)
 from .shapes import make_episode
 
 __all__ = ["EvalReport", "TASKS", "iou", "spearman", "make_episodes", "evaluate_episodes", "evaluate_synthetic",
@@ -152,24 +153,6 @@ def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1)
             raise ValueError(f"{folder}: needs more than {shots} image/mask pairs, found {len(pairs)}")
         _score(predictor, Episode((folder.name,), pairs[:shots], pairs[shots:]), report)
     return report
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Rank correlation (ties get their mean rank); 0.0 when either side is constant."""
-    def ranks(values: Sequence[float]) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        order = np.argsort(values, kind="mergesort")
-        ranked = np.empty(len(values))
-        ranked[order] = np.arange(len(values))
-        for value in np.unique(values):
-            tied = values == value
-            ranked[tied] = ranked[tied].mean()
-        return ranked
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # A selection rule: (label -> indices of the prompts annotating it, K, strategy, prompt embeddings, target
