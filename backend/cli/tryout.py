@@ -81,7 +81,8 @@ def cmd_tryout(args: argparse.Namespace) -> int:
         stop.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for number in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell may start us with it ignored
+        signal.signal(number, on_signal)
     try:
         # 1. Label Studio: the one named, else our own on a free port, its data under the cache
         install_seconds = 0.0
