@@ -12,7 +12,7 @@ from PIL import Image
 from .local_label_studio import LabelStudioApi, brush_result
 from .sample_scenes import LABELS, draw_scene
 
-__all__ = ["TITLE", "SEED", "SAMPLE_SIZE", "label_config", "sample_name", "create_sample_project", "find_project",
+__all__ = ["TITLE", "SEED", "SAMPLE_SIZE", "KNOWN_MIOU", "ANNOTATED", "label_config", "sample_name", "create_sample_project", "find_project",
            "create_folder_project", "task_sample_index", "prelabel_miou"]
 
 TITLE = "seggpt-ls tryout"
@@ -23,6 +23,9 @@ ANNOTATED = (0, 1)  # sample indexes annotated through the API: the prompts
 COLORS = {"dotted": "#1e78a0", "striped": "#eb9628"}
 # regions scoring below this are left out of pre-labels (Label Studio's own attribute on the control)
 SCORE_THRESHOLD = 0.05
+# what tiny-appearance's pre-labels of the 38 unannotated samples score against the generator's truth (measured:
+# dotted 0.611, striped 0.658); the tryout prints its own figure, the tests hold it to this one
+KNOWN_MIOU = 0.635
 
 
 def label_config(labels: tuple[str, ...] = LABELS) -> str:
