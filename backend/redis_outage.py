@@ -14,12 +14,15 @@ from worker import QueueUnavailable
 
 from .health_state import HEALTH, HealthState
 from .ls_faults import token_problem
+from .settings import Settings
+from .weights_identity import weights_problem
 
 __all__ = ["RedisWatch", "install_redis_errors", "REASON"]
 
 log = logging.getLogger(__name__)
 REASON = "redis"
 TOKEN_REASON = "label_studio_token"
+WEIGHTS_REASON = "weights"
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # Redis answers these when it cannot write (a full disk) or is not yet able to: an outage, not a bug.
 _OUTAGE_REPLIES = ("MISCONF", "LOADING", "READONLY", "MASTERDOWN")
@@ -34,12 +37,14 @@ class RedisWatch:
     """Looks at Redis every `interval` seconds from a thread of its own (with short timeouts) and keeps the
     health state's "redis" reason: set while Redis is unreachable or cannot write to its disk."""
 
-    def __init__(self, connection: redis.Redis, health: HealthState = HEALTH, interval: float = 1.0) -> None:
+    def __init__(self, connection: redis.Redis, health: HealthState = HEALTH, interval: float = 1.0,
+                 settings: Settings | None = None) -> None:
         pool = connection.connection_pool
         kwargs = {**pool.connection_kwargs, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
         self.client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
         self.where = _where(connection)
         self.health = health
+        self.settings = settings
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="seggpt-redis-watch", daemon=True)
@@ -70,6 +75,8 @@ class RedisWatch:
                 previous = problem
             # Label Studio rejecting the token, as the workers and jobs report it in Redis
             self.health.update(TOKEN_REASON, None if problem else token_problem(self.client), degraded=True)
+            if self.settings is not None:  # no worker can load the configured weights: nothing can be predicted
+                self.health.update(WEIGHTS_REASON, None if problem else weights_problem(self.settings, self.client))
             self._stop.wait(self.interval)
 
     def start(self) -> "RedisWatch":
@@ -81,6 +88,7 @@ class RedisWatch:
         self._thread.join(5)
         self.health.clear(REASON)
         self.health.clear(TOKEN_REASON)
+        self.health.clear(WEIGHTS_REASON)
         self.client.close()
 
 

@@ -14,11 +14,12 @@ import redis
 
 from seggpt_core.errors import WeightsError
 from seggpt_core.weights_digest import weights_digest
+from seggpt_core.weights_files import OFFLINE_CHOICES
 from worker.keys import worker_info_key
 
 from .settings import Settings
 
-__all__ = ["backend_digest", "WeightsUnknown"]
+__all__ = ["backend_digest", "weights_problem", "WeightsUnknown"]
 
 log = logging.getLogger(__name__)
 _local: dict[str, str] = {}
@@ -46,11 +47,28 @@ def backend_digest(settings: Settings, connection: redis.Redis | None = None) ->
             _local[settings.weights] = weights_digest(settings.weights)
         except WeightsError as exc:
             if connection is None:
-                raise WeightsUnknown(f"SEGGPT_WEIGHTS={settings.weights}: {exc}; set SEGGPT_WEIGHTS_DIGEST, or run where the weights are") from None
+                raise WeightsUnknown(f"SEGGPT_WEIGHTS={settings.weights}: {_one_line(exc)}; set SEGGPT_WEIGHTS_DIGEST, or run where the weights are") from None
             announced = _announced(connection, settings.weights)
             if len(announced) == 1:
                 return announced.pop()  # not remembered: workers may be replaced by others
             detail = f"live workers report {len(announced)} different digests" if announced else "no live worker reports them"
-            raise WeightsUnknown(f"cannot tell which weights SEGGPT_WEIGHTS={settings.weights} are: not on this machine "
-                                 f"({exc}) and {detail}; set SEGGPT_WEIGHTS_DIGEST") from None
+            raise WeightsUnknown(f"cannot load the weights SEGGPT_WEIGHTS={settings.weights}: not on this machine and {detail} "
+                                 f"(a hub id needs the Hugging Face hub); {OFFLINE_CHOICES}; or set SEGGPT_WEIGHTS_DIGEST "
+                                 "where the workers have them") from None
     return _local[settings.weights]
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def weights_problem(settings: Settings, connection: redis.Redis | None) -> str | None:
+    """Why no worker can load the configured weights, in one line (for /health); None while this machine holds
+    them or a live worker reports them. Redis being out of reach is another reason, reported by its own check."""
+    try:
+        backend_digest(settings, connection)
+    except WeightsUnknown as exc:
+        return str(exc)
+    except redis.RedisError:
+        return None
+    return None

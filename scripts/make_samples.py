@@ -18,16 +18,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seggpt_core.research.appearance import AppearanceClass, make_appearance_scene  # noqa: E402
+from backend.sample_scenes import LABELS, draw_scene  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "backend" / "samples"
-CLASSES = {
-    "striped": AppearanceClass("stripes", (235, 150, 40), (250, 235, 190), 9.0, 0.6, 6.0),
-    "checkered": AppearanceClass("checker", (165, 55, 75), (235, 175, 185), 10.0, 0.2, 6.0),
-    "dotted": AppearanceClass("dots", (30, 120, 150), (235, 245, 250), 10.0, 0.0, 6.0),
-    "plain": AppearanceClass("flat", (40, 170, 140), (40, 170, 140), 9.0, 0.0, 6.0),
-}
-LABELS = ("dotted", "striped")
 SEED = 20261201
 
 
@@ -36,16 +29,12 @@ def main() -> None:
     for old in [*SAMPLES.glob("*.png"), *(SAMPLES / "truth").glob("*.png")]:
         old.unlink()
 
-    def draw(seed: int, size: tuple[int, int]):
-        # the two labels and at least one look-alike of each
-        return make_appearance_scene(seed, CLASSES, tuple(CLASSES), size=size, blobs=(4, 6), sizes=(0.12, 0.2), min_share=0.04)
-
-    prompt = draw(SEED, (120, 160))
+    prompt = draw_scene(SEED, (120, 160))
     prompt.image.save(SAMPLES / "prompt.png")
     for label in LABELS:
         Image.fromarray(prompt.masks[label].astype(np.uint8) * 255).save(SAMPLES / f"prompt_{label}.png")
     for index, size in enumerate(((120, 160), (150, 140), (128, 128), (96, 160), (140, 180), (120, 120)), start=1):
-        scene = draw(SEED + index, size)
+        scene = draw_scene(SEED + index, size)
         scene.image.save(SAMPLES / f"target_{index}.png")
         for label in LABELS:
             Image.fromarray(scene.masks[label].astype(np.uint8) * 255).save(SAMPLES / "truth" / f"target_{index}_{label}.png")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates or reuses a virtual environment, installs, then runs.
 #   bash scripts/run.sh demo [args]   segment the bundled sample images on embedded defaults
+#   bash scripts/run.sh tryout [args] Label Studio, a sample project and the backend on this machine, pre-labeled
 #   bash scripts/run.sh test [args]   run the test suite (args go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ command=${1:-}
 shift || true
 case "$command" in
     demo) setup; exec "$venv/bin/seggpt-ls" demo "$@" ;;
+    tryout) setup; exec "$venv/bin/seggpt-ls" tryout "$@" ;;
     test)
         setup
         # the browser tests drive Debian's chromium (never `playwright install`)
@@ -35,5 +37,5 @@ case "$command" in
         fi
         exec "$venv/bin/python" -m pytest "$@" ;;
     setup) setup ;;
-    *) echo "usage: bash scripts/run.sh demo|test|setup [args]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/run.sh demo|tryout|test|setup [args]" >&2; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 
-__all__ = ["DEFAULT_WEIGHTS", "SAFETENSORS_NAME", "CONFIG_NAME", "SHIPPED_WEIGHTS", "resolve_weights"]
+__all__ = ["OFFLINE_CHOICES", "DEFAULT_WEIGHTS", "SAFETENSORS_NAME", "CONFIG_NAME", "SHIPPED_WEIGHTS", "resolve_weights"]
 
 DEFAULT_WEIGHTS = "BAAI/seggpt-vit-large"
 SAFETENSORS_NAME = "model.safetensors"
@@ -17,6 +17,9 @@ CONFIG_NAME = "config.json"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 # Weights shipped inside the package, by name: the project's own small model, trained by `seggpt-ls train-tiny`.
 SHIPPED_WEIGHTS: dict[str, Path] = {"tiny-appearance": Path(__file__).parent / "weights_data" / "tiny-appearance"}
+# what works without the hub, said wherever weights cannot be loaded
+OFFLINE_CHOICES = ("without the hub, set SEGGPT_WEIGHTS (or --weights) to a local directory holding config.json and "
+                   "model.safetensors, or to tiny-appearance (the shipped small model)")
 
 
 def _download(repo_id: str, local_only: bool = False) -> Path:
@@ -28,10 +31,11 @@ def _download(repo_id: str, local_only: bool = False) -> Path:
     except HFValidationError:
         raise WeightsError(f"weights {repo_id!r}: no such file or directory, and not a valid hub id") from None
     except Exception as exc:  # network, auth, offline mode: all end the same way for the user
+        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        where = "in this machine's Hugging Face cache" if local_only else "from the Hugging Face hub"
         raise WeightsError(
-            f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Download it where the hub is reachable and pass the local directory, or set HF_HOME to a cache "
-            "that holds it."
+            f"cannot fetch {repo_id!r} {where} ({type(exc).__name__}{': ' + cause if cause else ''}); "
+            f"{OFFLINE_CHOICES}, or download it where the hub is reachable and pass the local directory"
         ) from exc
 
 

@@ -153,6 +153,7 @@ def test_unreachable_hub_id_explains_what_to_do(tmp_path):
     assert result.returncode != 0
     assert "WeightsError: cannot fetch 'BAAI/seggpt-vit-large' from the Hugging Face hub" in result.stderr
     assert "pass the local directory" in result.stderr
+    assert "tiny-appearance" in result.stderr and "SEGGPT_WEIGHTS" in result.stderr
 
 
 def test_shipped_weights_load_by_name_from_anywhere(tmp_path, monkeypatch):

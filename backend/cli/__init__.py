@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from . import local, project, queue_commands, review, serve
+from . import local, project, queue_commands, review, serve, tryout
 from .local import DEMO_WEIGHTS, SAMPLES, demo_labels
 
 __all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
@@ -16,6 +16,7 @@ __all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
 # One registrar per subcommand, in the order `seggpt-ls --help` lists them.
 _SUBCOMMANDS = (
     local.add_demo,
+    tryout.add_tryout,
     local.add_segment,
     queue_commands.add_worker,
     local.add_train_tiny,
@@ -46,11 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     from seggpt_core.errors import SegGptError  # light: does not load torch
 
+    from ..weights_identity import WeightsUnknown
     from .startup_errors import report
 
     try:
         return args.handler(args)
-    except SegGptError as exc:
+    except (SegGptError, WeightsUnknown) as exc:  # one line that says what to do, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a misconfiguration gets one line and its exit code; anything else its traceback

@@ -88,11 +88,13 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     from ..settings import ENVIRONMENT
 
     serve = commands.add_parser("serve", help="run the Label Studio ML backend (and local workers with the embedded Redis)")
-    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface, "
+                            "then set BASIC_AUTH_USER/PASS: /health and /webhook answer without auth)")
     serve.add_argument("--port", type=int, default=9090)
     serve.add_argument("--workers", type=int, default=1, help="local worker processes with the embedded Redis (0: none)")
     for name, (variable, help_text) in ENVIRONMENT.items():
         if name == "log_level":
             continue  # --log-level is the top-level option
-        serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [{variable}]")
+        serve.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [{variable}]".replace("%", "%%"))  # argparse formats help
     serve.set_defaults(handler=cmd_serve)

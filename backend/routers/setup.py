@@ -12,6 +12,7 @@ from worker import enqueue_call
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth
 from ..label_config import LabelConfigError, parse_label_config
+from ..ls_version import too_old_reason
 from ..keys import pool_sync_due_key
 from ..metrics import count
 from ..version_log import record_version
@@ -45,6 +46,9 @@ def setup(body: SetupRequest, settings: SettingsDep, connection: RedisDep) -> di
         controls = parse_label_config(body.schema_)
     except (LabelConfigError, ValueError) as exc:
         raise HTTPException(400, str(exc)) from None
+    too_old = too_old_reason(settings.label_studio_url or (body.hostname or "").rstrip("/"), settings.label_studio_api_key)
+    if too_old:
+        raise HTTPException(400, too_old)
     pool = PromptPool(connection, project)
     saved = pool.load_controls()
     changed = saved is None or saved[1] != body.schema_
