@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from . import local, project, queue_commands, review, serve, tryout
+from .common import release_embedded_redis
 from .local import DEMO_WEIGHTS, SAMPLES, demo_labels
 
 __all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
@@ -60,3 +61,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None:
             raise
         return code
+    finally:
+        release_embedded_redis()

@@ -66,6 +66,13 @@ def _own_embedded_redis() -> None:
             supervisor.stop()  # serve or another process runs it, and looks after it
 
 
+def release_embedded_redis() -> None:
+    """The command is over: the embedded Redis it started stops with it (in-process callers, such as tests calling
+    `main`, must not keep a supervisor that would start it again once someone else stops it)."""
+    while _owned_redis:
+        _owned_redis.pop().stop(10)
+
+
 def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, flags: Sequence[str] = (),
                           weights_digest: str | None = None) -> list[subprocess.Popen]:
     """With the embedded Redis and no live worker (none with `weights_digest`, when given), run one for this
