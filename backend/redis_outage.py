@@ -47,7 +47,7 @@ class RedisWatch:
         self.settings = settings
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="seggpt-redis-watch", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def problem(self) -> str | None:
         """What is wrong with Redis now, in one line; None when it answers and can write."""
@@ -62,30 +62,35 @@ class RedisWatch:
             return f"Redis at {self.where} cannot write to its disk ({', '.join(f'{k}: err' for k in failing)})"
         return None
 
-    def _run(self) -> None:
-        previous = None
-        while not self._stop.is_set():
-            problem = self.problem()
-            if problem != previous:
-                if problem:
-                    log.warning("%s", problem)
-                else:
-                    log.warning("Redis at %s answers again", self.where)
-                self.health.update(REASON, problem)
-                previous = problem
-            # Label Studio rejecting the token, as the workers and jobs report it in Redis
-            self.health.update(TOKEN_REASON, None if problem else token_problem(self.client), degraded=True)
-            if self.settings is not None:  # no worker can load the configured weights: nothing can be predicted
-                self.health.update(WEIGHTS_REASON, None if problem else weights_problem(self.settings, self.client))
-            self._stop.wait(self.interval)
+    def _check(self, previous: str | None) -> str | None:
+        """One look at Redis, the token and the weights; returns the Redis problem (None when it is fine)."""
+        problem = self.problem()
+        if problem != previous:
+            if problem:
+                log.warning("%s", problem)
+            elif previous is not None:
+                log.warning("Redis at %s answers again", self.where)
+            self.health.update(REASON, problem)
+        # Label Studio rejecting the token, as the workers and jobs report it in Redis
+        self.health.update(TOKEN_REASON, None if problem else token_problem(self.client), degraded=True)
+        if self.settings is not None:  # no worker can load the configured weights: nothing can be predicted
+            self.health.update(WEIGHTS_REASON, None if problem else weights_problem(self.settings, self.client))
+        return problem
+
+    def _run(self, previous: str | None) -> None:
+        while not self._stop.wait(self.interval):
+            previous = self._check(previous)
 
     def start(self) -> "RedisWatch":
+        """The first look happens here, so /health is right from the first request; then once per interval."""
+        self._thread = threading.Thread(target=self._run, args=(self._check(None),), name="seggpt-redis-watch", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
         self.health.clear(REASON)
         self.health.clear(TOKEN_REASON)
         self.health.clear(WEIGHTS_REASON)

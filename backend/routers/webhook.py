@@ -81,8 +81,8 @@ def webhook(event: WebhookEvent, request: Request, settings: SettingsDep, connec
         queue_review(connection, settings, project, tasks[:1])
         return pool_job(tasks[:1]) if tasks else {"status": "ignored", "reason": "no task in the event"}
     if action == "ANNOTATIONS_CREATED":  # "Create annotations from predictions" in the data manager
+        # no review: "Create annotations from predictions" copies predictions unread, it is not a reviewer's verdict
         tasks = _task_refs(event.annotation) + _task_refs(event.annotations)
-        queue_review(connection, settings, project, tasks)
         return {**pool_job(tasks), "tasks": len(set(tasks))} if tasks else {"status": "ignored", "reason": "no annotated task in the event"}
     if action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
         # only tasks holding prompts can matter; each is re-read, and leaves the pool only if Label Studio says so
