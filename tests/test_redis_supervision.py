@@ -149,6 +149,9 @@ def test_a_full_disk_is_reported_and_recovered_from_without_losing_a_job(small_d
         # requests meanwhile get 503 naming Redis
         for _ in range(3):
             _assert_503_names_redis(httpx.post(url + "/setup", json=SETUP, timeout=10))
+        task = {"id": 1, "data": {"image": "http://127.0.0.1:9/x.png"}}
+        _assert_503_names_redis(httpx.post(url + "/predict", json={"tasks": [task], "project": "3.1", "label_config": CONFIG}, timeout=10))
+        _assert_503_names_redis(httpx.get(url + "/metrics", timeout=10))
         health = wait_for(lambda: (r := httpx.get(url + "/health")).status_code == 503 and "embedded_redis" in r.json().get("reasons", {}) and r,
                           10, interval=0.2, what="/health to say why")
         body = health.json()
