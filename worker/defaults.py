@@ -55,6 +55,6 @@ REDIS_BACKOFF_CAP = 30.0
 PROMPT_SET_TTL = 30 * 24 * 3600
 """Seconds a stored prompt set lives unused; every load renews it."""
 
-STOP_GRACE = 3.0
+STOP_GRACE = 2.0
 """Seconds a stopping worker lets its running chunk reach the next batch before it interrupts it where it is (an
 image fetch that hangs, a long forward): the chunk goes back to its queue, what it stored stays."""

@@ -3,7 +3,8 @@
 The owner (serve, or a CLI command that started it) runs a thread that waits on its redis-server (so a dead one is
 reaped, never left a zombie) and starts it again, from its append-only file, with a backoff of at most
 `RESTART_BACKOFF_CAP` seconds. Where the server died of a failed write (the data directory's disk full), it is
-started again once that disk has `MIN_FREE_BYTES` free. A server run by another process is watched instead, and
+started again once that disk has `MIN_FREE_BYTES` free (a server shut down on purpose, exit code 0, is started
+again only by a supervisor that is told to: serve's). A server run by another process is watched instead, and
 taken over when that process lets it go. Each change is told to `on_change` as one line (None: healthy again).
 """
 
@@ -74,8 +75,11 @@ class RedisSupervisor:
     """Start (or adopt) the embedded Redis of `server`, and keep it running until `stop()`."""
 
     def __init__(self, server: EmbeddedRedis | None = None, on_change: Callable[[str | None], None] | None = None,
-                 poll: float = 0.2) -> None:
+                 poll: float = 0.2, restart_after_shutdown: bool = True) -> None:
+        """`restart_after_shutdown`: start the server again also where it was shut down on purpose (exit code 0:
+        SHUTDOWN, SIGTERM), not only where it died; a short-lived command leaves that to whoever shut it down."""
         self.server = server or EmbeddedRedis()
+        self.restart_after_shutdown = restart_after_shutdown
         self.on_change = on_change or (lambda reason: None)
         self.poll = poll
         self.process: subprocess.Popen | None = None
@@ -118,6 +122,9 @@ class RedisSupervisor:
                 if self._stopping.is_set():
                     return
                 self.process = None
+                if code == 0 and not self.restart_after_shutdown:
+                    log.info("the embedded Redis (pid %d) was shut down: not starting it again", process.pid)
+                    return
                 down_since = time.monotonic()
                 problem = disk_problem(self.server, self._log_from)
                 reason = problem or f"the embedded Redis (pid {process.pid}) exited with code {code}: starting it again"

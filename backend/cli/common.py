@@ -58,7 +58,8 @@ def _own_embedded_redis() -> None:
     from worker.redis_supervisor import RedisSupervisor
 
     if not _owned_redis:
-        supervisor = RedisSupervisor().start()  # restarts it whenever it dies, while this command runs
+        # restarts it whenever it dies while this command runs (not where someone shut it down on purpose)
+        supervisor = RedisSupervisor(restart_after_shutdown=False).start()
         if supervisor.owned:
             _owned_redis.append(supervisor)
             atexit.register(supervisor.stop, 10)  # after the command's own workers have ended

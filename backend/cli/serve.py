@@ -9,9 +9,9 @@ from .common import CLI_COMMAND
 
 # A stopping serve ends within 10 s whatever is in flight: requests get GRACE seconds to answer (their waits end at
 # once), the workers WORKER_STOP seconds to hand their chunks back, and the embedded Redis, stopped last, REDIS_STOP.
-GRACE = 1.5
-WORKER_STOP = 5.5
-REDIS_STOP = 2.0
+GRACE = 1.0
+WORKER_STOP = 5.0
+REDIS_STOP = 1.5
 
 
 def _refuse_a_redis_of_another_serve(server, share: bool) -> None:
