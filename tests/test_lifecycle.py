@@ -38,7 +38,7 @@ def _finish_elsewhere(model_dir, job_id: str, namespace: str, log) -> None:
     connection = EmbeddedRedis(model_dir / "redis").connect()
     worker = start_worker(model_dir, "seggpt", "--heartbeat-interval", "1", "--maintenance-interval", "2", log=log)
     try:
-        wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 180, interval=0.5, what="the chunk to finish")
+        wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 420, interval=0.5, what="the chunk to finish")  # 400 tasks on one shared core: 90-300 s
     finally:
         worker.terminate()
         worker.wait(30)
