@@ -112,21 +112,23 @@ def _give_back(connection: redis.Redis, project: int, kind: str, task_ids: list[
 def _read_tasks(client, project: int, task_ids: list[int]) -> dict[int, dict]:
     """The hinted tasks that are tasks of `project`, with their annotations, from the task list (selected by id).
     Never GET /api/tasks/<id>: for a task without predictions, Label Studio answers that one only after asking this
-    backend's /predict, which waits for the worker doing this read."""
+    backend's /predict, which waits for the worker doing this read. A listing that ends short of its total raises:
+    a task missing from it must not count as deleted."""
     found: dict[int, dict] = {}
     for start in range(0, len(task_ids), READ_BATCH):
         batch = task_ids[start:start + READ_BATCH]
         query = json.dumps({"selectedItems": {"all": False, "included": batch}})
-        page, seen = 1, 0
-        while True:
+        seen = 0
+        for page in range(1, len(batch) + 1):  # more pages only where the server's page size is capped below ours
             body = client.get_json("/api/tasks", project=project, fields="all", page=page, page_size=READ_BATCH, query=query)
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
             found.update({t["id"]: t for t in tasks if t.get("id") in batch})
             seen += len(tasks)
             total = body.get("total") if isinstance(body, dict) else None
-            if not tasks or total is None or seen >= total or page > len(batch) // READ_BATCH + 1:
+            if total is None or seen >= total:
                 break
-            page += 1  # a server whose page size is capped below ours
+            if not tasks:
+                raise LabelStudioError(f"GET /api/tasks?project={project}: the listing ended at {seen} of {total} tasks")
     return found
 
 

@@ -62,6 +62,7 @@ def stack(tmp_path_factory):
     media_dir.mkdir()
     for seed in (1, 2, 3, 4):
         (media_dir / f"scene{seed}.png").write_bytes(_png(make_scene(seed, size=(60, 80), must_include=("disc", "star")).image))
+    (media_dir / "large.png").write_bytes(_png(Image.new("RGB", (400, 300), (10, 20, 30))))  # 120,000 pixels
     (media_dir / "target.png").write_bytes(_png(make_scene(5, size=(60, 80), must_include=("disc", "star")).image))
     media = MediaServer(media_dir)
     ls = StandInLabelStudio(media_dir)
@@ -73,7 +74,7 @@ def stack(tmp_path_factory):
     server = EmbeddedRedis(root / "redis")
     connection = server.connect()
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",
-           "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_MEDIA_TIMEOUT": "2"}
+           "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_MEDIA_TIMEOUT": "2", "SEGGPT_MAX_PIXELS": "100000"}
     worker = start_worker(root, "seggpt-interactive", "--queue", "seggpt", log=root / "worker.log", env=env)
     settings = Settings(weights="random:tiny", device="cpu", redis_url=server.url, label_studio_url=ls.url,
                         label_studio_api_key=env["LABEL_STUDIO_API_KEY"], allowed_media_hosts=(media.host,), predict_budget=60,
@@ -302,19 +303,23 @@ def test_a_label_config_that_differs_from_the_saved_one_is_refused(stack):
     assert same.status_code == 200 and same.json()["results"][0]["result"]
 
 
-def test_a_trickling_host_is_a_final_image_error_after_the_deadline_and_is_not_retried(stack):
+def test_a_trickling_host_and_a_large_image_are_final_image_errors_and_are_not_retried(stack):
+    """The worker runs with SEGGPT_MEDIA_TIMEOUT=2 and SEGGPT_MAX_PIXELS=100000."""
     media = stack["media"]
-    tasks = [{"id": 502, "data": {"image": f"{media.url}/trickle"}}, {"id": 503, "data": {"image": f"{media.url}/scene2.png"}}]
+    tasks = [{"id": 502, "data": {"image": f"{media.url}/trickle"}}, {"id": 503, "data": {"image": f"{media.url}/scene2.png"}},
+             {"id": 505, "data": {"image": f"{media.url}/large.png"}}]
     before = media.requests.count("/trickle")
     started = time.monotonic()
-    trickle, good = stack["client"].post("/predict", json={"tasks": tasks, "project": f"{PROJECT}.1"}).json()["results"]
+    trickle, good, large = stack["client"].post("/predict", json={"tasks": tasks, "project": f"{PROJECT}.1"}).json()["results"]
     elapsed = time.monotonic() - started
     assert trickle == {"result": [], "score": 0.0, "model_version": good["model_version"]}  # final: Label Studio keeps it
     assert good["result"]
+    assert large == {"result": [], "score": 0.0, "model_version": good["model_version"]}
     assert media.requests.count("/trickle") - before == 1  # one fetch, not a retry storm
     assert elapsed < 30  # SEGGPT_MEDIA_TIMEOUT is 2 s here; the trickle alone would take 5.5 hours
     log = (stack["root"] / "worker.log").read_text()
     assert "too slow; given up (final)" in log
+    assert "image is 400x300 = 120000 pixels, more than the limit 100000" in log
 
 
 def test_media_paths_and_presigned_redirects_are_checked(stack):
