@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -91,11 +92,12 @@ class Phase:
 
 
 class Attack:
-    """The attack traffic, until stopped; counts the statuses it got."""
+    """The attack traffic, until stopped; counts the statuses it got. Runs in a process of its own (`run_attack`), so
+    that its threads never hold the measuring clients' interpreter lock."""
 
-    def __init__(self, url: str, media_url: str) -> None:
+    def __init__(self, url: str, media_url: str, stop) -> None:
         self.url, self.media_url = url, media_url
-        self.stop = threading.Event()
+        self.stop = stop
         self.statuses: dict[str, Counter] = {"flood": Counter(), "slow": Counter(), "webhook": Counter()}
         self.threads: list[threading.Thread] = []
         junk = b"{" * (2 * 2**20)
@@ -139,10 +141,16 @@ class Attack:
         for thread in self.threads:
             thread.start()
 
-    def finish(self) -> None:
-        self.stop.set()
+    def join(self) -> None:
         for thread in self.threads:
             thread.join(180)
+
+
+def run_attack(url: str, media_url: str, stop, results) -> None:
+    attack = Attack(url, media_url, stop)
+    attack.start()
+    attack.join()
+    results.put({kind: dict(counts) for kind, counts in attack.statuses.items()})
 
 
 def main() -> None:
@@ -190,7 +198,10 @@ def main() -> None:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
         server = EmbeddedRedis(Path(directory) / "redis")
-        attack = Attack(url, media.url)
+        context = multiprocessing.get_context("spawn")
+        stop, results = context.Event(), context.Queue()
+        attacker = context.Process(target=run_attack, args=(url, media.url, stop, results), daemon=True)
+        statuses = {}
         try:
             wait_http(f"{url}/health", 60, "serve")
             connection = server.connect()
@@ -206,13 +217,17 @@ def main() -> None:
             image = f"{media.url}/scene3.png"
             Phase(url, serve.pid, 5, image).run()  # warm-up
             quiet = Phase(url, serve.pid, args.predicts, image).run()
-            attack.start()
-            time.sleep(2)  # the attack under way
+            attacker.start()
+            time.sleep(5)  # the attack under way
             loud = Phase(url, serve.pid, args.predicts, image).run()
-            attack.finish()
+            stop.set()
+            statuses = results.get(timeout=240)
+            attacker.join(30)
             prompts_after = pool.size()
         finally:
-            attack.stop.set()
+            stop.set()
+            if attacker.is_alive():
+                attacker.kill()
             serve.terminate()
             serve.wait(60)
             server.stop()
@@ -225,7 +240,7 @@ def main() -> None:
     for name, phase in (("quiet", quiet), ("attack", loud)):
         print(f"{name:7s} {statistics.median(phase.predict_ms):14.1f} {percentile(phase.predict_ms, 95):14.1f} "
               f"{percentile(phase.health_ms, 99):13.1f} {max(phase.health_ms):13.1f} {len(phase.health_ms):8d} {phase.peak_rss / 1024:17.1f}")
-    for kind, counts in attack.statuses.items():
+    for kind, counts in statuses.items():
         print(f"attack {kind}: {dict(sorted(counts.items(), key=str))}")
     print(f"prompts in the pool after the attack: {prompts_after} (2 before)")
     print(f"ratio={percentile(loud.predict_ms, 95) / percentile(quiet.predict_ms, 95):.3f}")
