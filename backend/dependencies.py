@@ -9,11 +9,13 @@ from typing import Annotated, Mapping
 
 import redis
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ValidationError
 
 from .settings import Settings
 
-__all__ = ["SettingsDep", "RedisDep", "require_basic_auth", "basic_auth_ok", "webhook_auth_ok", "WEBHOOK_SECRET_HEADER"]
+__all__ = ["SettingsDep", "RedisDep", "require_basic_auth", "basic_auth_ok", "webhook_auth_ok", "WEBHOOK_SECRET_HEADER", "parsed_body"]
 
 WEBHOOK_SECRET_HEADER = "x-seggpt-webhook-secret"
 
@@ -72,3 +74,21 @@ def require_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasicCr
     if credentials is not None and _credentials_match(settings, credentials.username, credentials.password):
         return
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "HTTP Basic auth required", headers={"WWW-Authenticate": 'Basic realm="seggpt-ls"'})
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()  # already read (and bounded) by `request_guard`: no parsing on the event loop
+
+
+def parsed_body(model: type[BaseModel]):
+    """A dependency that validates the body as `model` on a request thread, not on the event loop: FastAPI parses a
+    sync route's body on the loop, where a 1 MB webhook or an 8 MB /predict held up /health. A body that does not fit
+    gets FastAPI's own 422, the field named as ["body", ...]."""
+
+    def parse(raw: Annotated[bytes, Depends(_raw_body)]) -> BaseModel:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+
+    return parse

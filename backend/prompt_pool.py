@@ -193,6 +193,7 @@ class PromptPool:
         that cannot be used (the pool is left as it was for that task).
         """
         from seggpt_core.transforms import open_image
+        from worker.runtime import get_runtime
 
         stored = []
         for data_key in sorted({c.data_key for c in controls}):
@@ -207,7 +208,7 @@ class PromptPool:
                 stored.extend(unchanged)  # the same annotation of the same image: nothing to fetch or rewrite
                 continue
             data = fetch(value, task["id"])
-            image = open_image(data, where=f"task {task['id']}")
+            image = open_image(data, where=f"task {task['id']}", max_pixels=get_runtime().settings.max_pixels)  # SEGGPT_MAX_PIXELS
             masks = masks_from_annotation(annotation.get("result"), field_controls, (image.height, image.width))
             if not masks:
                 self.connection.hdel(self.key, entry_id)

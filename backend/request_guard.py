@@ -31,19 +31,22 @@ class RequestGuard:
             return
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        # A refusal before the body is read closes the connection: otherwise the server would go on receiving (and
+        # discarding) the whole body on its event loop, which a flood of large bodies turns into CPU taken from /health.
+        unread = {"connection": "close"} if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers else {}
         if path == "/webhook":
             limit = self.settings.max_webhook_bytes
             if not webhook_auth_ok(self.settings, headers):
-                await _answer(send, 401, "webhook refused: the X-Seggpt-Webhook-Secret header (SEGGPT_WEBHOOK_SECRET) or Basic auth is required")
+                await _answer(send, 401, "webhook refused: the X-Seggpt-Webhook-Secret header (SEGGPT_WEBHOOK_SECRET) or Basic auth is required", unread)
                 return
         else:
             limit = self.settings.max_body_bytes
             if path not in OPEN_PATHS and not basic_auth_ok(self.settings, headers.get("authorization")):
-                await _answer(send, 401, "HTTP Basic auth required", {"www-authenticate": 'Basic realm="seggpt-ls"'})
+                await _answer(send, 401, "HTTP Basic auth required", {"www-authenticate": 'Basic realm="seggpt-ls"', **unread})
                 return
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _answer(send, 413, _too_large(path, limit))
+            await _answer(send, 413, _too_large(path, limit), unread)
             return
         # Read what there is up to the limit (a chunked body has no declared length), then hand it on.
         body, more = [], True
@@ -54,7 +57,7 @@ class RequestGuard:
                 break  # the client went away
             size += len(message.get("body", b""))
             if size > limit:
-                await _answer(send, 413, _too_large(path, limit))
+                await _answer(send, 413, _too_large(path, limit), {"connection": "close"})
                 return
             body.append(message.get("body", b""))
             more = message.get("more_body", False)

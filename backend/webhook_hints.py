@@ -2,7 +2,7 @@
 
 Label Studio sends webhooks without credentials, so an event only says where to look: the task ids it names are
 noted per project, and one job per project and kind reads Label Studio for them. Nothing in a body is trusted on
-its own: a task counts as deleted when Label Studio answers 404 for it, and a task of another project is ignored.
+its own: a task counts as deleted when Label Studio no longer lists it among the project's tasks.
 However many events arrive (forged ones, or 500 legitimate repeats), a project has at most one pending job of each
 kind: "pool" (re-read the hinted tasks, or the whole project), "prelabel" (predict imported tasks) and "tune"
 (prompt tuning). The jobs go to the front of the bulk queue, so workers take every /predict first.
@@ -10,6 +10,7 @@ kind: "pool" (re-read the hinted tasks, or the whole project), "prelabel" (predi
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from typing import Iterable
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # Beyond this many hinted tasks, one pass over the project's task list costs less, and is bounded by the project's
 # real size rather than by what a body claims (a forged event listed 3,000 tasks: 3,000 reads).
 MAX_HINTED_TASKS = 200
+READ_BATCH = 100  # hinted tasks read per request (Label Studio's default largest page)
 PENDING_TTL = 3600  # a lost job never blocks its kind for longer
 FULL_SYNC, CONTROLS = "sync", "controls"  # values of the full-pass flag: rebuild the pool; re-read the label config
 
@@ -107,17 +109,34 @@ def _give_back(connection: redis.Redis, project: int, kind: str, task_ids: list[
         log.warning("project %s: %s hints lost with Redis; the next pool sync catches up", project, kind)
 
 
-def _reread_task(pool: PromptPool, client, fetch, controls, task_id: int) -> str | list[str]:
-    """One hinted task, as Label Studio has it now."""
-    try:
-        task = client.task(task_id)
-    except LabelStudioError as exc:
-        if exc.status == 404:  # Label Studio says it is gone: only now does its prompt go
-            return "deleted" if pool.remove_task(task_id) else "not found"
-        raise
-    if task.get("project") not in (None, pool.project):
-        return f"task of project {task.get('project')}, not {pool.project}: ignored"
-    annotation = newest_annotation(client.annotations(task_id))
+def _read_tasks(client, project: int, task_ids: list[int]) -> dict[int, dict]:
+    """The hinted tasks that are tasks of `project`, with their annotations, from the task list (selected by id).
+    Never GET /api/tasks/<id>: for a task without predictions, Label Studio answers that one only after asking this
+    backend's /predict, which waits for the worker doing this read. A listing that ends short of its total raises:
+    a task missing from it must not count as deleted."""
+    found: dict[int, dict] = {}
+    for start in range(0, len(task_ids), READ_BATCH):
+        batch = task_ids[start:start + READ_BATCH]
+        query = json.dumps({"selectedItems": {"all": False, "included": batch}})
+        seen = 0
+        for page in range(1, len(batch) + 1):  # more pages only where the server's page size is capped below ours
+            body = client.get_json("/api/tasks", project=project, fields="all", page=page, page_size=READ_BATCH, query=query)
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            found.update({t["id"]: t for t in tasks if t.get("id") in batch})
+            seen += len(tasks)
+            total = body.get("total") if isinstance(body, dict) else None
+            if total is None or seen >= total:
+                break
+            if not tasks:
+                raise LabelStudioError(f"GET /api/tasks?project={project}: the listing ended at {seen} of {total} tasks")
+    return found
+
+
+def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fetch) -> str | list[str]:
+    """One hinted task, as Label Studio has it now (None: it is no task of the project, so its prompt goes)."""
+    if task is None:
+        return "deleted" if pool.remove_task(task_id) else "not a task of the project"
+    annotation = newest_annotation(task.get("annotations") or [])
     if annotation is None:
         return "no annotation" + (": prompt removed" if pool.remove_task(task_id) else "")
     try:
@@ -178,7 +197,8 @@ def _apply_pool_hints(job, payload: dict, project: int, task_ids: list[int], ful
         report = sync_from_label_studio(pool, client, services.fetcher.fetch, controls)
         outcome.update({"full": True, "entries": report["entries"], "errors": {str(k): v for k, v in report["errors"].items()}})
     else:
-        outcome["tasks"] = {str(t): _reread_task(pool, client, services.fetcher.fetch, controls, t) for t in task_ids}
+        tasks = _read_tasks(client, project, task_ids)
+        outcome["tasks"] = {str(t): _reread_task(pool, tasks.get(t), t, controls, services.fetcher.fetch) for t in task_ids}
     return {**outcome, **after_pool_change(job, pool, services, payload)}
 
 

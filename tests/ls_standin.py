@@ -59,6 +59,10 @@ class StandInLabelStudio:
                     project = int(query["project"][0])
                     page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["100"])[0])
                     tasks = [server.full_task(t) for t in sorted(server.tasks) if server.tasks[t]["project"] == project]
+                    if "query" in query:  # the data manager's selection: {"selectedItems": {"all": false, "included": [...]}}
+                        selected = json.loads(query["query"][0]).get("selectedItems", {"all": True})
+                        if not selected.get("all", True):
+                            tasks = [t for t in tasks if t["id"] in selected.get("included", [])]
                     return self._send(200, {"tasks": tasks[(page - 1) * size: page * size], "total": len(tasks)})
                 if segments[:2] == ["api", "tasks"] and len(segments) == 3:
                     task = server.tasks.get(int(segments[2]))

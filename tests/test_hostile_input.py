@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote_plus as unquote
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def stack(tmp_path_factory):
     media_dir.mkdir()
     for seed in (1, 2, 3, 4):
         (media_dir / f"scene{seed}.png").write_bytes(_png(make_scene(seed, size=(60, 80), must_include=("disc", "star")).image))
+    (media_dir / "large.png").write_bytes(_png(Image.new("RGB", (400, 300), (10, 20, 30))))  # 120,000 pixels
     (media_dir / "target.png").write_bytes(_png(make_scene(5, size=(60, 80), must_include=("disc", "star")).image))
     media = MediaServer(media_dir)
     ls = StandInLabelStudio(media_dir)
@@ -72,7 +74,7 @@ def stack(tmp_path_factory):
     server = EmbeddedRedis(root / "redis")
     connection = server.connect()
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",
-           "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_MEDIA_TIMEOUT": "2"}
+           "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_MEDIA_TIMEOUT": "2", "SEGGPT_MAX_PIXELS": "100000"}
     worker = start_worker(root, "seggpt-interactive", "--queue", "seggpt", log=root / "worker.log", env=env)
     settings = Settings(weights="random:tiny", device="cpu", redis_url=server.url, label_studio_url=ls.url,
                         label_studio_api_key=env["LABEL_STUDIO_API_KEY"], allowed_media_hosts=(media.host,), predict_budget=60,
@@ -120,13 +122,17 @@ def _hint_jobs(stack, queue: str = "seggpt") -> list[str]:
 def test_a_forged_tasks_deleted_removes_nothing_that_label_studio_still_has(stack):
     client, ls, pool = stack["client"], stack["ls"], stack["pool"]
     forged = {"action": "TASKS_DELETED", "project": {"id": PROJECT}, "tasks": [{"id": 11}, {"id": 12}]}
-    before = len(ls.requests("GET", "/api/tasks/11"))
+    before = len(ls.requests("GET", "/api/tasks?"))
     answer = client.post("/webhook", json=forged, auth=None).json()
     assert answer["status"] == "queued" and answer["tasks"] == 2
     outcome = _finished(stack, answer["job"])
     assert outcome["tasks"] == {"11": ["Cat", "Dog"], "12": ["Cat", "Dog"]}  # re-read: both still there
     assert pool.size() == 2 and {e["task"] for e in pool.entries()} == {11, 12}
-    assert len(ls.requests("GET", "/api/tasks/11")) > before  # Label Studio was asked
+    # Label Studio was asked, for exactly these tasks, through the task list (GET /api/tasks/<id> would make Label
+    # Studio call /predict, which would wait for the worker doing the read)
+    (read,) = ls.requests("GET", "/api/tasks?")[before:]
+    assert '"included": [11, 12]' in unquote(read) and f"project={PROJECT}" in read
+    assert not ls.requests("GET", "/api/tasks/")
     # once Label Studio says a task is gone, its prompt goes, and only its prompt
     removed = ls.tasks.pop(11), ls.annotations.pop(11)
     try:
@@ -145,7 +151,7 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
     job, one tuning, one pre-labeling. A /predict sent after them is answered first."""
     client, ls, media, pool = stack["client"], stack["ls"], stack["media"], stack["pool"]
     event = {"action": "ANNOTATION_CREATED", "project": {"id": PROJECT}, "annotation": {"id": 120, "task": 12}}
-    reads_before = ls.requests("GET", "/api/tasks/12").count("/api/tasks/12")
+    reads_before = len(ls.requests("GET", "/api/tasks?"))
     training = {"action": "START_TRAINING", "project": {"id": PROJECT, "label_config": CONFIG}}
     imported = {"action": "TASKS_CREATED", "project": {"id": PROJECT}, "tasks": [{"id": 13}, {"id": 14}, {"id": 99999}]}
     answers: dict[str, list] = {"pool": [], "tune": [], "prelabel": []}
@@ -181,7 +187,8 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
     # nothing asked Label Studio anything before /predict's image was fetched: the hint jobs waited behind it
     assert min(t for t, _, _ in ls.log if t > paused_at) > predict_fetch[0]
     # the 500 events cost one re-read of the task, and the tuning ran once
-    assert ls.requests("GET", "/api/tasks/12").count("/api/tasks/12") - reads_before == 1
+    reads = [unquote(p) for p in ls.requests("GET", "/api/tasks?")[reads_before:]]
+    assert len([p for p in reads if '"included": [12]' in p]) == 1, reads
     assert pool.learned_prompts()
     wait_for(lambda: _hint_jobs(stack) == [], 120, what="the review job too")  # every kind ran once, none is left
     wait_for(lambda: {13, 14} <= {p["task"] for p in ls.predictions}, 120, what="the pre-labeled tasks")
@@ -198,8 +205,8 @@ def test_fan_out_is_bounded_by_the_project_not_by_the_body(stack):
     outcome = _finished(stack, answer["job"])
     assert outcome["full"] is True and outcome["entries"] == 2 and pool.size() == 2
     paths = [p for _, m, p in ls.log[start:] if m == "GET"]
-    assert not [p for p in paths if p.startswith("/api/tasks/")]  # not one read per named task
-    assert [p for p in paths if p.startswith("/api/tasks?")] == [f"/api/tasks?project={PROJECT}&page=1&page_size=100&fields=all"]
+    # one page of the project's task list, not a read (or a selection) of the 3,000 named tasks
+    assert [p for p in paths if p.startswith("/api/tasks")] == [f"/api/tasks?project={PROJECT}&page=1&page_size=100&fields=all"]
 
 
 def test_forged_projects_ids_and_actions_leave_no_job_and_fixed_metric_names(stack):
@@ -298,19 +305,23 @@ def test_a_label_config_that_differs_from_the_saved_one_is_refused(stack):
     assert same.status_code == 200 and same.json()["results"][0]["result"]
 
 
-def test_a_trickling_host_is_a_final_image_error_after_the_deadline_and_is_not_retried(stack):
+def test_a_trickling_host_and_a_large_image_are_final_image_errors_and_are_not_retried(stack):
+    """The worker runs with SEGGPT_MEDIA_TIMEOUT=2 and SEGGPT_MAX_PIXELS=100000."""
     media = stack["media"]
-    tasks = [{"id": 502, "data": {"image": f"{media.url}/trickle"}}, {"id": 503, "data": {"image": f"{media.url}/scene2.png"}}]
+    tasks = [{"id": 502, "data": {"image": f"{media.url}/trickle"}}, {"id": 503, "data": {"image": f"{media.url}/scene2.png"}},
+             {"id": 505, "data": {"image": f"{media.url}/large.png"}}]
     before = media.requests.count("/trickle")
     started = time.monotonic()
-    trickle, good = stack["client"].post("/predict", json={"tasks": tasks, "project": f"{PROJECT}.1"}).json()["results"]
+    trickle, good, large = stack["client"].post("/predict", json={"tasks": tasks, "project": f"{PROJECT}.1"}).json()["results"]
     elapsed = time.monotonic() - started
     assert trickle == {"result": [], "score": 0.0, "model_version": good["model_version"]}  # final: Label Studio keeps it
     assert good["result"]
+    assert large == {"result": [], "score": 0.0, "model_version": good["model_version"]}
     assert media.requests.count("/trickle") - before == 1  # one fetch, not a retry storm
     assert elapsed < 30  # SEGGPT_MEDIA_TIMEOUT is 2 s here; the trickle alone would take 5.5 hours
     log = (stack["root"] / "worker.log").read_text()
     assert "too slow; given up (final)" in log
+    assert "image is 400x300 = 120000 pixels, more than the limit 100000" in log
 
 
 def test_media_paths_and_presigned_redirects_are_checked(stack):

@@ -58,9 +58,9 @@ def test_health_while_predict_blocks_and_bounded_memory_before_auth(tmp_path):
             assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "UP"
             slowest = max(slowest, time.perf_counter() - started)
         blocked = sum(thread.is_alive() for thread in threads)
-        # 23.7 s when /health shared the pool; 0.5 s leaves room for a loaded CI machine (bench/hostile_load.py
-        # measures the 100 ms goal)
-        assert blocked == 46 and slowest < 0.5, (blocked, slowest)
+        # 23.7 s when /health shared the pool; Label Studio's own limit is 1 s (bench/hostile_load.py measures the
+        # 100 ms goal: a timed test on a loaded CI machine would flake)
+        assert blocked == 46 and slowest < 1.0, (blocked, slowest)
         for thread in threads:
             thread.join(60)
         assert answers == [200] * 46

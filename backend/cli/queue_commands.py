@@ -29,6 +29,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         dtype=None if args.dtype == "auto" else args.dtype,
         max_batch_rows=args.batch_size,
         low_memory=args.low_memory,
+        max_pixels=backend_settings.max_pixels,  # SEGGPT_MAX_PIXELS
     )
     run_worker(
         connect(args),

@@ -3,9 +3,11 @@
 import logging
 import time
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, HTTPException
 
-from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..metrics import count, observe
 from ..context_hints import ContextError
 from ..label_config import LabelConfigError
@@ -17,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @router.post("/predict")
-def predict(request: PredictRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+def predict(request: Annotated[PredictRequest, Depends(parsed_body(PredictRequest))], settings: SettingsDep, connection: RedisDep) -> dict:
     project = request.project
     if project is None:
         project = next((t.project for t in request.tasks if t.project is not None), None)

@@ -6,11 +6,13 @@ on a worker.
 
 import logging
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, HTTPException
 
 from worker import enqueue_call
 
-from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..label_config import LabelConfigError, parse_label_config
 from ..ls_version import too_old_reason
 from ..keys import pool_sync_due_key
@@ -40,7 +42,7 @@ def schedule_sync(connection, settings, project: int, label_config: str, force: 
 
 
 @router.post("/setup")
-def setup(body: SetupRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+def setup(body: Annotated[SetupRequest, Depends(parsed_body(SetupRequest))], settings: SettingsDep, connection: RedisDep) -> dict:
     try:
         project = project_id(body.project)
         controls = parse_label_config(body.schema_)

@@ -1,9 +1,11 @@
 """POST /train: Label Studio's legacy training call (`{"annotations", "project", "label_config"}`), sent where the
 webhook flow is switched off. It starts the same prompt-tuning job as the START_TRAINING webhook."""
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, HTTPException
 
-from ..dependencies import RedisDep, SettingsDep, require_basic_auth
+from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..metrics import count
 from ..predict_service import project_id
 from ..prompt_training import enqueue_prompt_tuning
@@ -13,7 +15,7 @@ router = APIRouter(dependencies=[Depends(require_basic_auth)])
 
 
 @router.post("/train")
-def train(body: TrainRequest, settings: SettingsDep, connection: RedisDep) -> dict:
+def train(body: Annotated[TrainRequest, Depends(parsed_body(TrainRequest))], settings: SettingsDep, connection: RedisDep) -> dict:
     try:
         project = project_id(body.project)
     except ValueError as exc:

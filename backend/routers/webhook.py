@@ -9,9 +9,11 @@ client with the backend's Basic auth, needs those credentials when they are conf
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
 
-from ..dependencies import RedisDep, SettingsDep, basic_auth_ok, webhook_auth_ok
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from ..dependencies import RedisDep, SettingsDep, basic_auth_ok, webhook_auth_ok, parsed_body
 from ..metrics import count
 from ..prompt_pool import PromptPool
 from ..prompt_training import enqueue_prompt_tuning
@@ -55,7 +57,7 @@ def _task_refs(items) -> list[int]:
 
 
 @router.post("/webhook")
-def webhook(event: WebhookEvent, request: Request, settings: SettingsDep, connection: RedisDep) -> dict:
+def webhook(event: Annotated[WebhookEvent, Depends(parsed_body(WebhookEvent))], request: Request, settings: SettingsDep, connection: RedisDep) -> dict:
     action = event.action if event.action in KNOWN_ACTIONS else None
     count(connection, METRIC_NAMES[action])
     if action is None:
