@@ -463,7 +463,9 @@ def test_an_interrupted_bootstrap_resumes_from_the_queue(label_studio, media, tm
     done_before = len(_predictions_by_task(label_studio, project))
     assert done_before < len(unlabeled), "the run finished before it was interrupted"
 
+    started = time.monotonic()
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=exec_child_preexec())
+    print(f"rerun after {sig.name}: {time.monotonic() - started:.1f} s for {len(unlabeled) - done_before} task(s) left")  # the issue note's figure
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming: " in rerun.stdout and "left in the queue by an earlier run" in rerun.stdout, rerun.stdout
     # the interrupted run's worker is gone: pruned from the registry, not waited on
