@@ -11,7 +11,6 @@ import time
 from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 
 from seggpt_core.research.shapes import make_scene
