@@ -132,8 +132,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if batch.all_job_ids:
-            from worker.liveness import requeue_abandoned
+            from worker.liveness import prune_dead_workers, requeue_abandoned
 
+            prune_dead_workers(connection)
             requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
             workers.extend(_announce_workers(connection, args))
             _wait_with_progress(connection, batch, args, workers, queues)
