@@ -23,7 +23,7 @@ from backend.media import MediaFetcher  # noqa: E402
 from tests.standin_label_studio import StandInLabelStudio  # noqa: E402
 
 
-def run(name: str, baseline: str, action, standin: StandInLabelStudio, prefix: str) -> None:
+def run(name: str, baseline: str, action, standin: StandInLabelStudio) -> None:
     before = len(standin.requests)
     started = time.monotonic()
     try:
@@ -44,31 +44,31 @@ def main() -> None:
     client = lambda: LabelStudioClient(standin.url, standin.legacy_token, policy=RetryPolicy(deadline=args.deadline))  # noqa: E731
     try:
         standin.script("GET", "/api/projects/1", (429, "", {"Retry-After": "2"}), (429, "", {"Retry-After": "2"}), (429, "", {"Retry-After": "2"}), (200, {"id": 1}))
-        run("429 x3, Retry-After 2", "retried at once 3 times, Retry-After ignored, then a traceback", lambda: client().get_json("/api/projects/1"), standin, "/api/projects/1")
+        run("429 x3, Retry-After 2", "retried at once 3 times, Retry-After ignored, then a traceback", lambda: client().get_json("/api/projects/1"), standin)
 
         until = time.monotonic() + 20
         standin.script("GET", "/api/projects/2", lambda q: (503, "busy") if time.monotonic() < until else (200, {"id": 2}))
-        run("a 20 s run of 503s", "bootstrap exited on the first 503 with a traceback", lambda: client().get_json("/api/projects/2"), standin, "/api/projects/2")
+        run("a 20 s run of 503s", "bootstrap exited on the first 503 with a traceback", lambda: client().get_json("/api/projects/2"), standin)
 
         standin.script("GET", "/api/projects/3", (503, "busy"))
-        run("503 for good", "traceback naming neither Label Studio nor the URL", lambda: client().get_json("/api/projects/3"), standin, "/api/projects/3")
+        run("503 for good", "traceback naming neither Label Studio nor the URL", lambda: client().get_json("/api/projects/3"), standin)
 
         standin.script("GET", "/api/projects/4", (429, "", {"Retry-After": "3600"}))
-        run("429, Retry-After past the deadline", "retried at once 3 times", lambda: client().get_json("/api/projects/4"), standin, "/api/projects/4")
+        run("429, Retry-After past the deadline", "retried at once 3 times", lambda: client().get_json("/api/projects/4"), standin)
 
         standin.script("GET", "/api/projects/5", (200, b"<html>proxy</html>", {"Content-Type": "text/html"}))
-        run("malformed JSON", "JSONDecodeError traceback", lambda: client().get_json("/api/projects/5"), standin, "/api/projects/5")
+        run("malformed JSON", "JSONDecodeError traceback", lambda: client().get_json("/api/projects/5"), standin)
 
         standin.script("GET", "/api/tasks", (200, {"tasks": [{"id": 1}, {"id": 2}], "total": 400, "next": "http://x/?page=2"}))
-        run("task list repeating its page", "bootstrap hung with no output", lambda: f"{len(list(client().iter_tasks(1)))} task(s)", standin, "/api/tasks")
+        run("task list repeating its page", "bootstrap hung with no output", lambda: f"{len(list(client().iter_tasks(1)))} task(s)", standin)
 
         counter = iter(range(10**9))
         standin.script("GET", "/api/tasks", lambda q: (200, {"tasks": [{"id": next(counter)} for _ in range(100)], "total": 400, "next": "http://x/?page=n"}))
-        run("task list whose next never ends", "held the only worker for up to an hour", lambda: f"{len(list(client().iter_tasks(1)))} task(s)", standin, "/api/tasks")
+        run("task list whose next never ends", "held the only worker for up to an hour", lambda: f"{len(list(client().iter_tasks(1)))} task(s)", standin)
 
         standin.script("GET", "/data/upload/1/x.png", (401, {"detail": "Invalid token."}))
         run("401 on a media fetch (LS host)", "final empty prediction, stored by Label Studio for good",
-            lambda: MediaFetcher(client()).fetch("/data/upload/1/x.png", 1), standin, "/data")
+            lambda: MediaFetcher(client()).fetch("/data/upload/1/x.png", 1), standin)
     finally:
         standin.stop()
 

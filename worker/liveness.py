@@ -47,10 +47,24 @@ def prune_dead_workers(connection: redis.Redis) -> list[str]:
             heartbeat = heartbeat.replace(tzinfo=timezone.utc)
         silent = heartbeat is not None and (now - heartbeat).total_seconds() > DEAD_AFTER
         if (worker.hostname == host and worker.pid and _process_gone(worker.pid)) or silent:
+            _expire_its_chunk(connection, worker)
             worker.register_death()
             pruned.append(worker.name)
             log.info("worker %s (pid %s on %s) is dead: removed from the registry", worker.name, worker.pid, worker.hostname)
     return pruned
+
+
+def _expire_its_chunk(connection: redis.Redis, worker: Worker) -> None:
+    """The chunk a dead worker held counts as abandoned now, not when its heartbeat would have lapsed: the next
+    sweep (`requeue_abandoned`, or any worker's) puts it back in its queue."""
+    job_id = worker.get_current_job_id()
+    if not job_id:
+        return
+    for name in worker.queue_names():
+        key = StartedJobRegistry(name, connection=connection).key
+        for member in connection.zrange(key, 0, -1):
+            if member.decode().split(":", 1)[0] == job_id:  # members are "<job id>:<execution id>"
+                connection.zadd(key, {member: 0}, xx=True)
 
 
 def requeue_abandoned(connection: redis.Redis, queues: Sequence[str]) -> None:

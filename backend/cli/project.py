@@ -76,7 +76,7 @@ def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: ar
             time.sleep(1.0)
 
 
-def _announce_workers(connection: redis.Redis, batch: BootstrapBatch, args: argparse.Namespace) -> list:
+def _announce_workers(connection: redis.Redis, args: argparse.Namespace) -> list:
     """Start a local worker if no live one serves the run, or name the live ones that will."""
     from worker import queue_status
 
@@ -86,7 +86,7 @@ def _announce_workers(connection: redis.Redis, batch: BootstrapBatch, args: argp
         print(f"live worker(s) {names} will take the queued chunks")
         return []
     if args.redis_url:
-        print(f"warning: no live worker on this Redis: the run waits until one starts (seggpt-ls worker --redis-url ...)")
+        print("warning: no live worker on this Redis: the run waits until one starts (seggpt-ls worker --redis-url ...)")
         return []
     return local_workers_if_none(connection, args)
 
@@ -132,10 +132,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if batch.all_job_ids:
-            from worker.liveness import requeue_abandoned
+            from worker.liveness import prune_dead_workers, requeue_abandoned
 
+            prune_dead_workers(connection)
             requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
-            workers.extend(_announce_workers(connection, batch, args))
+            workers.extend(_announce_workers(connection, args))
             _wait_with_progress(connection, batch, args, workers, queues)
     except KeyboardInterrupt as exc:
         if isinstance(exc, _Terminated):
