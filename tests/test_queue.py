@@ -157,6 +157,29 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     assert meta["done"] == 400 and meta["worker"]["pid"] != first.pid
 
 
+def test_a_worker_dropped_from_the_registry_registers_again(redis_conn, model_dir, queue_name, tmp_path):
+    """Another worker's sweep drops a worker whose registration expired (it was cut off from Redis longer than it
+    lives); once it reaches Redis again it registers anew, and `status` lists it."""
+    from rq import Worker, worker_registration
+
+    from worker import queue_status
+
+    worker = start_worker(model_dir, queue_name, "--heartbeat-interval", "1", log=tmp_path / "worker.log")
+    try:
+        listed = lambda: [w for w in queue_status(redis_conn, [queue_name])["workers"] if queue_name in w["queues"]]  # noqa: E731
+        (entry,) = wait_for(listed, 120, interval=0.2, what="the worker to register")
+        key = Worker.redis_worker_namespace_prefix + entry["name"]
+        redis_conn.srem(worker_registration.REDIS_WORKER_KEYS, key)  # what clean_worker_registry does to a lost worker
+        redis_conn.delete(key)
+        assert not listed()
+        (again,) = wait_for(listed, 30, interval=0.2, what="the worker to register again")
+        assert again["name"] == entry["name"] and again["queues"] == entry["queues"]
+        assert "registered again" in (tmp_path / "worker.log").read_text()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
 def test_fault_a_zombie_worker_writes_nothing_for_a_chunk_taken_over(redis_conn, model_dir, queue_name, tmp_path):
     """A worker frozen mid-chunk (SIGSTOP: as a partition or a long pause, it misses its heartbeats) has its chunk
     re-queued and run by another; thawed, it still holds the chunk in memory. Its writes for it are refused: every
