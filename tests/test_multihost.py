@@ -154,7 +154,10 @@ def _finish(hosts: MultiHost, cli, log: str, label_studio, project: int, unlabel
 
 
 def _wait_busy(hosts: MultiHost, host: str, timeout: float = 120) -> str:
-    return hosts.wait(lambda: _busy_job(hosts, host), timeout, f"a worker on {host} to run a chunk", interval=0.05)
+    """A chunk a worker of `host` runs now: one it has started (claimed), not only dequeued. A machine lost between
+    the two leaves the chunk in RQ's intermediate queue, which RQ's sweep recovers only after a minute or more."""
+    return hosts.wait(lambda: (job := _busy_job(hosts, host)) and _owner(hosts, job) and job, timeout,
+                      f"a worker on {host} to run a chunk", interval=0.05)
 
 
 def test_a_partition_heals_without_loss(cluster):
@@ -169,7 +172,7 @@ def test_a_partition_heals_without_loss(cluster):
     cut_at = time.monotonic()
     try:
         try:
-            hosts.wait(lambda: _owner(hosts, job) not in (None, first_owner), 90, "w1's chunk to be taken over", interval=0.2)
+            hosts.wait(lambda: _owner(hosts, job) not in (None, first_owner), 120, "w1's chunk to be taken over", interval=0.2)
         except TimeoutError as exc:
             raise AssertionError(f"{exc}: {_registry_state(hosts, job)}") from None
         requeued_after = time.monotonic() - cut_at
