@@ -243,6 +243,30 @@ def test_fault_redis_restart_loses_no_queued_job(tmp_path, queue_name):
     server.stop()
 
 
+def test_progress_waits_out_a_redis_restart(tmp_path, queue_name, caplog):
+    """A command waiting on jobs (bootstrap, cancel) keeps waiting while Redis restarts, with one warning, and
+    reads on once it is back; it never ends with a traceback (a Redis restart on the queue host, issue 26)."""
+    from worker.queue import ProgressTracker
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    connection = server.connect()
+    digest = store_prompt_set(connection, [scene_prompt(6)])
+    tasks = [{"id": i, "image": store_blob(connection, target_bytes(70 + i))} for i in range(2)]
+    _, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=1, queue=queue_name)
+    tracker = ProgressTracker(connection, job_ids)
+    try:
+        before = tracker.poll()
+        assert before["jobs"] == 2 and before["jobs_finished"] == 0
+        server.stop()
+        with caplog.at_level("WARNING"):
+            assert tracker.poll() == before and tracker.poll() == before
+        assert [r.getMessage() for r in caplog.records].count(next(r.getMessage() for r in caplog.records if "cannot reach Redis" in r.getMessage())) == 1
+        server.ensure_running()
+        assert tracker.poll() == before and not tracker.outage
+    finally:
+        server.stop()
+
+
 def test_failed_jobs_stay_visible_and_can_be_requeued(redis_conn, model_dir, queue_name):
     digest = store_prompt_set(redis_conn, [scene_prompt(7)])
     redis_conn.delete(prompt_set_key(digest))  # the prompt set is gone when the job runs: the job fails
