@@ -218,8 +218,14 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
     cut_at = time.monotonic()
     log(f"cut w1's link while it runs {job}")
     requeued = taken = None
+    healed = False
     try:
-        while time.monotonic() - cut_at < args.cut:
+        # until the run ends: a takeover may come after the link is back, when the cut was shorter than detection
+        while cli.poll() is None:
+            if not healed and time.monotonic() - cut_at >= args.cut:
+                hosts.heal("w1")
+                healed = True
+                log(f"healed after {time.monotonic() - cut_at:.1f} s")
             state = hosts.call(lambda: (job_status(hosts, job), hosts.redis().get(chunk_owner_key(job))))
             if requeued is None and state[0] == "queued":
                 requeued = time.monotonic() - cut_at
@@ -228,9 +234,8 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
                 requeued = requeued if requeued is not None else taken
             time.sleep(0.2)
     finally:
-        hosts.heal("w1")
-    log(f"healed after {time.monotonic() - cut_at:.1f} s")
-    cli.wait(3600)
+        if not healed:
+            hosts.heal("w1")
     finished = time.monotonic() - cut_at
     output = (hosts.head.directory / "bootstrap-partition.log").read_text(errors="replace")
     if cli.returncode != 0:
@@ -372,7 +377,8 @@ def busy_job(hosts, host: str) -> str | None:
 def job_status(hosts, job_id: str) -> str:
     from worker import fetch_job
 
-    return fetch_job(hosts.redis(), job_id).get_status()
+    status = fetch_job(hosts.redis(), job_id).get_status()
+    return getattr(status, "value", status)
 
 
 def job_meta(hosts, job_id: str) -> dict:
