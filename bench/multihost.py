@@ -208,9 +208,9 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
     log(f"partition: a project of {args.fault_tasks} tasks, w1 and w2 up")
     project, tasks = scale.build_project(label_studio, media, images, labels, "multihost partition", args.fault_tasks, min(args.prompts, 10))
     cli = hosts.start_cli(env, "bootstrap", "--project", str(project), log="bootstrap-partition.log")
-    # a chunk w1 has started (claimed), not one it has only dequeued (see tests/test_multihost.py's _wait_busy)
-    job = hosts.wait(lambda: (j := busy_job(hosts, "w1")) and hosts.call(lambda: hosts.redis().get(chunk_owner_key(j))) and j,
-                     600, "w1 to run a chunk", interval=0.05)
+    # a chunk w1 has claimed and RQ marks started, not one only dequeued (see tests/test_multihost.py's _wait_busy)
+    job = hosts.wait(lambda: (j := busy_job(hosts, "w1")) and hosts.call(lambda: hosts.redis().get(chunk_owner_key(j)))
+                     and hosts.call(lambda: job_status(hosts, j)) == "started" and j, 600, "w1 to run a chunk", interval=0.05)
     owner = hosts.call(lambda: hosts.redis().get(chunk_owner_key(job)))
     w1_log = hosts.workers["w1"].directory / "worker.log"
     refused_before = w1_log.read_text(errors="replace").count("no longer this worker's")

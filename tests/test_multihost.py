@@ -154,10 +154,14 @@ def _finish(hosts: MultiHost, cli, log: str, label_studio, project: int, unlabel
 
 
 def _wait_busy(hosts: MultiHost, host: str, timeout: float = 120) -> str:
-    """A chunk a worker of `host` runs now: one it has started (claimed), not only dequeued. A machine lost between
-    the two leaves the chunk in RQ's intermediate queue, which RQ's sweep recovers only after a minute or more."""
-    return hosts.wait(lambda: (job := _busy_job(hosts, host)) and _owner(hosts, job) and job, timeout,
-                      f"a worker on {host} to run a chunk", interval=0.05)
+    """A chunk a worker of `host` runs now: one it has claimed and RQ marks started, not one only dequeued. A machine
+    lost before RQ marks it started leaves it in RQ's intermediate queue, which RQ's sweep recovers only after a
+    minute or two (docs/deployment.md)."""
+    def running() -> str | None:
+        job = _busy_job(hosts, host)
+        return job if job and _owner(hosts, job) and _job_meta(hosts, job)[0] == "started" else None
+
+    return hosts.wait(running, timeout, f"a worker on {host} to run a chunk", interval=0.05)
 
 
 def test_a_partition_heals_without_loss(cluster):
