@@ -13,6 +13,8 @@ docs/deployment.md word for word. Weights: the shipped `tiny-appearance`; images
    seconds while it runs a chunk. Prints the time from the cut until the chunk is re-queued and until w2 takes it,
    the time until the run finishes, the zombie's refused writes, and missing/duplicate predictions (Label Studio API).
 3. Redis used_memory: at the start, peak during the runs, after them.
+4. Mixed weights: w2 restarted with other weights; each bootstrap's chunks run only on the host whose digest matches.
+5. rediss://: if the machine's redis-server has TLS, a bootstrap with a w2 worker over TLS (self-signed certificate).
 
 The last line holds every figure as name=value. Everything started is stopped, and the namespaces removed, however
 the run ends (Ctrl-C, SIGTERM, an error).
@@ -80,6 +82,8 @@ def main() -> int:
     parser.add_argument("--baseline-targets", type=int, default=160, help="targets of the model-only process")
     parser.add_argument("--fault-tasks", type=int, default=400, help="tasks of the partition project (0: no partition)")
     parser.add_argument("--cut", type=float, default=30.0, help="seconds w1's link stays down")
+    parser.add_argument("--mixed-tasks", type=int, default=60, help="tasks of each mixed-weights project (0: skip)")
+    parser.add_argument("--tls-tasks", type=int, default=30, help="tasks of the rediss:// project (0: skip)")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     args = parser.parse_args()
     if args.prompts < 5 or args.tasks <= args.prompts:
@@ -185,7 +189,13 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     redis_after = scale.used_mb(connection)
     redis_peak = max(peak.peak, int(connection.info("memory")["used_memory_peak"])) / 2**20
     figures.update(redis_start_mb=round(redis_start, 1), redis_peak_mb=round(redis_peak, 1), redis_after_mb=round(redis_after, 1))
-    print(f"-- 3. Redis used_memory: start {redis_start:.1f} MB, peak during the runs {redis_peak:.1f} MB, after {redis_after:.1f} MB")
+    print(f"-- 3. Redis used_memory: start {redis_start:.1f} MB, peak during the runs {redis_peak:.1f} MB, after {redis_after:.1f} MB\n")
+
+    # -- 4. mixed weights, 5. rediss:// ---------------------------------------------------------------------------------
+    if args.mixed_tasks:
+        mixed(args, hosts, label_studio, media, images, labels, env, media_host, figures)
+    if args.tls_tasks:
+        tls(args, hosts, label_studio, media, images, labels, env, media_host, figures)
     return 0 if figures.get("missing") == 0 and figures.get("duplicates") == 0 and not figures.get("partition_missing") \
         and not figures.get("partition_duplicates") else 1
 
@@ -198,7 +208,9 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
     log(f"partition: a project of {args.fault_tasks} tasks, w1 and w2 up")
     project, tasks = scale.build_project(label_studio, media, images, labels, "multihost partition", args.fault_tasks, min(args.prompts, 10))
     cli = hosts.start_cli(env, "bootstrap", "--project", str(project), log="bootstrap-partition.log")
-    job = hosts.wait(lambda: busy_job(hosts, "w1"), 600, "w1 to run a chunk", interval=0.05)
+    # a chunk w1 has claimed and RQ marks started, not one only dequeued (see tests/test_multihost.py's _wait_busy)
+    job = hosts.wait(lambda: (j := busy_job(hosts, "w1")) and hosts.call(lambda: hosts.redis().get(chunk_owner_key(j)))
+                     and hosts.call(lambda: job_status(hosts, j)) == "started" and j, 600, "w1 to run a chunk", interval=0.05)
     owner = hosts.call(lambda: hosts.redis().get(chunk_owner_key(job)))
     w1_log = hosts.workers["w1"].directory / "worker.log"
     refused_before = w1_log.read_text(errors="replace").count("no longer this worker's")
@@ -206,8 +218,14 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
     cut_at = time.monotonic()
     log(f"cut w1's link while it runs {job}")
     requeued = taken = None
+    healed = False
     try:
-        while time.monotonic() - cut_at < args.cut:
+        # until the run ends: a takeover may come after the link is back, when the cut was shorter than detection
+        while cli.poll() is None:
+            if not healed and time.monotonic() - cut_at >= args.cut:
+                hosts.heal("w1")
+                healed = True
+                log(f"healed after {time.monotonic() - cut_at:.1f} s")
             state = hosts.call(lambda: (job_status(hosts, job), hosts.redis().get(chunk_owner_key(job))))
             if requeued is None and state[0] == "queued":
                 requeued = time.monotonic() - cut_at
@@ -216,9 +234,8 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
                 requeued = requeued if requeued is not None else taken
             time.sleep(0.2)
     finally:
-        hosts.heal("w1")
-    log(f"healed after {time.monotonic() - cut_at:.1f} s")
-    cli.wait(3600)
+        if not healed:
+            hosts.heal("w1")
     finished = time.monotonic() - cut_at
     output = (hosts.head.directory / "bootstrap-partition.log").read_text(errors="replace")
     if cli.returncode != 0:
@@ -239,6 +256,99 @@ def partition(args, hosts, label_studio, media, images, labels, env, media_host,
           f"{finished:.1f} s after the cut; the chunk {status}, finished by {finished_by}")
     print(f"w1 (the zombie) refused {refused} write(s) for a chunk no longer its own; missing {missing}, duplicates {duplicates} "
           "(Label Studio API)\n", flush=True)
+
+
+def mixed(args, hosts, label_studio, media, images, labels, env, media_host, figures: dict) -> None:
+    """w2 restarted with other weights (random:tiny): a bootstrap for tiny-appearance runs only on w1, one for
+    random:tiny only on w2 (jobs name the digest they expect; a worker with another one leaves them)."""
+    other = "random:tiny"
+    w2 = hosts.workers["w2"]
+    for process in w2.processes:
+        process.terminate()
+        process.wait(60)
+    hosts.start_worker("w2", label_studio, media_host, other)
+    wait_workers(hosts, {"w1", "w2"})
+    ran_on: dict[str, set[str]] = {}
+    for weights in (scale.WEIGHTS, other):
+        project, _ = scale.build_project(label_studio, media, images, labels, f"multihost mixed {weights}", args.mixed_tasks, 5)
+        result = hosts.cli({**env, "SEGGPT_WEIGHTS": weights}, "bootstrap", "--project", str(project), "--chunk-size", "4", timeout=3600)
+        if result.returncode != 0:
+            print(result.stdout[-3000:], result.stderr[-2000:])
+            raise RuntimeError(f"the mixed bootstrap for {weights} exited with {result.returncode}")
+        hosts_used = hosts.call(lambda: chunk_hosts(hosts, project))
+        ran_on[weights] = hosts_used
+    declined = (w2.directory / "worker.log").read_text(errors="replace").count("left for a matching worker")
+    figures.update(mixed_appearance_on="+".join(sorted(ran_on[scale.WEIGHTS])), mixed_random_on="+".join(sorted(ran_on[other])))
+    print(f"-- 4. mixed weights: w1 {scale.WEIGHTS}, w2 {other}; the {scale.WEIGHTS} bootstrap's chunks ran on "
+          f"{sorted(ran_on[scale.WEIGHTS])}, the {other} bootstrap's on {sorted(ran_on[other])}; w2 left {declined} chunk(s) "
+          "for a matching worker\n", flush=True)
+
+
+def chunk_hosts(hosts, project: int) -> set[str]:
+    """The worker hosts whose workers ran the chunks of the project's latest bootstrap (by the pid each chunk records)."""
+    from backend.bootstrap import load_batch
+    from worker import fetch_job
+
+    connection = hosts.redis()
+    pids = {name: set(host.pids()) for name, host in hosts.workers.items()}
+    found = set()
+    for job_id in load_batch(connection, project).job_ids:
+        pid = fetch_job(connection, job_id).get_meta().get("worker", {}).get("pid")
+        found |= {name for name, members in pids.items() if pid in members} or {f"pid {pid}"}
+    return found
+
+
+def tls(args, hosts, label_studio, media, images, labels, env, media_host, figures: dict) -> None:
+    """A Redis with TLS only on the head (a self-signed certificate for queue-host), the bootstrap and a worker on w2
+    over rediss://, if the machine's redis-server is built with TLS."""
+    import subprocess
+
+    from tests.multihost import HEAD_ADDRESS
+
+    executable = shutil.which("redis-server")
+    directory = hosts.head.directory / "redis-tls"
+    directory.mkdir()
+    if executable is None:
+        figures.update(tls="no-redis-server")
+        print("-- 5. rediss://: no redis-server on this machine's PATH\n")
+        return
+    key, cert = directory / "tls.key", directory / "tls.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=queue-host",
+                    "-addext", f"subjectAltName=DNS:queue-host,IP:{HEAD_ADDRESS}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = 6380
+    (directory / "redis.conf").write_text("\n".join([
+        f"bind {HEAD_ADDRESS}", "port 0", f"tls-port {port}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+        f"tls-ca-cert-file {cert}", "tls-auth-clients no", f"requirepass {hosts.redis_password}", f"dir {directory}",
+        "appendonly yes", "appendfsync everysec", "save \"\"", ""]))
+    server = hosts.head.start([executable, str(directory / "redis.conf")], "redis-tls.log")
+    time.sleep(2)
+    if server.poll() is not None:
+        reason = (hosts.head.directory / "redis-tls.log").read_text(errors="replace")[-500:]
+        figures.update(tls="redis-server-without-tls")
+        print(f"-- 5. rediss://: {executable} does not start with TLS (built without it?): {reason}\n")
+        return
+    w2 = hosts.workers["w2"]
+    for process in w2.processes:
+        if process is not server and process.poll() is None:
+            process.terminate()
+            process.wait(60)
+    ca = w2.home / "queue-host-ca.crt"  # the worker host keeps its own copy of the certificate
+    shutil.copy(cert, ca)
+    url = f"rediss://:{hosts.redis_password}@queue-host:{port}/0?ssl_ca_certs={ca}"
+    hosts.start_worker("w2", label_studio, media_host, scale.WEIGHTS, redis_url=url)
+    head_ca = hosts.head.home / "queue-host-ca.crt"
+    shutil.copy(cert, head_ca)
+    tls_env = {**env, "REDIS_URL": f"rediss://:{hosts.redis_password}@queue-host:{port}/0?ssl_ca_certs={head_ca}"}
+    project, tasks = scale.build_project(label_studio, media, images, labels, "multihost rediss", args.tls_tasks, 5)
+    result = hosts.cli(tls_env, "bootstrap", "--project", str(project), "--chunk-size", "4", timeout=3600)
+    ok = result.returncode == 0 and f"done {args.tls_tasks - 5}, failed 0" in result.stdout
+    version = re.search(r"model version (seggpt-\w+):", result.stdout)
+    missing, duplicates = count_predictions(label_studio, project, [t["id"] for t in tasks[5:]], version.group(1)) if version else (-1, -1)
+    figures.update(tls="ok" if ok and missing == 0 and duplicates == 0 else "failed", tls_missing=missing, tls_duplicates=duplicates)
+    print(f"-- 5. rediss:// ({executable}, self-signed certificate for queue-host): bootstrap of {args.tls_tasks - 5} tasks by a w2 "
+          f"worker over TLS: {'ok' if ok else 'FAILED'}; missing {missing}, duplicates {duplicates}\n"
+          + ("" if ok else result.stdout[-2000:] + result.stderr[-2000:]), flush=True)
 
 
 def wait_workers(hosts, names: set[str], timeout: float = 300) -> None:
@@ -267,7 +377,8 @@ def busy_job(hosts, host: str) -> str | None:
 def job_status(hosts, job_id: str) -> str:
     from worker import fetch_job
 
-    return fetch_job(hosts.redis(), job_id).get_status()
+    status = fetch_job(hosts.redis(), job_id).get_status()
+    return getattr(status, "value", status)
 
 
 def job_meta(hosts, job_id: str) -> dict:

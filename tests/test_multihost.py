@@ -103,6 +103,22 @@ def _job_meta(hosts: MultiHost, job_id: str) -> tuple[str, dict]:
     return hosts.call(read)
 
 
+def _registry_state(hosts: MultiHost, job_id: str) -> dict:
+    """What RQ holds about a job, for a failure's message."""
+    from rq.registry import StartedJobRegistry
+
+    from worker import fetch_job, get_queue
+
+    def read():
+        connection = hosts.redis()
+        job = fetch_job(connection, job_id)
+        registry = StartedJobRegistry(queue=get_queue(connection, job.origin))
+        return {"status": job.get_status(), "retries_left": job.retries_left, "now": time.time(),
+                "started": connection.zrange(registry.key, 0, -1, withscores=True)}
+
+    return hosts.call(read)
+
+
 def _project(label_studio, media_host: str, title: str) -> tuple[int, set[int]]:
     project = label_studio.create_project(title, CONFIG)
     label_studio.import_tasks(project, [{"image": f"http://{media_host}/img{i}.png"} for i in range(TASKS + ANNOTATED)])
@@ -138,7 +154,14 @@ def _finish(hosts: MultiHost, cli, log: str, label_studio, project: int, unlabel
 
 
 def _wait_busy(hosts: MultiHost, host: str, timeout: float = 120) -> str:
-    return hosts.wait(lambda: _busy_job(hosts, host), timeout, f"a worker on {host} to run a chunk", interval=0.05)
+    """A chunk a worker of `host` runs now: one it has claimed and RQ marks started, not one only dequeued. A machine
+    lost before RQ marks it started leaves it in RQ's intermediate queue, which RQ's sweep recovers only after a
+    minute or two (docs/deployment.md)."""
+    def running() -> str | None:
+        job = _busy_job(hosts, host)
+        return job if job and _owner(hosts, job) and _job_meta(hosts, job)[0] == "started" else None
+
+    return hosts.wait(running, timeout, f"a worker on {host} to run a chunk", interval=0.05)
 
 
 def test_a_partition_heals_without_loss(cluster):
@@ -152,7 +175,10 @@ def test_a_partition_heals_without_loss(cluster):
     hosts.cut("w1")
     cut_at = time.monotonic()
     try:
-        hosts.wait(lambda: _owner(hosts, job) not in (None, first_owner), 90, "w1's chunk to be taken over", interval=0.2)
+        try:
+            hosts.wait(lambda: _owner(hosts, job) not in (None, first_owner), 120, "w1's chunk to be taken over", interval=0.2)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {_registry_state(hosts, job)}") from None
         requeued_after = time.monotonic() - cut_at
         time.sleep(2)
     finally:

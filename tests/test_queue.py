@@ -157,6 +157,29 @@ def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn
     assert meta["done"] == 400 and meta["worker"]["pid"] != first.pid
 
 
+def test_a_worker_dropped_from_the_registry_registers_again(redis_conn, model_dir, queue_name, tmp_path):
+    """Another worker's sweep drops a worker whose registration expired (it was cut off from Redis longer than it
+    lives); once it reaches Redis again it registers anew, and `status` lists it."""
+    from rq import Worker, worker_registration
+
+    from worker import queue_status
+
+    worker = start_worker(model_dir, queue_name, "--heartbeat-interval", "1", log=tmp_path / "worker.log")
+    try:
+        listed = lambda: [w for w in queue_status(redis_conn, [queue_name])["workers"] if queue_name in w["queues"]]  # noqa: E731
+        (entry,) = wait_for(listed, 120, interval=0.2, what="the worker to register")
+        key = Worker.redis_worker_namespace_prefix + entry["name"]
+        redis_conn.srem(worker_registration.REDIS_WORKER_KEYS, key)  # what clean_worker_registry does to a lost worker
+        redis_conn.delete(key)
+        assert not listed()
+        (again,) = wait_for(listed, 30, interval=0.2, what="the worker to register again")
+        assert again["name"] == entry["name"] and again["queues"] == entry["queues"]
+        assert "registered again" in (tmp_path / "worker.log").read_text()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
 def test_fault_a_zombie_worker_writes_nothing_for_a_chunk_taken_over(redis_conn, model_dir, queue_name, tmp_path):
     """A worker frozen mid-chunk (SIGSTOP: as a partition or a long pause, it misses its heartbeats) has its chunk
     re-queued and run by another; thawed, it still holds the chunk in memory. Its writes for it are refused: every
@@ -218,6 +241,30 @@ def test_fault_redis_restart_loses_no_queued_job(tmp_path, queue_name):
     assert result.returncode == 0, result.stderr
     assert set(_results(connection, namespace)) == {str(i) for i in range(5)}
     server.stop()
+
+
+def test_progress_waits_out_a_redis_restart(tmp_path, queue_name, caplog):
+    """A command waiting on jobs (bootstrap, cancel) keeps waiting while Redis restarts, with one warning, and
+    reads on once it is back; it never ends with a traceback (a Redis restart on the queue host, issue 26)."""
+    from worker.queue import ProgressTracker
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    connection = server.connect()
+    digest = store_prompt_set(connection, [scene_prompt(6)])
+    tasks = [{"id": i, "image": store_blob(connection, target_bytes(70 + i))} for i in range(2)]
+    _, job_ids = enqueue_segmentation(connection, digest, tasks, chunk_size=1, queue=queue_name)
+    tracker = ProgressTracker(connection, job_ids)
+    try:
+        before = tracker.poll()
+        assert before["jobs"] == 2 and before["jobs_finished"] == 0
+        server.stop()
+        with caplog.at_level("WARNING"):
+            assert tracker.poll() == before and tracker.poll() == before
+        assert [r.getMessage() for r in caplog.records].count(next(r.getMessage() for r in caplog.records if "cannot reach Redis" in r.getMessage())) == 1
+        server.ensure_running()
+        assert tracker.poll() == before and not tracker.outage
+    finally:
+        server.stop()
 
 
 def test_failed_jobs_stay_visible_and_can_be_requeued(redis_conn, model_dir, queue_name):

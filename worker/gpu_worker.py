@@ -18,7 +18,7 @@ import threading
 import time
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -172,8 +172,22 @@ class SegGptWorker(SimpleWorker):
     def _publish_info(self) -> None:
         if self.runtime is None:
             return
+        self._register_again_if_dropped()
         info = {**self.runtime.stats(), "name": self.name, "host": socket.gethostname(), "queues": self.queue_names()}
         self.connection.set(worker_info_key(self.name), json.dumps(info), ex=self.heartbeat_interval + HEARTBEAT_GRACE)
+
+    def _register_again_if_dropped(self) -> None:
+        """A worker cut off from Redis for longer than its registration lives (a partition) is dropped from RQ's
+        worker registry by another worker's sweep; back on the network it works on, but nothing would list it
+        (`seggpt-ls status`, anything that counts live workers). It registers again."""
+        if self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key):
+            return
+        with self.connection.pipeline() as pipeline:
+            pipeline.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipeline)
+            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.execute()
+        log.warning("worker %s had been dropped from the registry while it could not reach Redis: registered again", self.name)
 
     def heartbeat(self, timeout=None, pipeline=None):
         if getattr(self, "_dequeuing", False) and self._stopping():

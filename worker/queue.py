@@ -7,6 +7,7 @@ Redis is ever unpickled.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from itertools import islice
 from typing import Iterable, Iterator, Sequence, TypeVar
@@ -24,6 +25,8 @@ from .waiting import status_ended
 from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 __all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status"]
 
@@ -134,10 +137,29 @@ class ProgressTracker:
         self.jobs = len(job_ids)
         self.pending = list(job_ids)
         self.ended = {"total": 0, "done": 0, "failed": 0, "jobs_finished": 0, "jobs_failed": 0, "cancelled": 0, "jobs_cancelled": 0}
+        self.last: dict | None = None
+        self.outage = False
 
     def poll(self) -> dict:
         """Summed progress over the jobs: total, done, failed tasks, and jobs finished / failed; once any was
-        cancelled (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue."""
+        cancelled (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue. While Redis
+        cannot be reached (a restart), the last summary again: the jobs are safe in Redis, and the waiter waits on."""
+        try:
+            summary = self._poll()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self.last is None:
+                raise
+            if not self.outage:
+                log.warning("cannot reach Redis (%s): waiting for it to come back; the queued jobs are kept there", exc)
+                self.outage = True
+            return dict(self.last)
+        if self.outage:
+            log.warning("Redis is reachable again")
+            self.outage = False
+        self.last = summary
+        return summary
+
+    def _poll(self) -> dict:
         summary = dict(self.ended)
         still = []
         for job_id, job in zip(self.pending, Job.fetch_many(self.pending, connection=self.connection, serializer=JSONSerializer)):
