@@ -111,10 +111,14 @@ def review_tasks(payload: dict) -> dict:
     tasks = set(payload.get("tasks") or ()) | {r["task"] for r in load_records(connection, project) if r.get("annotation") in gone}
     for task_id in sorted(tasks):
         try:
-            record = _record(connection, project, int(task_id), client.annotations(task_id), client.predictions(task_id), controls)
-        except LabelStudioError:
-            raise  # Label Studio's fault, not the task's: every other task would meet it too
-        except Exception as exc:  # one task's odd annotation never stops the others
+            annotations, predictions = client.annotations(task_id), client.predictions(task_id)
+        except LabelStudioError as exc:
+            if exc.status != 404:
+                raise  # Label Studio down or refusing: the job is retried, nothing is written meanwhile
+            annotations, predictions = [], []  # the task is gone: so is its record
+        try:
+            record = _record(connection, project, int(task_id), annotations, predictions, controls)
+        except (ValueError, KeyError, TypeError) as exc:  # one task's odd annotation never stops the others
             outcome[str(task_id)] = f"{type(exc).__name__}: {exc}"
             log.warning("project %s: task %s: no review record: %s", project, task_id, exc)
             continue
@@ -135,7 +139,7 @@ def rebuild_reviews(connection: redis.Redis, settings: Settings, client, project
     for task in client.iter_tasks(project):
         try:
             record = _record(connection, project, task["id"], task.get("annotations") or [], task.get("predictions") or [], controls)
-        except Exception as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             errors[task["id"]] = f"{type(exc).__name__}: {exc}"
             continue
         if record is not None:

@@ -207,3 +207,15 @@ def test_prompt_usefulness_is_listed_and_a_harmful_prompt_is_left_out_without_de
     assert any(a["id"] == int(worst) for t in label_studio.tasks(project) for a in t["annotations"])  # the human's work stays
     _cli(backend, label_studio, "prompts", "--project", str(project), "--include", worst)
     assert pool.version() == before
+
+
+def test_a_deleted_annotation_takes_its_record_with_it(reviewed, label_studio):
+    from backend.review_store import load_records
+
+    backend, project, report, expected, connection = reviewed
+    task = sorted(expected)[0]
+    annotation = label_studio.api("GET", f"/api/tasks/{task}/annotations/").json()[0]
+    label_studio.api("DELETE", f"/api/annotations/{annotation['id']}/")
+    # the ANNOTATIONS_DELETED webhook names only the annotation: the job finds its task and re-reads it
+    wait_for(lambda: task not in {r["task"] for r in load_records(connection, project)}, 120, 0.5, "the record to go")
+    assert len(load_records(connection, project)) == len(expected) + SHOTS - 1  # the rebuild added the two from scratch
