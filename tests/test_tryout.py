@@ -155,6 +155,18 @@ def test_the_labeling_page_draws_the_predicted_regions(tryout):
     assert change[inside].mean() > change[~inside].mean() + 10, (change[inside].mean(), change[~inside].mean())
 
 
+def test_bootstrap_with_weights_no_one_can_load_says_so_in_one_line(tryout, tmp_path):
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "model"), "SEGGPT_WEIGHTS": "BAAI/seggpt-vit-large", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_URL": tryout.ready["url"], "LABEL_STUDIO_API_KEY": tryout.ready["token"]}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run([sys.executable, "-m", "backend.cli", "bootstrap", "--project", tryout.ready["project"]],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "SEGGPT_WEIGHTS=BAAI/seggpt-vit-large" in error[0], result.stderr[-3000:]
+    assert "local directory" in error[0] and "tiny-appearance" in error[0]
+
+
 def test_sigint_ends_everything_and_the_next_run_reuses_the_project(tryout, tmp_path_factory):
     started = live_descendants(tryout.process.pid)
     assert len(started) >= 4, started  # Label Studio, serve, its worker, its Redis
