@@ -20,6 +20,7 @@ from PIL import Image
 from backend.local_label_studio import LabelStudioApi
 from backend.sample_scenes import LABELS, draw_scene
 from backend.tryout_project import ANNOTATED, KNOWN_MIOU, SAMPLE_SIZE, SEED, task_sample_index
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 from .process_check import alive, live_descendants
 
@@ -37,7 +38,8 @@ class Tryout:
         env = {**os.environ}
         env.pop("REDIS_URL", None)
         self.process = subprocess.Popen([sys.executable, "-m", "backend.cli", "tryout", "--dir", str(directory)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                        preexec_fn=exec_child_preexec())
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
