@@ -3,11 +3,11 @@
 # installed once into its own cached venv (~/.cache/seggpt-ls/ls-VERSION, 1-2 min each), and prints a markdown
 # table for docs/deployment.md. The contract: /setup, /predict and /versions (retrieve predictions), the bulk
 # prediction import (bootstrap), webhooks (project events), and the interactive context (the exemplar click).
-#   bash bench/ls_versions.sh [FROM] [ONLY...]     e.g. bash bench/ls_versions.sh 1.20.0
+#   bash bench/ls_versions.sh [FROM]                  e.g. bash bench/ls_versions.sh 1.20.0
+#   LS_VERSIONS="1.21.0 1.22.0" bash bench/ls_versions.sh   exactly these releases
 set -uo pipefail
 cd "$(dirname "$0")/.."
 from=${1:-1.20.0}
-shift || true
 python=${SEGGPT_VENV:-.venv}/bin/python
 cache=${SEGGPT_CACHE:-$HOME/.cache/seggpt-ls}
 tests=(
@@ -16,8 +16,8 @@ tests=(
     "tests/test_e2e_bootstrap.py::test_project_events_update_the_pool_and_human_work_is_kept"
     "tests/test_e2e_interactive.py::test_a_clicked_instance_returns_the_others_through_label_studio"
 )
-if [ $# -gt 0 ]; then
-    versions="$*"
+if [ -n "${LS_VERSIONS:-}" ]; then
+    versions=$LS_VERSIONS
 else
     # final releases only (no .post/.dev/rc), oldest first, from $from on
     versions=$("$python" -m pip index versions label-studio 2>/dev/null | sed -n 's/^Available versions: //p' | tr -d ' ' | tr ',' '\n' \

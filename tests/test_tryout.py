@@ -20,6 +20,7 @@ from PIL import Image
 from backend.local_label_studio import LabelStudioApi
 from backend.sample_scenes import LABELS, draw_scene
 from backend.tryout_project import ANNOTATED, KNOWN_MIOU, SAMPLE_SIZE, SEED, task_sample_index
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 from .process_check import alive, live_descendants
 
@@ -37,7 +38,8 @@ class Tryout:
         env = {**os.environ}
         env.pop("REDIS_URL", None)
         self.process = subprocess.Popen([sys.executable, "-m", "backend.cli", "tryout", "--dir", str(directory)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                        preexec_fn=exec_child_preexec())
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -153,6 +155,18 @@ def test_the_labeling_page_draws_the_predicted_regions(tryout):
     change = np.abs(np.asarray(rendered, dtype=np.float32) - original).mean(axis=2)
     inside = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
     assert change[inside].mean() > change[~inside].mean() + 10, (change[inside].mean(), change[~inside].mean())
+
+
+def test_bootstrap_with_weights_no_one_can_load_says_so_in_one_line(tryout, tmp_path):
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "model"), "SEGGPT_WEIGHTS": "BAAI/seggpt-vit-large", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_URL": tryout.ready["url"], "LABEL_STUDIO_API_KEY": tryout.ready["token"]}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run([sys.executable, "-m", "backend.cli", "bootstrap", "--project", tryout.ready["project"]],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "SEGGPT_WEIGHTS=BAAI/seggpt-vit-large" in error[0], result.stderr[-3000:]
+    assert "local directory" in error[0] and "tiny-appearance" in error[0]
 
 
 def test_sigint_ends_everything_and_the_next_run_reuses_the_project(tryout, tmp_path_factory):

@@ -87,8 +87,9 @@ def cmd_tryout(args: argparse.Namespace) -> int:
         # 1. Label Studio: the one named, else our own on a free port, its data under the cache
         install_seconds = 0.0
         if args.label_studio_url:
-            url, token, user, password = args.label_studio_url.rstrip("/"), args.api_key, "(your user)", "(yours)"
+            url, token, password = args.label_studio_url.rstrip("/"), args.api_key, "-"
             api = _external_api(url, token)
+            user = api.api("GET", "/api/current-user/whoami").json().get("email") or "-"
         else:
             installed = time.monotonic()
             venv = ls_venv(LS_VERSION, say=_say)
@@ -153,6 +154,9 @@ def cmd_tryout(args: argparse.Namespace) -> int:
             stop.wait(1.0)
     except KeyboardInterrupt:
         _say("stopping")
+    except RuntimeError as exc:  # Label Studio or serve refused or failed: one line, then everything stops
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         _stop(serve, 30)  # serve ends its workers and its Redis first
