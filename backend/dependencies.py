@@ -22,11 +22,13 @@ WEBHOOK_SECRET_HEADER = "x-seggpt-webhook-secret"
 _basic = HTTPBasic(auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+# async: they only read memory, and FastAPI runs a sync dependency on the request thread pool (a hop per request,
+# which a flood of refused requests multiplied)
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
@@ -67,7 +69,7 @@ def webhook_auth_ok(settings: Settings, headers: Mapping[str, str]) -> bool:
     return bool(settings.basic_auth_user) and basic_auth_ok(settings, headers.get("authorization"))
 
 
-def require_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
+async def require_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
     """When BASIC_AUTH_USER/PASS are set, the credentials must match."""
     if not settings.basic_auth_user:
         return

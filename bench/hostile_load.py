@@ -44,7 +44,7 @@ PROJECT = 7
 
 
 def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 class Phase:
@@ -157,7 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predicts", type=int, default=40, help="well-behaved /predict requests per phase")
     parser.add_argument("--media-timeout", type=float, default=10.0, help="SEGGPT_MEDIA_TIMEOUT of the workers")
+    parser.add_argument("--pin", action="store_true", help="serve and its workers on CPU 0, the clients and the attack on CPU 1")
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # this process, and the attack process it spawns
 
     from label_studio_sdk.converter.brush import mask2rle
     import numpy as np
@@ -193,7 +196,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "serve", "--host", "127.0.0.1", "--port", str(port),
+            [*(["taskset", "-c", "0"] if args.pin else []), sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "2", "--weights", "random:tiny", "--device", "cpu"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
@@ -234,7 +237,8 @@ def main() -> None:
             ls.stop()
             media.stop()
     print(f"serve --workers 2 (random:tiny, 80x60 targets), {os.cpu_count()} CPU cores (shared); {args.predicts} well-behaved "
-          f"/predict per phase, /health every 50 ms; SEGGPT_MEDIA_TIMEOUT={args.media_timeout:g}")
+          f"/predict per phase, /health every 50 ms; SEGGPT_MEDIA_TIMEOUT={args.media_timeout:g}"
+          + ("; serve pinned to CPU 0, clients and attack to CPU 1" if args.pin else ""))
     print(f"{'phase':7s} {'predict_p50_ms':>14s} {'predict_p95_ms':>14s} {'health_p99_ms':>13s} {'health_max_ms':>13s} "
           f"{'health_n':>8s} {'serve_peak_rss_mb':>17s}")
     for name, phase in (("quiet", quiet), ("attack", loud)):
