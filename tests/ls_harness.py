@@ -59,7 +59,8 @@ class LabelStudio(LabelStudioApi):
             self.process.kill()
 
 
-def start_label_studio(directory: Path, *, command_prefix: Sequence[str] = (), bind: str = "127.0.0.1", port: int | None = None) -> LabelStudio:
+def start_label_studio(directory: Path, *, command_prefix: Sequence[str] = (), bind: str = "127.0.0.1", port: int | None = None,
+                       timeout: float = 240) -> LabelStudio:
     """Label Studio on `bind`:`port`, started through `command_prefix` (the multi-host harness runs it inside
     another network namespace, pinned to a CPU; then the caller must also be in that namespace to reach it)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def start_label_studio(directory: Path, *, command_prefix: Sequence[str] = (), b
     process = start_process(venv, directory, port, USER, PASSWORD, token, command_prefix=command_prefix, bind=bind)
     url = f"http://127.0.0.1:{port}"
     log = directory / "label-studio.log"
-    wait_http(f"{url}/health", 240, "Label Studio", process, log)
+    wait_http(f"{url}/health", timeout, "Label Studio", process, log)
     server = LabelStudio(url, token, process, log)
     server.pat = server.create_pat()
     return server

@@ -269,7 +269,7 @@ class MultiHost:
         from .ls_harness import start_label_studio
 
         server = self.call(start_label_studio, self.head.directory / "label-studio", command_prefix=self.head.command([]),
-                           bind="0.0.0.0", port=LS_PORT)
+                           bind="0.0.0.0", port=LS_PORT, timeout=480)  # one CPU of a busy machine: slower to start
         self.head.processes.append(server.process)
         return HeadLabelStudio(self, server)
 
