@@ -33,7 +33,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def main() -> int:
 
 
 def run(args, hosts, workdir: Path, figures: dict) -> int:
-    from tests.multihost import HEAD_ADDRESS, MEDIA_PORT
+    from tests.multihost import MEDIA_PORT
 
     log(f"generating {scale.DISTINCT_IMAGES} distinct images; hosts {hosts.run_id}-*: head on CPU {hosts.head.cpus}, workers on CPU {hosts.workers['w1'].cpus}")
     labels, images = scale.make_images(scale.DISTINCT_IMAGES)

@@ -12,7 +12,7 @@ import pytest
 from seggpt_core.research.shapes import make_scene
 
 from .ls_harness import brush_result
-from .multihost import MEDIA_PORT, MultiHost, our_namespaces
+from .multihost import MultiHost, our_namespaces
 from .queue_helpers import png_bytes
 
 pytestmark = pytest.mark.e2e
