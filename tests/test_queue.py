@@ -326,3 +326,38 @@ def test_transient_errors_are_retried_with_backoff():
     assert sleeps == [0.5, 1.0]
     with pytest.raises(TransientError):
         with_backoff(lambda: (_ for _ in ()).throw(TransientError("down")), attempts=3, first_delay=0.1, sleep=sleeps.append)
+
+
+def test_a_run_that_lost_its_chunk_can_neither_save_progress_nor_write_a_result(redis_conn):
+    """The ownership check and the write are one transaction: a run frozen between them (a partition, a pause)
+    writes nothing once another run has claimed the chunk."""
+    from types import SimpleNamespace
+
+    from worker import ChunkLost, fetch_job
+    from worker.keys import chunk_done_key, chunk_owner_key, results_key
+    from worker.ownership import claim, save_meta_if_held
+    from worker.task_io import RedisSink
+
+    digest = store_prompt_set(redis_conn, [scene_prompt(1)])
+    blob = store_blob(redis_conn, target_bytes(3, size=(30, 30)))
+    _, (job_id,) = enqueue_segmentation(redis_conn, digest, [{"id": "o1", "image": blob}], queue=f"own-{uuid.uuid4().hex[:6]}")
+    job = fetch_job(redis_conn, job_id)
+    claim(redis_conn, job_id, "run-a")
+    job.meta["done"] = 1
+    save_meta_if_held(job, "run-a")
+    assert fetch_job(redis_conn, job_id).get_meta()["done"] == 1
+    claim(redis_conn, job_id, "run-b")  # another worker took the chunk over
+    job.meta["done"] = 99
+    with pytest.raises(ChunkLost):
+        save_meta_if_held(job, "run-a")
+    assert fetch_job(redis_conn, job_id).get_meta()["done"] == 1
+    sink = RedisSink(redis_conn, {"namespace": f"own-{job_id}"})
+    sink.owner_guard = (chunk_owner_key(job_id), "run-a")
+    segmentation = SimpleNamespace(size=(2, 2), scores={"a": 1.0}, masks={"a": np.ones((2, 2), bool)})
+    with pytest.raises(ChunkLost):
+        sink.write({"id": "o1"}, segmentation, chunk_done_key(job_id))
+    assert redis_conn.hlen(results_key(f"own-{job_id}")) == 0 and redis_conn.scard(chunk_done_key(job_id)) == 0
+    sink.owner_guard = (chunk_owner_key(job_id), "run-b")
+    sink.write({"id": "o1"}, segmentation, chunk_done_key(job_id))
+    assert redis_conn.hlen(results_key(f"own-{job_id}")) == 1
+

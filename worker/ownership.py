@@ -14,7 +14,7 @@ from .defaults import RESULT_TTL
 from .errors import ChunkLost
 from .keys import chunk_owner_key
 
-__all__ = ["claim", "holds", "ensure_held"]
+__all__ = ["claim", "holds", "ensure_held", "save_meta_if_held"]
 
 
 def claim(connection: redis.Redis, job_id: str, execution_id: str) -> None:
@@ -34,3 +34,22 @@ def ensure_held(connection: redis.Redis, job_id: str, execution_id: str | None) 
     if not holds(connection, job_id, execution_id):
         raise ChunkLost(f"job {job_id} was taken over by another worker after this one missed its heartbeats: "
                         "nothing more is written for it here")
+
+
+def save_meta_if_held(job, execution_id: str | None) -> None:
+    """`job.save_meta()` as one transaction that holds only while `execution_id` owns the chunk: a run frozen before
+    saving its progress (a pause, a partition) never overwrites what the run that took the chunk over saved."""
+    if execution_id is None:
+        job.save_meta()
+        return
+    meta = job._serialize_meta()
+
+    def store(pipe) -> None:
+        owner = pipe.get(chunk_owner_key(job.id))  # watched: a takeover from now on aborts the transaction
+        if owner is not None and owner.decode() != execution_id:
+            raise ChunkLost(f"job {job.id} was taken over by another worker after this one missed its heartbeats: "
+                            "nothing more is written for it here")
+        pipe.multi()
+        pipe.hset(job.key, "meta", meta)
+
+    job.connection.transaction(store, chunk_owner_key(job.id))

@@ -19,6 +19,7 @@ import redis
 
 from .codec import mask_to_b64png
 from .defaults import RESULT_TTL
+from .errors import ChunkLost
 from .keys import blob_key, results_key, write_log_key
 from .payloads import SinkSpec
 
@@ -117,7 +118,13 @@ def _blob_source(connection: redis.Redis, reference: dict) -> bytes:
 
 
 class RedisSink:
-    """Results as JSON in the hash `results_key(namespace)`; with `write_log`, every write also logged in order."""
+    """Results as JSON in the hash `results_key(namespace)`; with `write_log`, every write also logged in order.
+
+    With `owner_guard` (the chunk's owner key and this run's id, set by the job), each write is one transaction
+    that holds only while this run still owns the chunk: a run frozen between its ownership check and its write (a
+    paused or partitioned worker, thawed after another took the chunk over) writes nothing."""
+
+    owner_guard: tuple[str, str] | None = None
 
     def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
         self.connection = connection
@@ -135,7 +142,14 @@ class RedisSink:
             },
             "finished_at": time.time(),
         }
-        with self.connection.pipeline(transaction=True) as pipe:
+
+        def store(pipe) -> None:
+            if self.owner_guard is not None:
+                key, execution = self.owner_guard
+                owner = pipe.get(key)  # watched: a takeover from now on aborts the transaction
+                if owner is not None and owner.decode() != execution:
+                    raise ChunkLost(f"task {task_id}: the chunk was taken over by another worker: not written here")
+                pipe.multi()
             pipe.hset(results_key(self.namespace), task_id, json.dumps(document))
             if self.write_log:
                 pipe.rpush(write_log_key(self.namespace), task_id)
@@ -143,7 +157,13 @@ class RedisSink:
             pipe.sadd(done_key, task_id)
             pipe.expire(results_key(self.namespace), RESULT_TTL)
             pipe.expire(done_key, RESULT_TTL)
-            pipe.execute()
+
+        if self.owner_guard is not None:
+            self.connection.transaction(store, self.owner_guard[0])
+        else:
+            with self.connection.pipeline(transaction=True) as pipe:
+                store(pipe)
+                pipe.execute()
 
 
 register_source("path", _path_source)

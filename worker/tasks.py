@@ -16,9 +16,9 @@ from typing import Callable, TypeVar
 from rq import get_current_job
 
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
-from .keys import chunk_done_key, run_cancelled_key
+from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, SystemFault, TaskInputError, TransientError, WeightsMismatch
-from .ownership import ensure_held
+from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
 from .payloads import SegmentationChunk, TaskRef
 from .runtime import get_runtime
@@ -130,6 +130,8 @@ def segment_chunk(payload: dict) -> dict:
                               f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
     predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options) if not chunk.prompts.empty else runtime.bare_predictor(chunk.options)
     sink = make_sink(connection, chunk.sink, chunk.namespace)
+    if runtime.execution_id is not None and hasattr(sink, "owner_guard"):
+        sink.owner_guard = (chunk_owner_key(job.id), runtime.execution_id)  # the write itself checks the claim
     tasks = [task.to_json() for task in chunk.tasks]
     options = chunk.options
     k = int(options.get("k") or 0)  # 0: every prompt that annotates a label
@@ -139,7 +141,9 @@ def segment_chunk(payload: dict) -> dict:
     bad_input: set[str] = set()  # failed because of the task's own image: final
     transient: dict[str, str] = {}
     job.meta.update({"total": len(tasks), "done": len(already), "failed": 0, "worker_pid": runtime.stats()["pid"]})
-    job.save_meta()
+    # guarded like every later write: a run cut off before this point (a partition) comes back after the chunk was
+    # finished elsewhere, and must not overwrite what that run saved
+    save_meta_if_held(job, runtime.execution_id)
     pending = [task for task in tasks if str(task["id"]) not in already]
     done_before = len(already)
     batch = max(1, int(options.get("batch_targets") or BATCH_TARGETS))
@@ -242,7 +246,7 @@ def segment_chunk(payload: dict) -> dict:
             while writes and (writes[0][1].done() or not queue):
                 record(*writes.pop(0))
             job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
-            job.save_meta()
+            save_meta_if_held(job, runtime.execution_id)
         while writes:
             record(*writes.pop(0))
     flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
@@ -261,7 +265,7 @@ def segment_chunk(payload: dict) -> dict:
         "worker": runtime.stats(),
         **({"cancelled": len(tasks) - len(already) - len(failed) - len(transient)} if cancelled else {}),
     })
-    job.save_meta()
+    save_meta_if_held(job, runtime.execution_id)
     runtime.release_memory()
     if cancelled:
         return {"total": len(tasks), "done": len(already), "failed": failed, "cancelled": job.meta["cancelled"]}

@@ -55,6 +55,7 @@ def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list,
 def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: argparse.Namespace, workers: list, queues: list[str]) -> None:
     import time
 
+    import redis
     from tqdm import tqdm
 
     from worker.queue import ProgressTracker
@@ -72,7 +73,10 @@ def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: ar
                 return
             if time.monotonic() - checked >= 5:
                 checked = time.monotonic()
-                _supervise(connection, args, workers, queues)
+                try:
+                    _supervise(connection, args, workers, queues)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass  # Redis is restarting: the tracker said so once, and the next turn looks again
             time.sleep(1.0)
 
 
