@@ -26,7 +26,6 @@ the run ends (Ctrl-C, SIGTERM, an error).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -200,6 +199,7 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
 
 
 def partition(args, hosts, label_studio, media, images, labels, env, media_host, figures: dict) -> None:
+    from tests.multihost import busy_job
     from worker.keys import chunk_owner_key
 
     hosts.start_worker("w2", label_studio, media_host, scale.WEIGHTS)
@@ -355,22 +355,6 @@ def wait_workers(hosts, names: set[str], timeout: float = 300) -> None:
 
     hosts.wait(lambda: names <= hosts.call(lambda: {w["host"] for w in queue_status(hosts.redis())["workers"] if w.get("model_loads")}),
                timeout, f"workers on {sorted(names)}")
-
-
-def busy_job(hosts, host: str) -> str | None:
-    from rq import Worker
-
-    from worker.keys import worker_info_key
-
-    def find():
-        connection = hosts.redis()
-        for worker in Worker.all(connection=connection):
-            info = connection.get(worker_info_key(worker.name))
-            if info and json.loads(info).get("host") == host and worker.get_current_job_id():
-                return worker.get_current_job_id()
-        return None
-
-    return hosts.call(find)
 
 
 def job_status(hosts, job_id: str) -> str:

@@ -66,3 +66,15 @@ def label_studio(tmp_path_factory):
     server = start_label_studio(tmp_path_factory.mktemp("label_studio"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    """A private data directory for commands run in this process: the queue runs on its own embedded Redis (modules
+    with a model_dir of their own, such as test_queue's, override it)."""
+    from worker import EmbeddedRedis
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    yield tmp_path / "data"
+    EmbeddedRedis(tmp_path / "data" / "redis").stop()

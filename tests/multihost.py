@@ -16,6 +16,7 @@ removes them however the run ends, and `remove_stale()` removes those whose make
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import secrets
@@ -421,3 +422,20 @@ def deployment_worker_command() -> str:
     blocks = [part.split("```", 1)[0] for part in section.split("## ", 1)[0].split("```bash")[1:]]
     block = next(b for b in blocks if "seggpt-ls worker" in b)
     return " ".join(line.rstrip("\\").strip() for line in block.strip().splitlines())
+
+
+def busy_job(hosts: "MultiHost", host: str) -> str | None:
+    """The job a worker of `host` is running now, if any (read on the head)."""
+    from rq import Worker
+
+    from worker.keys import worker_info_key
+
+    def find():
+        connection = hosts.redis()
+        for worker in Worker.all(connection=connection):
+            info = connection.get(worker_info_key(worker.name))
+            if info and json.loads(info).get("host") == host and worker.get_current_job_id():
+                return worker.get_current_job_id()
+        return None
+
+    return hosts.call(find)

@@ -17,15 +17,6 @@ from backend.cli import SAMPLES, main
 from worker import EmbeddedRedis
 
 
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    """A private data directory: the queue runs on its own embedded Redis."""
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    yield tmp_path / "data"
-    EmbeddedRedis(tmp_path / "data" / "redis").stop()
-
-
 def _prompt_args() -> list[str]:
     return ["--prompt", f"{SAMPLES / 'prompt.png'}:{SAMPLES / 'prompt_dotted.png'}:round thing",
             "--prompt", f"{SAMPLES / 'prompt.png'}:{SAMPLES / 'prompt_striped.png'}"]

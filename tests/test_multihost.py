@@ -12,7 +12,7 @@ import pytest
 from seggpt_core.research.shapes import make_scene
 
 from .ls_harness import brush_result
-from .multihost import MultiHost, our_namespaces
+from .multihost import MultiHost, busy_job, our_namespaces
 from .queue_helpers import png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -71,20 +71,7 @@ def _wait_workers(hosts: MultiHost, names: set[str], timeout: float = 180) -> No
 
 
 def _busy_job(hosts: MultiHost, host: str) -> str | None:
-    """The job a worker of `host` is running now, if any."""
-    from rq import Worker
-
-    from worker.keys import worker_info_key
-
-    def find():
-        connection = hosts.redis()
-        for worker in Worker.all(connection=connection):
-            info = connection.get(worker_info_key(worker.name))
-            if info and json.loads(info).get("host") == host and worker.get_current_job_id():
-                return worker.get_current_job_id()
-        return None
-
-    return hosts.call(find)
+    return busy_job(hosts, host)
 
 
 def _owner(hosts: MultiHost, job_id: str) -> bytes | None:

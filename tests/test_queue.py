@@ -361,3 +361,20 @@ def test_a_run_that_lost_its_chunk_can_neither_save_progress_nor_write_a_result(
     sink.write({"id": "o1"}, segmentation, chunk_done_key(job_id))
     assert redis_conn.hlen(results_key(f"own-{job_id}")) == 1
 
+
+
+def test_a_job_marked_queued_that_no_queue_holds_is_queued_again_once(redis_conn):
+    """A worker killed between taking a chunk and starting it can leave it marked queued in no list at all: the
+    bootstrap's supervision puts it back, and leaves alone a chunk its queue (or a worker) still holds."""
+    from worker.liveness import requeue_lost
+
+    queue_name = f"lost-{uuid.uuid4().hex[:6]}"
+    digest = store_prompt_set(redis_conn, [scene_prompt(1)])
+    blob = store_blob(redis_conn, target_bytes(3, size=(30, 30)))
+    _, (kept, lost) = enqueue_segmentation(redis_conn, digest, [{"id": "k", "image": blob}, {"id": "l", "image": blob}],
+                                           chunk_size=1, queue=queue_name)
+    queue = get_queue(redis_conn, queue_name)
+    redis_conn.lrem(queue.key, 0, lost)  # taken by a worker that died before RQ marked it started
+    assert requeue_lost(redis_conn, [kept, lost]) == [lost]
+    assert sorted(queue.get_job_ids()) == sorted([kept, lost])
+    assert requeue_lost(redis_conn, [kept, lost]) == []  # nothing twice

@@ -21,14 +21,6 @@ from .queue_helpers import start_worker, wait_for, worker_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    yield tmp_path / "data"
-    EmbeddedRedis(tmp_path / "data" / "redis").stop()
-
-
 def test_a_worker_takes_the_documented_variables_from_its_environment(model_dir, tmp_path):
     EmbeddedRedis(model_dir / "redis").connect()
     env = {"SEGGPT_PROMPT_CACHE_MB": "1", "SEGGPT_BATCH_ROWS": "3"}

@@ -15,12 +15,13 @@ from typing import Sequence
 
 import redis
 from rq import Worker
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 
-__all__ = ["DEAD_AFTER", "prune_dead_workers", "requeue_abandoned"]
+__all__ = ["DEAD_AFTER", "prune_dead_workers", "requeue_abandoned", "requeue_lost"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,24 @@ def requeue_abandoned(connection: redis.Redis, queues: Sequence[str]) -> None:
 
     for name in queues:
         StartedJobRegistry(queue=get_queue(connection, name)).cleanup()
+
+
+def requeue_lost(connection: redis.Redis, job_ids: Sequence[str]) -> list[str]:
+    """Jobs marked queued that neither their queue, nor its intermediate queue, nor its started registry holds (a
+    worker killed between taking a job and starting it, whose intermediate entry was then dropped): pushed back on
+    their queue. The places are read in the order a job moves through them, so a job moving on is never missed."""
+    from .queue import get_queue
+
+    lost = []
+    for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
+        if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:
+            continue
+        queue = get_queue(connection, job.origin)
+        if connection.lpos(queue.key, job.id) is not None or connection.lpos(queue.intermediate_queue_key, job.id) is not None:
+            continue
+        if job.id in queue.started_job_registry or job.get_status(refresh=True) != JobStatus.QUEUED:
+            continue
+        queue.push_job_id(job.id)
+        lost.append(job.id)
+        log.warning("job %s was marked queued but no queue held it (its worker died taking it): queued again", job.id)
+    return lost

@@ -38,13 +38,14 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
     return 1 if failures else 0
 
 
-def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list, queues: list[str]) -> None:
+def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list, queues: list[str], pending: list[str]) -> None:
     """Keep the run served: dead workers leave the registry, chunks they held go back to their queue, and when no
     live worker is left while chunks are queued, a local one starts (embedded Redis only; with REDIS_URL, the
     operator's workers serve it)."""
     from worker import get_queue
-    from worker.liveness import requeue_abandoned
+    from worker.liveness import requeue_abandoned, requeue_lost
 
+    requeue_lost(connection, pending)  # a chunk whose worker died as it took it, held by no queue
     if any(process.poll() is None for process in workers):
         return
     requeue_abandoned(connection, queues)
@@ -74,7 +75,7 @@ def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: ar
             if time.monotonic() - checked >= 5:
                 checked = time.monotonic()
                 try:
-                    _supervise(connection, args, workers, queues)
+                    _supervise(connection, args, workers, queues, tracker.pending)
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass  # Redis is restarting: the tracker said so once, and the next turn looks again
             time.sleep(1.0)
