@@ -8,8 +8,6 @@ from typing import Iterable, Sequence
 
 import redis
 
-from worker import enqueue_call
-
 from .jobs import reports_token
 from .label_config import Control, parse_label_config
 from .ls_client import LabelStudioError
