@@ -28,7 +28,7 @@ from .services import Services
 from .version_log import record_version
 from .weights_identity import backend_digest
 from .calibration import project_settings
-from .worker_plugin import label_studio_sink
+from .label_studio_io import label_studio_sink
 
 __all__ = ["BootstrapError", "BootstrapBatch", "start_bootstrap", "batch_progress", "batch_failures", "load_batch", "inflight_key", "current_version_key"]
 

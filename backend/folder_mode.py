@@ -96,7 +96,7 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def run_in_process(predictor, prompts: dict[Path, dict[str, np.ndarray]], images: Sequence[Path], batch_size: int = 8) -> SegmentReport:
+def run_in_process(predictor, prompts: dict[Path, dict[str, np.ndarray]], images: Sequence[Path], images_per_step: int = 8) -> SegmentReport:
     from seggpt_core import ImageError, Prompt
 
     predictor.set_prompts([Prompt(str(image), masks) for image, masks in prompts.items()])
@@ -108,8 +108,8 @@ def run_in_process(predictor, prompts: dict[Path, dict[str, np.ndarray]], images
         except ImageError as exc:
             report.failed[str(path)] = str(exc)
             log.warning("skipped %s", exc)
-    for start in range(0, len(prepared), batch_size):
-        chunk = prepared[start : start + batch_size]
+    for start in range(0, len(prepared), images_per_step):
+        chunk = prepared[start : start + images_per_step]
         for (path, _), segmentation in zip(chunk, predictor.predict_prepared([p for _, p in chunk])):
             report.results.append(ImageResult(path, segmentation.size, segmentation.masks, segmentation.scores))
     return report

@@ -1,7 +1,7 @@
 """The /predict path: queue the tasks, wait within the budget, answer exactly one item per task, in order.
 
 Inference never runs here. What finishes within the budget is returned; the request then closes (atomically,
-see `worker_plugin`), and whatever finishes later is written into Label Studio by the workers with the same
+see `label_studio_io`), and whatever finishes later is written into Label Studio by the workers with the same
 model version. A task still in progress is answered with an empty list (Label Studio stores nothing for it);
 a task whose image is at fault gets an empty result (final) and its reason is logged; a task that failed because
 of the system (a model error, Redis, Label Studio's 5xx) gets nothing, so that a later request retries it.
@@ -28,7 +28,7 @@ from .settings import Settings
 from .version_log import record_version
 from .keys import pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
-from .worker_plugin import label_studio_sink
+from .label_studio_io import label_studio_sink
 
 __all__ = ["LabelConfigConflict", "model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
 
@@ -108,10 +108,10 @@ def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
 
 def predict_interactive(connection: redis.Redis, settings: Settings, task: dict, project: object, label_config: str | None,
                         context: dict) -> tuple[list, str]:
-    """The open task segmented from what the annotator marked in it (see `context_hints`), together with the pool's
+    """The open task segmented from what the annotator marked in it (see `context_marks`), together with the pool's
     prompts for those labels: one suggestion with a region per instance found. Raises ContextError (or ValueError
     without a label config) for a context it cannot read."""
-    from .context_hints import hints_from_context
+    from .context_marks import marks_from_context
 
     pid = project_id(project)
     settings = project_settings(connection, settings, pid)
@@ -121,14 +121,14 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
     version = model_version(settings, pool.version(), digest, controls)
     request = f"{uuid.uuid4().hex}:interactive"
     batch_jobs = []
-    for data_key, hints in sorted(hints_from_context(context, controls).items()):
+    for data_key, marks in sorted(marks_from_context(context, controls).items()):
         value = (task.get("data") or {}).get(data_key)
         if value is None:
             raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
         field_controls = [c for c in controls if c.data_key == data_key]
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         _, ids = enqueue_segmentation(
-            connection, prompts, [{"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}, "hints": hints}],
+            connection, prompts, [{"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}, "marks": marks}],
             queue=settings.interactive_queue, namespace=f"{request}:{data_key}", options=settings.prediction_options,
             weights_digest=digest, at_front=True,
             sink=label_studio_sink(pid, version, field_controls, request=f"{request}:{data_key}", region_filter=settings.region_filter,

@@ -16,7 +16,7 @@ from rq import get_current_job
 
 from worker import data_dir, enqueue_call, store_learned_prompt
 
-from .jobs import pool_and_controls, reports_token
+from .control_jobs import pool_and_controls, reports_token
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .webhook_hints import clear_pending, schedule_hint_job

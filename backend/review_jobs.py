@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import redis
 
-from .jobs import reports_token
+from .control_jobs import reports_token
 from .label_config import Control, parse_label_config
 from .ls_client import LabelStudioError
 from .prompt_pool import PromptPool

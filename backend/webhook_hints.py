@@ -20,7 +20,7 @@ from rq import get_current_job
 
 from worker import enqueue_call
 
-from .jobs import after_pool_change, reports_token
+from .control_jobs import after_pool_change, reports_token
 from .keys import hint_keys
 from .label_config import LabelConfigError, parse_label_config
 from .ls_client import LabelStudioAuthError, LabelStudioError

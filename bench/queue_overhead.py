@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from worker import EmbeddedRedis, enqueue_noop
-    from worker.tasks import noop
+    from worker.model_jobs import noop
 
     with tempfile.TemporaryDirectory() as directory:
         server = EmbeddedRedis(Path(directory) / "redis")

@@ -338,7 +338,7 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
     predictions there and imports nothing. The same with one POST per prediction (large projects)."""
 
     from backend.label_config import parse_label_config
-    from backend.worker_plugin import LabelStudioSink, label_studio_sink
+    from backend.label_studio_io import LabelStudioSink, label_studio_sink
     from seggpt_core.predictor import Segmentation
     from worker import EmbeddedRedis
 
@@ -382,7 +382,7 @@ def test_a_worker_dying_midway_through_posting_a_chunk_leaves_each_prediction_on
     crash, made here by the third POST raising); the chunk's re-run writes exactly the other 2."""
     from backend.label_config import parse_label_config
     from backend.ls_client import LabelStudioClient
-    from backend.worker_plugin import LabelStudioSink, label_studio_sink
+    from backend.label_studio_io import LabelStudioSink, label_studio_sink
     from seggpt_core.predictor import Segmentation
     from worker import EmbeddedRedis
 

@@ -167,7 +167,7 @@ def test_a_smart_key_point_in_the_real_frontend_brings_back_the_other_instances(
 
     from seggpt_core.research.appearance import make_appearance_episode
 
-    episode = make_appearance_episode(10009018, shots=1, size=(120, 160), family="heldout")  # as tests/test_exemplars.py
+    episode = make_appearance_episode(10009018, shots=1, size=(120, 160), family="heldout")  # as tests/test_marks.py
     label, target = episode.categories[0], episode.targets[0]
     truth = target.masks[label]
     count, components = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
@@ -179,7 +179,7 @@ def test_a_smart_key_point_in_the_real_frontend_brings_back_the_other_instances(
     config = ('<View><Image name="picture" value="$image"/>'
               f'<BrushLabels name="brush" toName="picture"><Label value="{label}"/><Label value="Other"/></BrushLabels>'
               f'<KeyPointLabels name="mark" toName="picture" smart="true"><Label value="{label}"/></KeyPointLabels></View>')
-    project = label_studio.create_project("exemplar in the open image", config)
+    project = label_studio.create_project("marked instance in the open image", config)
     label_studio.upload(project, {"target.png": _png(target.image)})
     [task] = label_studio.tasks(project)
     backend = start_backend(tmp_path / "backend", label_studio, workers=1, extra_env={"SEGGPT_WEIGHTS": "tiny-appearance"})
@@ -211,7 +211,7 @@ def test_a_smart_key_point_in_the_real_frontend_brings_back_the_other_instances(
                     _wait(lambda: named.count() >= before + 2, 60, "the suggested regions")
                     time.sleep(1)
                 finally:
-                    page.screenshot(path=str(ARTIFACTS / "exemplar-suggestion.png"))
+                    page.screenshot(path=str(ARTIFACTS / "marked instance-suggestion.png"))
                 page.get_by_role("button", name="Submit").click()
                 _wait(lambda: label_studio.api("GET", f"/api/tasks/{task['id']}/annotations/").json(), 60, "the submitted annotation")
             finally:

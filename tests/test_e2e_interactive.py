@@ -1,4 +1,4 @@
-"""The exemplar click through a real Label Studio: its `/api/ml/ID/interactive-annotating` (what the labeling page
+"""The marked instance click through a real Label Studio: its `/api/ml/ID/interactive-annotating` (what the labeling page
 calls with Auto-Annotation on) forwards a smart key point as the `context` of `/predict`, and the backend answers
 with the other instances of the clicked label. One of the contract tests bench/ls_versions.sh runs per release."""
 
@@ -35,7 +35,7 @@ def test_a_clicked_instance_returns_the_others_through_label_studio(label_studio
 
     backend = start_backend(tmp_path / "backend", label_studio, extra_env={"SEGGPT_WEIGHTS": "tiny-appearance"})
     try:
-        project = label_studio.create_project("exemplar click", label_config())
+        project = label_studio.create_project("marked instance click", label_config())
         scenes = [draw_scene(SEED + i, SAMPLE_SIZE) for i in range(2)]
         label_studio.upload(project, {f"click{i}.png": png_bytes(s.image) for i, s in enumerate(scenes)})
         tasks = label_studio.tasks(project)

@@ -38,11 +38,11 @@ def test_a_malformed_chunk_is_refused_naming_the_field(change, message):
 
 def test_the_label_studio_sink_params_are_checked_when_read():
     from backend.label_config import Control
-    from backend.worker_plugin import LabelStudioTarget, label_studio_sink
+    from backend.label_studio_io import LabelStudioSinkParams, label_studio_sink
 
     control = Control("tag", "brushlabels", "image", "image", ("Cat",))
     spec = label_studio_sink(5, "seggpt-x", [control], request="r1", bulk=True)
-    target = LabelStudioTarget.from_params(json.loads(json.dumps(spec.params)))
+    target = LabelStudioSinkParams.from_params(json.loads(json.dumps(spec.params)))
     assert (target.project, target.model_version, target.controls, target.request, target.bulk) == (5, "seggpt-x", (control,), "r1", True)
     with pytest.raises(PayloadError, match="label_studio sink params: KeyError: 'model_version'"):
-        LabelStudioTarget.from_params({"project": 5, "controls": []})
+        LabelStudioSinkParams.from_params({"project": 5, "controls": []})

@@ -27,7 +27,7 @@ from worker import (
 from worker.codec import b64png_to_mask
 from worker.payloads import SinkSpec
 from worker.prompt_sets import prompt_set_key
-from worker.tasks import with_backoff
+from worker.model_jobs import with_backoff
 
 from .queue_helpers import run_burst_worker, scene_prompt, start_worker, target_bytes, wait_for, worker_env, write_counts
 

@@ -10,7 +10,7 @@ def test_inference_modules_import_no_research_code():
     code = (
         "import sys\n"
         "import seggpt_core.predictor, seggpt_core.model, seggpt_core.weights, seggpt_core.transforms\n"
-        "import seggpt_core.prompt_tuning, seggpt_core.build, worker.tasks, worker.runtime\n"
+        "import seggpt_core.prompt_tuning, seggpt_core.build, worker.model_jobs, worker.runtime\n"
         "from seggpt_core import SegGptPredictor, load_model\n"
         "load_model('tiny-appearance', device='cpu')\n"
         "print(sorted(m for m in sys.modules if m.startswith('seggpt_core.research')))\n"

@@ -128,7 +128,7 @@ def test_a_worker_started_without_the_cli_finds_the_label_studio_sink():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["backend.worker_plugin", "LabelStudioSink"]
+    assert out.stdout.split() == ["backend.label_studio_io", "LabelStudioSink"]
 
 
 

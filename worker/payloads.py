@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["PayloadError", "TaskRef", "PromptSetRef", "SinkSpec", "SegmentationChunk", "hint_to_json", "hint_from_json"]
+__all__ = ["PayloadError", "TaskRef", "PromptSetRef", "SinkSpec", "SegmentationChunk", "mark_to_json", "mark_from_json"]
 
 
 class PayloadError(ValueError):
@@ -26,43 +26,43 @@ def _require(data: Any, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
-def hint_to_json(hint: Any) -> dict:
-    """A `seggpt_core.exemplars.Hint` as JSON (a mask as base64 PNG)."""
+def mark_to_json(mark: Any) -> dict:
+    """A `seggpt_core.marks.Mark` as JSON (a mask as base64 PNG)."""
     from .codec import mask_to_b64png
 
-    data: dict[str, Any] = {"label": hint.label, "positive": hint.positive}
-    if hint.point is not None:
-        data["point"] = list(hint.point)
-    elif hint.box is not None:
-        data["box"] = list(hint.box)
+    data: dict[str, Any] = {"label": mark.label, "positive": mark.positive}
+    if mark.point is not None:
+        data["point"] = list(mark.point)
+    elif mark.box is not None:
+        data["box"] = list(mark.box)
     else:
-        data["mask"] = mask_to_b64png(hint.mask)
+        data["mask"] = mask_to_b64png(mark.mask)
     return data
 
 
-def hint_from_json(data: Any, where: str) -> Any:
-    from seggpt_core.exemplars import Hint, HintError
+def mark_from_json(data: Any, where: str) -> Any:
+    from seggpt_core.marks import Mark, MarkError
 
     from .codec import b64png_to_mask
 
     if not isinstance(data, Mapping) or not isinstance(data.get("label"), str):
-        raise PayloadError(f"{where}: a hint needs a 'label' string")
+        raise PayloadError(f"{where}: a mark needs a 'label' string")
     try:
-        return Hint(data["label"], tuple(map(float, data["point"])) if data.get("point") is not None else None,
+        return Mark(data["label"], tuple(map(float, data["point"])) if data.get("point") is not None else None,
                     tuple(map(float, data["box"])) if data.get("box") is not None else None,
                     b64png_to_mask(data["mask"]) if data.get("mask") is not None else None, bool(data.get("positive", True)))
-    except (HintError, TypeError, ValueError) as exc:
+    except (MarkError, TypeError, ValueError) as exc:
         raise PayloadError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
 class TaskRef:
     """One task: its id, where its image comes from (one key naming a registered source), and the annotator's
-    marks on it (`seggpt_core.exemplars.Hint`s), if it is segmented from exemplars in its own image."""
+    marks on it (`seggpt_core.marks.Mark`s), if it is segmented from marked instances in its own image."""
 
     id: int | str
     image: Mapping[str, Any]
-    hints: tuple = ()
+    marks: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, Mapping) or len(self.image) != 1:
@@ -70,17 +70,17 @@ class TaskRef:
 
     def to_json(self) -> dict:
         data = {"id": self.id, "image": dict(self.image)}
-        if self.hints:
-            data["hints"] = [hint_to_json(h) for h in self.hints]
+        if self.marks:
+            data["marks"] = [mark_to_json(h) for h in self.marks]
         return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "TaskRef":
-        hints = data.get("hints") or [] if isinstance(data, Mapping) else []
-        if not isinstance(hints, list):
-            raise PayloadError(f"{where}: 'hints' must be a list")
+        marks = data.get("marks") or [] if isinstance(data, Mapping) else []
+        if not isinstance(marks, list):
+            raise PayloadError(f"{where}: 'marks' must be a list")
         return cls(_require(data, "id", (int, str), where), _require(data, "image", Mapping, where),
-                   tuple(hint_from_json(h, f"{where}: hint {i}") for i, h in enumerate(hints)))
+                   tuple(mark_from_json(h, f"{where}: mark {i}") for i, h in enumerate(marks)))
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ class SegmentationChunk:
     run: str | None = None  # the run the chunk belongs to, which `cancel_run` can stop
 
     def __post_init__(self) -> None:
-        if self.prompts.empty and not all(task.hints for task in self.tasks):
+        if self.prompts.empty and not all(task.marks for task in self.tasks):
             raise PayloadError("a prompt-set reference needs a prompt set digest, a learned prompt, or both "
-                               "(only tasks segmented from their own exemplars, with hints, need no prompts)")
+                               "(only tasks segmented from their own marked instances, with marks, need no prompts)")
 
     def to_json(self) -> dict:
         return {"prompts": self.prompts.to_json(), "tasks": [t.to_json() for t in self.tasks], "namespace": self.namespace,

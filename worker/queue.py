@@ -61,7 +61,7 @@ def enqueue_segmentation(
 ) -> tuple[str, list[str]]:
     """Split `tasks` into chunks (`SegmentationChunk`s) and enqueue one job each. Returns (namespace, job ids).
 
-    Each task is `{"id": ..., "image": {<source>: <value>}}`, with `"hints"` (`seggpt_core.exemplars.Hint`s) when
+    Each task is `{"id": ..., "image": {<source>: <value>}}`, with `"marks"` (`seggpt_core.marks.Mark`s) when
     it is segmented from the annotator's marks in its own image (then `prompt_set` may be None). A sink given by name gets `extra` as its params.
     With `weights_digest`, only a worker that loaded those weights runs the chunks (see `gpu_worker`); with `run`,
     `cancel_run(run)` stops them.
@@ -73,7 +73,7 @@ def enqueue_segmentation(
         elif "id" not in task or "image" not in task:
             raise ValueError(f"task {index} needs 'id' and 'image', got keys {sorted(task)}")
         else:
-            refs.append(TaskRef(task["id"], task["image"], tuple(task.get("hints") or ())))
+            refs.append(TaskRef(task["id"], task["image"], tuple(task.get("marks") or ())))
     prompts = prompt_set if isinstance(prompt_set, PromptSetRef) else PromptSetRef(prompt_set)
     spec = sink if isinstance(sink, SinkSpec) else SinkSpec(sink, dict(extra or {}))
     namespace = namespace or uuid.uuid4().hex
@@ -82,7 +82,7 @@ def enqueue_segmentation(
     for chunk in chunked(refs, chunk_size):
         payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or {}, weights_digest, run)
         job = rq_queue.enqueue(
-            "worker.tasks.segment_chunk",
+            "worker.model_jobs.segment_chunk",
             payload.to_json(),
             job_timeout=JOB_TIMEOUT,
             result_ttl=RESULT_TTL,
@@ -121,7 +121,7 @@ def enqueue_call(
 
 
 def enqueue_noop(connection: redis.Redis, queue: str = DEFAULT_QUEUE, echo: object = None) -> Job:
-    return get_queue(connection, queue).enqueue("worker.tasks.noop", {"echo": echo}, result_ttl=600)
+    return get_queue(connection, queue).enqueue("worker.model_jobs.noop", {"echo": echo}, result_ttl=600)
 
 
 def fetch_job(connection: redis.Redis, job_id: str) -> Job:

@@ -22,8 +22,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_weights: str, pre
     parser.add_argument("--weights", default=default_weights, help="hub id, directory, .safetensors, original .pth, or random:<variant> (default: %(default)s)")
     parser.add_argument("--device", default=os.environ.get("SEGGPT_DEVICE"), help="cuda:0, cpu, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=os.environ.get("SEGGPT_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--batch-size", type=int, default=int(os.environ.get("SEGGPT_BATCH_ROWS", 8)),
-                        help="prompt rows per forward (targets x prompts) (default: %(default)s, env SEGGPT_BATCH_ROWS)")
+    parser.add_argument("--batch-rows", "--batch-size", dest="batch_rows", type=int, default=int(os.environ.get("SEGGPT_BATCH_ROWS", 8)),
+                        help="prompt rows per forward (targets x prompts) (default: %(default)s, env SEGGPT_BATCH_ROWS; --batch-size is its old name)")
     if not prediction:
         return
     parser.add_argument("--embedding-type", default="instance", choices=["instance", "semantic"])

@@ -26,7 +26,7 @@ def _build_predictor(args: argparse.Namespace):
     param = next(model.parameters())
     print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
     return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble,
-                           max_batch_rows=args.batch_size, labels_per_forward=args.labels_per_forward or None,
+                           max_batch_rows=args.batch_rows, labels_per_forward=args.labels_per_forward or None,
                            score=getattr(args, "score", "crisp"))
 
 
@@ -57,7 +57,7 @@ def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path,
     labels = list(dict.fromkeys(label for masks in prompts.values() for label in masks))
     started = time.perf_counter()
     if args.no_queue:
-        report = run_in_process(_build_predictor(args), prompts, images, batch_size=args.batch_size)
+        report = run_in_process(_build_predictor(args), prompts, images, images_per_step=args.batch_rows)
         where = "in this process"
     else:
         connection = connect(args)
@@ -103,7 +103,7 @@ def _print_truth_iou(report, labels: list[str], truth: Path) -> None:
 
 
 def _model_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--weights", args.weights, "--dtype", args.dtype, "--batch-size", str(args.batch_size)]
+    flags = ["--weights", args.weights, "--dtype", args.dtype, "--batch-rows", str(args.batch_rows)]
     return flags + (["--device", args.device] if args.device else [])
 
 

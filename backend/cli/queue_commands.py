@@ -27,7 +27,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device or None,
         dtype=None if args.dtype == "auto" else args.dtype,
-        max_batch_rows=args.batch_size,
+        max_batch_rows=args.batch_rows,
         low_memory=args.low_memory,
         max_pixels=backend_settings.max_pixels,  # SEGGPT_MAX_PIXELS
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..metrics import count, observe
-from ..context_hints import ContextError
+from ..context_marks import ContextError
 from ..label_config import LabelConfigError
 from ..predict_service import LabelConfigConflict, predict_interactive, predict_tasks, project_id
 from ..schemas import PredictRequest

@@ -36,7 +36,7 @@ def schedule_sync(connection, settings, project: int, label_config: str, force: 
         return False
     if force:
         connection.set(key, 1, ex=SYNC_EVERY)
-    enqueue_call(connection, "backend.jobs.sync_pool", {"project": project, "label_config": label_config},
+    enqueue_call(connection, "backend.control_jobs.sync_pool", {"project": project, "label_config": label_config},
                  queue=settings.interactive_queue, at_front=True, description=f"sync prompt pool of project {project}")
     return True
 

@@ -1,11 +1,11 @@
-"""What an annotator marked in the open image, from the `context` of an interactive `/predict`, as exemplar hints.
+"""What an annotator marked in the open image, from the `context` of an interactive `/predict`, as marked instance marks.
 
 Label Studio 1.23.2 sends `params.context = {"result": [region]}` when a region is drawn with a smart tool while
 Auto-Annotation is on (tests/recorded/predict_context_*.json, recorded from the real frontend): a smart
 KeyPointLabels point (`is_positive` false when Alt is held) or a smart RectangleLabels box, in percent of the
 image. Its label names the instance's class; the output goes to the BrushLabels or PolygonLabels control on the
 same image that has that label. A brush region in the context (which the 1.23.2 frontend never sends: its smart
-brush only paints) is used as the exemplar mask as it is.
+brush only paints) is used as the marked instance mask as it is.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from seggpt_core.exemplars import Hint, HintError
+from seggpt_core.marks import Mark, MarkError
 
 from .label_config import Control
 from .ls_format import AnnotationError, label_key, masks_from_annotation
 
-__all__ = ["ContextError", "hints_from_context"]
+__all__ = ["ContextError", "marks_from_context"]
 
 
 class ContextError(ValueError):
-    """A context region that cannot be read as a hint; the message names the region."""
+    """A context region that cannot be read as a mark; the message names the region."""
 
 
 def _output_control(controls: Sequence[Control], to_name: str, label: str, where: str) -> Control:
@@ -47,13 +47,13 @@ def _rotated_box(value: dict, width: int, height: int) -> tuple[float, float, fl
     return clip(min(xs) / width), clip(min(ys) / height), clip(max(xs) / width), clip(max(ys) / height)
 
 
-def hints_from_context(context: Any, controls: Sequence[Control]) -> dict[str, list[Hint]]:
-    """Task data key -> hints, keyed by the output `label_key`s. Raises ContextError naming the bad region."""
+def marks_from_context(context: Any, controls: Sequence[Control]) -> dict[str, list[Mark]]:
+    """Task data key -> marks, keyed by the output `label_key`s. Raises ContextError naming the bad region."""
     regions = context.get("result") if isinstance(context, dict) else None
     if not isinstance(regions, list):
         raise ContextError("params.context.result must be a list of regions")
     by_key = {c.to_name: c.data_key for c in controls}
-    hints: dict[str, list[Hint]] = {}
+    marks: dict[str, list[Mark]] = {}
     for index, region in enumerate(regions):
         where = f"params.context.result[{index}]"
         if not isinstance(region, dict) or not isinstance(region.get("value"), dict):
@@ -69,22 +69,22 @@ def hints_from_context(context: Any, controls: Sequence[Control]) -> dict[str, l
                 control = own if own is not None and label in own.labels else _output_control(controls, to_name, label, where)
                 key = label_key(control.name, label)
                 if kind == "keypointlabels":
-                    hint = Hint(key, point=(value["x"] / 100, value["y"] / 100), positive=bool(region.get("is_positive", True)))
+                    mark = Mark(key, point=(value["x"] / 100, value["y"] / 100), positive=bool(region.get("is_positive", True)))
                 elif kind == "rectanglelabels":
                     width, height = int(region.get("original_width") or 1000), int(region.get("original_height") or 1000)
-                    hint = Hint(key, box=_rotated_box(value, width, height))
+                    mark = Mark(key, box=_rotated_box(value, width, height))
                 elif kind in ("brushlabels", "polygonlabels"):
                     size = (int(region["original_height"]), int(region["original_width"]))
                     drawn = masks_from_annotation([region], controls, size)
-                    hint = Hint(key, mask=drawn[key])
+                    mark = Mark(key, mask=drawn[key])
                 else:
                     raise ContextError(f"{where}: {kind!r} regions cannot mark an instance (use a smart KeyPointLabels or RectangleLabels)")
-                hints.setdefault(by_key[to_name], []).append(hint)
+                marks.setdefault(by_key[to_name], []).append(mark)
         except (KeyError, TypeError) as exc:
             raise ContextError(f"{where}: missing or malformed {exc}") from None
-        except (HintError, AnnotationError) as exc:
+        except (MarkError, AnnotationError) as exc:
             message = str(exc).replace(repr(key), repr(label)) if key else str(exc)  # the label as the annotator knows it
             raise ContextError(f"{where}: {message}") from None
-    if not any(h.positive for field in hints.values() for h in field):
+    if not any(h.positive for field in marks.values() for h in field):
         raise ContextError("params.context.result holds no positive mark: mark the instance to find others like it")
-    return hints
+    return marks

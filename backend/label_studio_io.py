@@ -2,7 +2,7 @@
 
 `install()` is this package's worker plugin (the `seggpt_ls.worker_plugins` entry point): the job layer calls it
 when it builds a worker runtime, however the worker was started, and knows the source and sink only by name.
-`label_studio_sink()` is the one place that writes the sink's params; `LabelStudioTarget` the one that reads them.
+`label_studio_sink()` is the one place that writes the sink's params; `LabelStudioSinkParams` the one that reads them.
 
 The sink hands each prediction to whoever will deliver it, exactly once: while the `/predict` request that asked
 for it is still waiting, into that request's result hash; once the request has given up (its budget ran out), to
@@ -31,7 +31,7 @@ from .region_filter import RegionFilter
 from .review_store import record_prompts_used
 from .services import services_from_env
 
-__all__ = ["install", "LabelStudioSink", "LabelStudioTarget", "label_studio_sink"]
+__all__ = ["install", "LabelStudioSink", "LabelStudioSinkParams", "label_studio_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _label_studio_source(connection: redis.Redis, reference: dict) -> bytes:
 
 
 @dataclass(frozen=True)
-class LabelStudioTarget:
+class LabelStudioSinkParams:
     """Where and how the Label Studio sink writes: a project, under a model version, for these controls."""
 
     project: int
@@ -73,7 +73,7 @@ class LabelStudioTarget:
     prompt_sources: tuple = ()  # the annotation id of each prompt of the chunk's prompt set, in its order
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioTarget":
+    def from_params(cls, params: Mapping[str, Any]) -> "LabelStudioSinkParams":
         try:
             controls = tuple(Control(**{**c, "labels": tuple(c["labels"])}) for c in params["controls"])
             return cls(int(params["project"]), str(params["model_version"]), controls, params.get("request"),
@@ -98,7 +98,7 @@ class LabelStudioSink:
     """Bulk work (`bulk`) is buffered and imported into Label Studio once per chunk, by `flush`."""
 
     def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
-        target = LabelStudioTarget.from_params(params)
+        target = LabelStudioSinkParams.from_params(params)
         self.connection = connection
         self.project = target.project
         self.model_version = target.model_version

@@ -1,4 +1,4 @@
-"""Exemplars in the open image: reading the smart tools' context (bodies recorded from the real frontend), finding
+"""Marked instances in the open image: reading the smart tools' context (bodies recorded from the real frontend), finding
 the marked instance, per-instance regions with their own scores, and the whole path on a real Redis and worker with
 the shipped model: marking one instance brings back the others like it, and not the other class."""
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.context_hints import ContextError, hints_from_context
+from backend.context_marks import ContextError, marks_from_context
 from backend.label_config import Control, parse_label_config
 from backend.ls_format import label_key, prediction_for
 from backend.region_filter import RegionFilter
 from seggpt_core.component_scores import ComponentScores
-from seggpt_core.exemplars import Hint, HintError, appearance_region, exemplar_masks
+from seggpt_core.marks import Mark, MarkError, appearance_region, marked_instances
 from seggpt_core.predictor import SegGptPredictor, Segmentation
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -47,20 +47,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def test_recorded_keypoint_and_rectangle_contexts_become_hints():
+def test_recorded_keypoint_and_rectangle_contexts_become_marks():
     body = recorded("predict_context_keypoint.json")
     controls = parse_label_config(body["label_config"])
-    hints = hints_from_context(body["params"]["context"], controls)
+    marks = marks_from_context(body["params"]["context"], controls)
     point = body["params"]["context"]["result"][0]["value"]
-    [hint] = hints["image"]
-    assert hint.label == label_key("brush", "Star") and hint.positive
-    assert hint.point == pytest.approx((point["x"] / 100, point["y"] / 100))
+    [mark] = marks["image"]
+    assert mark.label == label_key("brush", "Star") and mark.positive
+    assert mark.point == pytest.approx((point["x"] / 100, point["y"] / 100))
 
     body = recorded("predict_context_rectangle.json")
     box = body["params"]["context"]["result"][0]["value"]
-    [hint] = hints_from_context(body["params"]["context"], controls)["image"]
-    assert hint.label == label_key("brush", "Disc")
-    assert hint.box == pytest.approx((box["x"] / 100, box["y"] / 100, (box["x"] + box["width"]) / 100, (box["y"] + box["height"]) / 100))
+    [mark] = marks_from_context(body["params"]["context"], controls)["image"]
+    assert mark.label == label_key("brush", "Disc")
+    assert mark.box == pytest.approx((box["x"] / 100, box["y"] / 100, (box["x"] + box["width"]) / 100, (box["y"] + box["height"]) / 100))
 
 
 def test_contexts_that_cannot_mark_an_instance_are_refused_by_name():
@@ -68,18 +68,18 @@ def test_contexts_that_cannot_mark_an_instance_are_refused_by_name():
     controls = parse_label_config(body["label_config"])
     region = body["params"]["context"]["result"][0]
     with pytest.raises(ContextError, match=r"result\[0\]: label 'Cow' is not a label of any BrushLabels"):
-        hints_from_context({"result": [{**region, "value": {**region["value"], "keypointlabels": ["Cow"], "labels": ["Cow"]}}]}, controls)
-    with pytest.raises(ContextError, match=r"result\[0\]: hint for .Star.: coordinates"):
-        hints_from_context({"result": [{**region, "value": {**region["value"], "x": 180.0}}]}, controls)
+        marks_from_context({"result": [{**region, "value": {**region["value"], "keypointlabels": ["Cow"], "labels": ["Cow"]}}]}, controls)
+    with pytest.raises(ContextError, match=r"result\[0\]: mark for .Star.: coordinates"):
+        marks_from_context({"result": [{**region, "value": {**region["value"], "x": 180.0}}]}, controls)
     with pytest.raises(ContextError, match="no positive mark"):
-        hints_from_context({"result": [{**region, "is_positive": False}]}, controls)
+        marks_from_context({"result": [{**region, "is_positive": False}]}, controls)
     with pytest.raises(ContextError, match=r"result\[0\]: 'choices' regions cannot mark"):
-        hints_from_context({"result": [{**region, "type": "choices", "value": {"choices": ["Star"]}}]}, controls)
+        marks_from_context({"result": [{**region, "type": "choices", "value": {"choices": ["Star"]}}]}, controls)
     with pytest.raises(ContextError, match="must be a list"):
-        hints_from_context({"result": "x"}, controls)
+        marks_from_context({"result": "x"}, controls)
 
 
-def test_a_drawn_brush_region_in_the_context_is_the_exemplar_itself():
+def test_a_drawn_brush_region_in_the_context_is_the_marked_instance_itself():
     from label_studio_sdk.converter.brush import mask2rle
 
     controls = parse_label_config(recorded("predict_context_keypoint.json")["label_config"])
@@ -87,21 +87,21 @@ def test_a_drawn_brush_region_in_the_context_is_the_exemplar_itself():
     mask[5:12, 4:9] = True
     region = {"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": 32, "original_height": 24,
               "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Disc"]}}
-    [hint] = hints_from_context({"result": [region]}, controls)["image"]
-    assert hint.label == label_key("brush", "Disc") and np.array_equal(hint.mask, mask)
+    [mark] = marks_from_context({"result": [region]}, controls)["image"]
+    assert mark.label == label_key("brush", "Disc") and np.array_equal(mark.mask, mask)
 
 
 def test_the_marked_instance_comes_from_the_image_when_no_prompt_knows_the_label():
     image, truth = _scene()
     h, w = image.shape[:2]
     first = truth["disc"][0]
-    from_point = appearance_region(image, Hint("d", point=(30 / w, 30 / h)))
+    from_point = appearance_region(image, Mark("d", point=(30 / w, 30 / h)))
     assert _iou(from_point, first) > 0.85
-    from_box = appearance_region(image, Hint("d", box=(14 / w, 14 / h, 47 / w, 47 / h)))
+    from_box = appearance_region(image, Mark("d", box=(14 / w, 14 / h, 47 / w, 47 / h)))
     assert _iou(from_box, first) > 0.85
     # where nothing stands out, the ellipse the box encloses
     flat = np.full((40, 40, 3), 128, np.uint8)
-    ellipse = appearance_region(flat, Hint("d", box=(0.25, 0.25, 0.75, 0.75)))
+    ellipse = appearance_region(flat, Mark("d", box=(0.25, 0.25, 0.75, 0.75)))
     assert ellipse[20, 20] and not ellipse[11, 11] and not ellipse[:9].any()
 
 
@@ -109,15 +109,15 @@ def test_a_first_pass_prediction_gives_the_component_under_the_mark_and_negative
     image, truth = _scene()
     h, w = image.shape[:2]
     predicted = truth["disc"][0] | truth["disc"][1] | truth["square"][0]
-    marks = [Hint("d", point=(30 / w, 30 / h)), Hint("d", box=(100 / w, 70 / h, 150 / w, 110 / h))]
-    exemplar = exemplar_masks(image, marks, {"d": predicted})["d"]
-    assert np.array_equal(exemplar, truth["disc"][0] | truth["square"][0])
-    negative = exemplar_masks(image, marks + [Hint("d", point=(125 / w, 90 / h), positive=False)], {"d": predicted})["d"]
+    marks = [Mark("d", point=(30 / w, 30 / h)), Mark("d", box=(100 / w, 70 / h, 150 / w, 110 / h))]
+    instance = marked_instances(image, marks, {"d": predicted})["d"]
+    assert np.array_equal(instance, truth["disc"][0] | truth["square"][0])
+    negative = marked_instances(image, marks + [Mark("d", point=(125 / w, 90 / h), positive=False)], {"d": predicted})["d"]
     assert np.array_equal(negative, truth["disc"][0])
-    with pytest.raises(HintError, match="only points can be negative"):
-        Hint("d", box=(0.1, 0.1, 0.2, 0.2), positive=False)
-    with pytest.raises(HintError, match="mask is"):
-        exemplar_masks(image, [Hint("d", mask=np.ones((5, 5), bool))])
+    with pytest.raises(MarkError, match="only points can be negative"):
+        Mark("d", box=(0.1, 0.1, 0.2, 0.2), positive=False)
+    with pytest.raises(MarkError, match="mask is"):
+        marked_instances(image, [Mark("d", mask=np.ones((5, 5), bool))])
 
 
 def _decoded(indices: np.ndarray, confidence: np.ndarray, runner_up: np.ndarray) -> Segmentation:
@@ -197,7 +197,7 @@ def stack(tmp_path_factory):
     from .media_server import MediaServer
     from .queue_helpers import start_worker
 
-    root = tmp_path_factory.mktemp("exemplars")
+    root = tmp_path_factory.mktemp("marked_instances")
     episode = make_appearance_episode(EPISODE_SEED, shots=1, size=(120, 160), family="heldout")
     label = episode.categories[0]
     target = episode.targets[0]

@@ -1,12 +1,12 @@
-"""Exemplars in the open image: how well marking one instance finds the others, and how fast, against the same
+"""Marked instances in the open image: how well marking one instance finds the others, and how fast, against the same
 target segmented from the pool's prompts alone (the baseline), side by side in one run.
 
 Held-out appearance episodes whose target holds at least two instances of the label. The annotator's mark is a
 point inside one instance, or its bounding box. Printed: mIoU over all instances of the label, recall of the
 instances that were not marked, and latency per request (p50), for: pool only (1 prompt from another image),
-exemplar only (no pool prompt for the label: the image-based first guess), exemplar + pool.
+marked instance only (no pool prompt for the label: the image-based first guess), marked instance + pool.
 
-    python bench/interactive_exemplars.py [--episodes 120] [--weights tiny-appearance]
+    python bench/interactive_marks.py [--episodes 120] [--weights tiny-appearance]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> None:
     import torch
 
     from seggpt_core import SegGptPredictor, load_model
-    from seggpt_core.exemplars import Hint, segment_in_image
+    from seggpt_core.marks import Mark, segment_from_marks
     from seggpt_core.predictor import Prompt
     from seggpt_core.research.appearance import make_appearance_episode
     from seggpt_core.research.episodes import HELD_OUT_SEED
@@ -55,8 +55,8 @@ def main() -> None:
         inner = cv2.distanceTransform(marked.astype(np.uint8), cv2.DIST_L2, 3)
         py, px = np.unravel_index(int(inner.argmax()), inner.shape)
         h, w = truth.shape
-        point = Hint(label, point=((px + 0.5) / w, (py + 0.5) / h))
-        box = Hint(label, box=(xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h))
+        point = Mark(label, point=((px + 0.5) / w, (py + 0.5) / h))
+        box = Mark(label, box=(xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h))
         pool = SegGptPredictor(model)
         pool.set_prompts([Prompt(episode.prompts[0].image, {label: episode.prompts[0].masks[label]})])
         empty = SegGptPredictor(model)
@@ -69,10 +69,10 @@ def main() -> None:
             rows[name]["others"].append((mask & others).sum() / max(1, others.sum()))
 
         score("pool only", lambda: pool.predict([target.image])[0].masks[label])
-        score("point, no pool", lambda: segment_in_image(empty, target.image, [point]).masks.get(label, np.zeros_like(truth)))
-        score("box, no pool", lambda: segment_in_image(empty, target.image, [box]).masks.get(label, np.zeros_like(truth)))
-        score("point + pool", lambda: segment_in_image(pool, target.image, [point]).masks.get(label, np.zeros_like(truth)))
-        score("box + pool", lambda: segment_in_image(pool, target.image, [box]).masks.get(label, np.zeros_like(truth)))
+        score("point, no pool", lambda: segment_from_marks(empty, target.image, [point]).masks.get(label, np.zeros_like(truth)))
+        score("box, no pool", lambda: segment_from_marks(empty, target.image, [box]).masks.get(label, np.zeros_like(truth)))
+        score("point + pool", lambda: segment_from_marks(pool, target.image, [point]).masks.get(label, np.zeros_like(truth)))
+        score("box + pool", lambda: segment_from_marks(pool, target.image, [box]).masks.get(label, np.zeros_like(truth)))
     base = statistics.mean(rows["pool only"]["iou"])
     print(f"{used} held-out appearance episodes with >= 2 instances of the label, {args.size}x{args.size}, weights {args.weights}, 2 CPU threads")
     print(f"{'':16} {'mIoU':>7} {'ratio':>7} {'others recall':>14} {'p50 s':>7} {'p95 s':>7}")

@@ -1,4 +1,4 @@
-"""Job functions, at stable import paths: RQ stores `worker.tasks.<name>` in each job.
+"""Job functions, at stable import paths: RQ stores `worker.model_jobs.<name>` in each job.
 
 Each takes one JSON payload and returns JSON. A segmentation chunk's payload is a `payloads.SegmentationChunk`.
 With `options["k"]`, each target uses at most k prompts per label, chosen by `options["strategy"]` (see
@@ -160,14 +160,14 @@ def segment_chunk(payload: dict) -> dict:
         data = retried(lambda: load_image_bytes(connection, task["image"]))
         return predictor.prepare_target(data, where=f"task {task['id']}")
 
-    def from_exemplars(task: TaskRef) -> None:
-        """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.exemplars`)."""
-        from seggpt_core.exemplars import HintError, segment_in_image
+    def from_marks(task: TaskRef) -> None:
+        """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.marks`)."""
+        from seggpt_core.marks import MarkError, segment_from_marks
 
         data = retried(lambda: load_image_bytes(connection, task.image))
         try:
-            segmentation = segment_in_image(predictor, data, task.hints)
-        except HintError as exc:
+            segmentation = segment_from_marks(predictor, data, task.marks)
+        except MarkError as exc:
             raise TaskInputError(f"task {task.id}: {exc}") from None
         write(task.to_json(), segmentation)
 
@@ -195,10 +195,10 @@ def segment_chunk(payload: dict) -> dict:
             already.add(task_id)
 
     # tasks the annotator marked (interactive, one at a time) first, then the batched rest
-    marked = [task for task in chunk.tasks if task.hints and str(task.id) not in already]
+    marked = [task for task in chunk.tasks if task.marks and str(task.id) not in already]
     for task in marked:
-        record(str(task.id), _InlineExecutor().submit(from_exemplars, task))
-    pending = [task for task in pending if not task.get("hints")]
+        record(str(task.id), _InlineExecutor().submit(from_marks, task))
+    pending = [task for task in pending if not task.get("marks")]
 
     # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
     # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
