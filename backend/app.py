@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.redis = get_connection(settings.redis_url or None)
+        app.state.redis = get_connection(settings.redis_url, settings.data_dir)
         watch = RedisWatch(app.state.redis, settings=settings).start()  # /health: Redis, the token, the weights
         import label_studio_sdk.label_interface  # noqa: F401  (warm: the first /setup must not pay 0.5 s of imports)
         logging.getLogger(__name__).info(

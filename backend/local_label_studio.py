@@ -7,7 +7,6 @@ conflict with ours.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -18,12 +17,14 @@ from typing import Callable, Sequence
 import httpx
 
 from worker.lifecycle import exec_child_preexec
+from worker.settings import inherited_environment
 
-__all__ = ["LS_VERSION", "CACHE", "free_port", "ls_venv", "wait_http", "start_process", "login", "create_pat",
+from .settings import LocalLabelStudioSettings
+
+__all__ = ["LS_VERSION", "free_port", "ls_venv", "wait_http", "start_process", "login", "create_pat",
            "access_token", "brush_result", "LabelStudioApi"]
 
 LS_VERSION = "1.23.2"
-CACHE = Path(os.environ.get("SEGGPT_CACHE", Path.home() / ".cache" / "seggpt-ls"))
 
 
 def free_port() -> int:
@@ -32,10 +33,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ls_venv(version: str = LS_VERSION, say: Callable[[str], None] | None = None) -> Path:
-    """The Label Studio virtual environment: `SEGGPT_LS_VENV`, else `~/.cache/seggpt-ls/ls-VERSION`, installed on
-    first use (about 1-2 minutes)."""
-    venv = Path(os.environ.get("SEGGPT_LS_VENV") or CACHE / f"ls-{version}").expanduser()
+def ls_venv(version: str = LS_VERSION, say: Callable[[str], None] | None = None,
+            settings: LocalLabelStudioSettings | None = None) -> Path:
+    """The Label Studio virtual environment that `settings` name (default: this process's, SEGGPT_LS_VENV, else
+    `~/.cache/seggpt-ls/ls-VERSION`), installed on first use (about 1-2 minutes)."""
+    venv = (settings or LocalLabelStudioSettings.from_env()).venv_for(version).expanduser()
     executable = venv / "bin" / "label-studio"
     if executable.exists():
         return venv
@@ -74,14 +76,13 @@ def start_process(venv: Path, directory: Path, port: int, user: str, password: s
     kernel ends it with this process (SIGKILL included). Its log is `directory/label-studio.log`. `command_prefix`
     runs it through another command (the multi-host harness: inside a network namespace, pinned to a CPU)."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
+    env = inherited_environment({
         "XDG_DATA_HOME": str(directory / "xdg"),
         # a backend on loopback is refused unless both protections are off (docs/pitfalls.md)
         "ML_BLOCK_LOCAL_IP": "false",
         "SSRF_PROTECTION_ENABLED": "false",
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-    }
+    })
     return subprocess.Popen(
         [*command_prefix, str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", bind, "--port", str(port),
          "--data-dir", str(directory / "data"), "--username", user, "--password", password, "--user-token", token,

@@ -1,16 +1,24 @@
-"""Backend settings: environment variables in the label-studio-ml-backend convention, each with a CLI flag."""
+"""Backend settings: environment variables in the label-studio-ml-backend convention, each with a CLI flag.
+
+With worker/settings.py, the only module that reads the environment: each entry point (serve, each command)
+builds its Settings once, from its flags over its environment over the defaults, and passes them down.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from seggpt_core.limits import DEFAULT_MAX_PIXELS
+from seggpt_core.weights_files import DEFAULT_WEIGHTS
+from worker.settings import (DEFAULT_INTERACTIVE_QUEUE, ModelSettings, SettingError, WorkerSettings, data_dir_from_env, default_data_dir,
+                             parse_flag)
 
 from .region_filter import RegionFilter, parse_label_thresholds, parse_min_area
 
-__all__ = ["Settings", "ENVIRONMENT", "SettingError"]
+__all__ = ["Settings", "ENVIRONMENT", "SettingError", "LocalLabelStudioSettings"]
 
 # field name -> (environment variable, help). The README's configuration reference mirrors this table.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
@@ -58,20 +66,12 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
 }
 
 
-class SettingError(ValueError):
-    """A setting with a bad value; the message names the setting and what it must be."""
-
-
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _parse(kind: type, raw: str) -> Any:
     if kind is bool:
-        if raw.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.strip().lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {raw!r}")
+        return parse_flag(raw)
     if kind is int:
         return int(raw)
     if kind is float:
@@ -103,7 +103,7 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)
     model_dir: str = ""
     log_level: str = "INFO"
-    weights: str = "BAAI/seggpt-vit-large"
+    weights: str = DEFAULT_WEIGHTS
     weights_digest: str = ""
     redis_url: str = ""
     num_prompts: int = 5
@@ -120,7 +120,7 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)  # never printed
     ls_deadline: float = 60.0
     queue: str = "seggpt"
-    interactive_queue: str = "seggpt-interactive"
+    interactive_queue: str = DEFAULT_INTERACTIVE_QUEUE
     chunk_size: int = 16
     import_each_above: int = IMPORT_EACH_ABOVE
     prompt_strategy: str = "similar"
@@ -182,19 +182,45 @@ class Settings:
         object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "Settings":
-        """Defaults, overridden by the environment, overridden by `overrides` that are not None."""
+    def from_env(cls, env: Mapping[str, str] | None = None, only: Iterable[str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, overridden by `env` (default: this process's environment), overridden by `overrides` that are
+        not None. With `only`, just those settings are read from `env` (a command that needs a few of them is not
+        stopped by a bad value of another). MODEL_DIR, where neither says, is resolved here."""
+        env = os.environ if env is None else env
         values: dict[str, Any] = {}
         kinds = {spec.name: type(spec.default) for spec in fields(cls)}
+        wanted = set(kinds if only is None else only)
         for spec in fields(cls):
             variable = ENVIRONMENT[spec.name][0]
-            if os.environ.get(variable):
-                values[spec.name] = _parse_named(variable, kinds[spec.name], os.environ[variable])
+            if spec.name in wanted and env.get(variable):
+                values[spec.name] = _parse_named(variable, kinds[spec.name], env[variable])
         for name, value in overrides.items():
             if value is not None:
                 where = f"--{name.replace('_', '-')} ({ENVIRONMENT[name][0]})"
                 values[name] = _parse_named(where, kinds[name], value) if isinstance(value, str) else value
+        if not values.get("model_dir") and "model_dir" in wanted:
+            values["model_dir"] = str(data_dir_from_env(env))  # $XDG_DATA_HOME/seggpt-ls, said once, here
         return cls(**values)
+
+    @property
+    def data_dir(self) -> Path:
+        """MODEL_DIR: the embedded Redis and the caches (`from_env` fills it in; unset, the default)."""
+        return Path(self.model_dir) if self.model_dir else default_data_dir()
+
+    def worker_settings(self) -> WorkerSettings:
+        """The job layer's share of these settings: where Redis and the data live, the queues, the model."""
+        model = ModelSettings(weights=self.weights, device=self.device or None, dtype=self.dtype, max_pixels=self.max_pixels)
+        return WorkerSettings(model=model, redis_url=self.redis_url, data_dir=self.data_dir, queue=self.queue,
+                              interactive_queue=self.interactive_queue)
+
+    def child_environment(self) -> dict[str, str]:
+        """The variables that give a child process (a local worker) these settings, for its environment."""
+        env = {}
+        for name, (variable, _) in ENVIRONMENT.items():
+            value = getattr(self, name)
+            if value not in (None, "", ()):
+                env[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
@@ -232,3 +258,20 @@ class Settings:
     def candidates_per_label(self) -> int:
         """Prompts per label a job carries for the workers to choose K from."""
         return max(4 * self.num_prompts, 16)
+
+
+@dataclass(frozen=True)
+class LocalLabelStudioSettings:
+    """Where `tryout` and the test harness keep the Label Studio they install (backend/local_label_studio.py)."""
+
+    cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seggpt-ls")  # SEGGPT_CACHE
+    venv: Path | None = None  # SEGGPT_LS_VENV: a Label Studio venv to use; None: cache / ls-VERSION
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "LocalLabelStudioSettings":
+        env = os.environ if env is None else env
+        values = {"cache": Path(env["SEGGPT_CACHE"]).expanduser()} if env.get("SEGGPT_CACHE") else {}
+        return cls(**values, venv=Path(env["SEGGPT_LS_VENV"]).expanduser() if env.get("SEGGPT_LS_VENV") else None)
+
+    def venv_for(self, version: str) -> Path:
+        return self.venv or self.cache / f"ls-{version}"

@@ -40,14 +40,18 @@ def test_low_memory_worker_returns_freed_blocks_and_the_default_keeps_them():
 
 def test_low_memory_comes_from_the_environment_and_the_cli(monkeypatch):
     from backend.cli import build_parser
+    from backend.cli.queue_commands import worker_settings
+
+    def worker(*flags: str) -> bool:
+        return worker_settings(build_parser().parse_args(["worker", *flags])).model.low_memory
 
     monkeypatch.delenv("SEGGPT_LOW_MEMORY", raising=False)
     assert ModelSettings.from_env().low_memory is False
-    assert build_parser().parse_args(["worker"]).low_memory is False
-    assert build_parser().parse_args(["worker", "--low-memory"]).low_memory is True
+    assert worker() is False
+    assert worker("--low-memory") is True
     monkeypatch.setenv("SEGGPT_LOW_MEMORY", "true")
     assert ModelSettings.from_env().low_memory is True
-    assert build_parser().parse_args(["worker"]).low_memory is True
+    assert worker() is True
 
 
 # Frees 200 heap blocks of 64 KB (under the mmap threshold) behind one that stays, so glibc cannot shrink the heap

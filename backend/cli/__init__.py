@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Sequence
 
@@ -35,7 +34,7 @@ _SUBCOMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seggpt-ls", description="Few-shot pre-labeling for Label Studio with SegGPT.")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default: LOG_LEVEL, else INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
         add(commands)
@@ -43,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..settings import Settings
+
     args = build_parser().parse_args(argv)
+    args.log_level = args.log_level or Settings.from_env(only=("log_level",)).log_level  # passed on to its children
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
     from seggpt_core.errors import SegGptError  # light: does not load torch

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from .common import add_model_options, connect, local_workers_if_none
+from worker.settings import DEFAULT_WEIGHTS, ModelSettings, WorkerSettings
+
+from .common import add_model_options, command_settings, connect, local_workers_if_none
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # The project's own small SegGPT, trained on synthetic appearance episodes (`seggpt-ls train-tiny`), shipped in
@@ -15,19 +16,26 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_WEIGHTS = "tiny-appearance"
 
 
-def _build_predictor(args: argparse.Namespace):
+def _score(args: argparse.Namespace) -> str:
+    """`--score`, else SEGGPT_SCORE, else crisp."""
+    from ..settings import Settings
+
+    return Settings.from_env(only=("score",), score=args.score).score
+
+
+def _build_predictor(args: argparse.Namespace, model_settings: ModelSettings, score: str):
     import torch
 
     from seggpt_core import SegGptPredictor, load_model
 
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = getattr(torch, model_settings.dtype) if model_settings.dtype else None
     started = time.perf_counter()
-    model = load_model(args.weights, device=args.device, dtype=dtype)
+    model = load_model(model_settings.weights, device=model_settings.device, dtype=dtype)
     param = next(model.parameters())
-    print(f"model: {args.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
+    print(f"model: {model_settings.weights} on {param.device} ({str(param.dtype).replace('torch.', '')}), loaded in {time.perf_counter() - started:.1f} s")
     return SegGptPredictor(model, embedding_type=args.embedding_type, spatial_ensemble=args.spatial_ensemble,
-                           max_batch_rows=args.batch_rows, labels_per_forward=args.labels_per_forward or None,
-                           score=getattr(args, "score", "crisp"))
+                           max_batch_rows=model_settings.max_batch_rows, labels_per_forward=args.labels_per_forward or None,
+                           score=score)
 
 
 def _list_images(directory: Path) -> list[Path]:
@@ -50,21 +58,23 @@ def _digest_if_local(weights: str) -> str | None:
         return None
 
 
-def _run_segment(args: argparse.Namespace, specs, images: list[Path], out: Path, preview: bool, formats: list[str], truth: Path | None = None) -> int:
+def _run_segment(args: argparse.Namespace, settings: WorkerSettings, specs, images: list[Path], out: Path, preview: bool,
+                 formats: list[str], truth: Path | None = None) -> int:
     from ..folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
 
     prompts = load_prompts(specs)
     labels = list(dict.fromkeys(label for masks in prompts.values() for label in masks))
+    score = _score(args)
     started = time.perf_counter()
     if args.no_queue:
-        report = run_in_process(_build_predictor(args), prompts, images, images_per_step=args.batch_rows)
+        report = run_in_process(_build_predictor(args, settings.model, score), prompts, images, images_per_step=settings.model.max_batch_rows)
         where = "in this process"
     else:
-        connection = connect(args)
-        digest = _digest_if_local(args.weights)
-        workers = local_workers_if_none(connection, args, _model_flags(args), digest)
+        connection = connect(settings)
+        digest = _digest_if_local(settings.model.weights)
+        workers = local_workers_if_none(connection, settings, _model_flags(settings.model), digest)
         options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble,
-                   "labels_per_forward": args.labels_per_forward, "score": args.score}
+                   "labels_per_forward": args.labels_per_forward, "score": score}
         try:
             report = run_on_queue(connection, prompts, images, options, weights_digest=digest)
         finally:
@@ -102,9 +112,10 @@ def _print_truth_iou(report, labels: list[str], truth: Path) -> None:
               + f"; mIoU {scores.miou:.3f}")
 
 
-def _model_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--weights", args.weights, "--dtype", args.dtype, "--batch-rows", str(args.batch_rows)]
-    return flags + (["--device", args.device] if args.device else [])
+def _model_flags(model: ModelSettings) -> list[str]:
+    """The flags that give a local worker this command's model."""
+    flags = ["--weights", model.weights, "--dtype", model.dtype or "auto", "--batch-rows", str(model.max_batch_rows)]
+    return flags + (["--device", model.device] if model.device else [])
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -125,7 +136,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     images = _list_images(Path(args.images))
     if not images:
         raise SystemExit(f"--images {args.images}: no images found")
-    return _run_segment(args, specs, images, Path(args.out), args.preview, formats)
+    return _run_segment(args, command_settings(args), specs, images, Path(args.out), args.preview, formats)
 
 
 def demo_labels() -> list[str]:
@@ -140,18 +151,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labels = demo_labels()
     specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in labels]
     images = sorted(SAMPLES.glob("target_*.png"))
+    settings = command_settings(args)
+    weights = settings.model.weights
     print(f"demo: {len(images)} bundled synthetic images, prompted by {prompt.name} (labels {', '.join(labels)}: two of "
           "four look-alike classes of blobs, told apart only by color and texture)")
-    if args.weights == DEMO_WEIGHTS:
+    if weights == DEMO_WEIGHTS:
         print(f"weights: {DEMO_WEIGHTS}, the project's own small SegGPT trained on synthetic appearance episodes (not "
-              "the real SegGPT: pass --weights BAAI/seggpt-vit-large for that), each label painted in its own forward")
-    elif args.weights.startswith("random:"):
+              f"the real SegGPT: pass --weights {DEFAULT_WEIGHTS} for that), each label painted in its own forward")
+    elif weights.startswith("random:"):
         print(
-            f"note: {args.weights} is an untrained, seeded random network. The run exercises the whole path "
+            f"note: {weights} is an untrained, seeded random network. The run exercises the whole path "
             "(embedded Redis, a worker process, preprocessing, canvas, ensemble, decoding, masks, preview), but "
-            "its masks carry no meaning. Pass --weights BAAI/seggpt-vit-large (or a local copy) for real segmentations."
+            f"its masks carry no meaning. Pass --weights {DEFAULT_WEIGHTS} (or a local copy) for real segmentations."
         )
-    return _run_segment(args, specs, images, Path(args.out), True, ["png", "ls-json", "coco"], truth=SAMPLES / "truth")
+    return _run_segment(args, settings, specs, images, Path(args.out), True, ["png", "ls-json", "coco"], truth=SAMPLES / "truth")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -159,7 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if bool(args.dataset) == bool(args.synthetic):
         raise SystemExit("give exactly one of --synthetic or --dataset DIR")
-    predictor = _build_predictor(args)
+    model_settings = ModelSettings.from_env(weights=args.weights, device=args.device, dtype=args.dtype, max_batch_rows=args.batch_rows)
+    predictor = _build_predictor(args, model_settings, _score(args))
     started = time.perf_counter()
     if args.synthetic:
         try:
@@ -175,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         source = f"dataset {args.dataset}"
-    print(f"{source}, {args.shots}-shot, weights {args.weights}, {predictor.labels_per_forward or 'all'} label(s) per forward, "
+    print(f"{source}, {args.shots}-shot, weights {model_settings.weights}, {predictor.labels_per_forward or 'all'} label(s) per forward, "
           f"{time.perf_counter() - started:.1f} s")
     for category, value in report.class_means.items():
         print(f"  {category}: IoU {value:.4f} over {len(report.per_class[category])} target(s)")
@@ -205,7 +219,7 @@ def cmd_train_tiny(args: argparse.Namespace) -> int:
 
 def _add_queue_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-queue", action="store_true", help="run in this process instead of through Redis and workers")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="default: REDIS_URL, else the embedded Redis")
+    parser.add_argument("--redis-url", default=None, help="default: REDIS_URL, else the embedded Redis")
 
 
 def add_demo(commands: argparse._SubParsersAction) -> None:
@@ -225,7 +239,7 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--format", default="png", help="comma-separated: png, ls-json, coco (default: %(default)s)")
     segment.add_argument("--preview", action="store_true", help="write preview.png, an overlay grid")
     segment.add_argument("--image-prefix", default=None, help="prefix for image references in label-studio.json (default: /data/local-files/?d=<path>)")
-    add_model_options(segment, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    add_model_options(segment)
     _add_queue_options(segment)
     segment.set_defaults(handler=cmd_segment)
 
@@ -264,5 +278,5 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--prompt-swap", action="store_true", help="also segment each synthetic target with another class's prompt (does the model read its prompt?)")
     evaluate.add_argument("--dataset", help="folder with one subfolder per class of name.jpg + name.png pairs")
     evaluate.add_argument("--shots", type=int, default=1, help="K prompts per episode (feature ensemble)")
-    add_model_options(evaluate, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"))
+    add_model_options(evaluate)
     evaluate.set_defaults(handler=cmd_eval)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_redis_option, connect, local_workers_if_none
+from .common import add_redis_option, command_settings, connect, local_workers_if_none
 from worker.waiting import jobs_ended, status_ended, wait_until
 
 if TYPE_CHECKING:
     import redis
 
     from ..bootstrap import BootstrapBatch
+    from ..settings import Settings
 
 
 def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
@@ -38,7 +38,7 @@ def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
     return 1 if failures else 0
 
 
-def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list, queues: list[str], pending: list[str]) -> None:
+def _supervise(connection: redis.Redis, settings: Settings, workers: list, queues: list[str], pending: list[str]) -> None:
     """Keep the run served: dead workers leave the registry, chunks they held go back to their queue, and when no
     live worker is left while chunks are queued, a local one starts (embedded Redis only; with REDIS_URL, the
     operator's workers serve it)."""
@@ -50,10 +50,10 @@ def _supervise(connection: redis.Redis, args: argparse.Namespace, workers: list,
         return
     requeue_abandoned(connection, queues)
     if sum(get_queue(connection, name).count for name in queues):
-        workers.extend(local_workers_if_none(connection, args))
+        workers.extend(_local_workers(connection, settings))
 
 
-def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: argparse.Namespace, workers: list, queues: list[str]) -> None:
+def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, settings: Settings, workers: list, queues: list[str]) -> None:
     import time
 
     import redis
@@ -75,13 +75,19 @@ def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, args: ar
             if time.monotonic() - checked >= 5:
                 checked = time.monotonic()
                 try:
-                    _supervise(connection, args, workers, queues, tracker.pending)
+                    _supervise(connection, settings, workers, queues, tracker.pending)
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass  # Redis is restarting: the tracker said so once, and the next turn looks again
             time.sleep(1.0)
 
 
-def _announce_workers(connection: redis.Redis, args: argparse.Namespace) -> list:
+def _local_workers(connection: redis.Redis, settings: Settings) -> list:
+    """A local worker where none lives (embedded Redis only), given this command's settings (its Label Studio
+    flags included) in its environment."""
+    return local_workers_if_none(connection, settings.worker_settings(), env=settings.child_environment())
+
+
+def _announce_workers(connection: redis.Redis, settings: Settings) -> list:
     """Start a local worker if no live one serves the run, or name the live ones that will."""
     from worker import queue_status
 
@@ -90,10 +96,10 @@ def _announce_workers(connection: redis.Redis, args: argparse.Namespace) -> list
         names = ", ".join(w["name"] for w in live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
         print(f"live worker(s) {names} will take the queued chunks")
         return []
-    if args.redis_url:
+    if settings.redis_url:
         print("warning: no live worker on this Redis: the run waits until one starts (seggpt-ls worker --redis-url ...)")
         return []
-    return local_workers_if_none(connection, args)
+    return _local_workers(connection, settings)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -112,9 +118,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from ..services import build_services
     from ..settings import Settings
 
-    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key)
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, redis_url=args.redis_url)
     services = build_services(settings)
-    connection = connect(args)
+    connection = connect(settings.worker_settings())
     try:
         batch = start_bootstrap(connection, services, args.project, only=args.only, limit=args.limit, chunk_size=args.chunk_size)
     except BootstrapError as exc:
@@ -141,8 +147,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
             prune_dead_workers(connection)
             requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
-            workers.extend(_announce_workers(connection, args))
-            _wait_with_progress(connection, batch, args, workers, queues)
+            workers.extend(_announce_workers(connection, settings))
+            _wait_with_progress(connection, batch, settings, workers, queues)
     except KeyboardInterrupt as exc:
         if isinstance(exc, _Terminated):
             for process in workers:
@@ -191,7 +197,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     from ..bootstrap import load_batch
 
-    connection = connect(args)
+    connection = connect(command_settings(args))
     batch = load_batch(connection, args.project)
     if batch is None:
         print(f"error: project {args.project}: no bootstrap has run", file=sys.stderr)
@@ -228,11 +234,9 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
     from ..services import build_services
     from ..settings import Settings
 
-    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, tune_steps=args.steps)
-    for variable, value in (("LABEL_STUDIO_URL", settings.label_studio_url), ("LABEL_STUDIO_API_KEY", settings.label_studio_api_key)):
-        if value:
-            os.environ[variable] = value  # a local worker started below reads them from its environment
-    connection = connect(args)
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, tune_steps=args.steps,
+                                 redis_url=args.redis_url)
+    connection = connect(settings.worker_settings())
     pool = PromptPool(connection, args.project)
     if args.clear:
         pool.clear_learned_prompts()
@@ -245,7 +249,7 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
     if args.no_wait:
         print("follow it with: seggpt-ls status")
         return 0
-    workers = local_workers_if_none(connection, args)
+    workers = _local_workers(connection, settings)  # told the Label Studio flags through its environment
     try:
         _follow_tuning(job)
     finally:

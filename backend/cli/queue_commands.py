@@ -3,42 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 
-from .common import add_model_options, add_redis_option, connect
+from worker.settings import WorkerSettings
+
+from .common import add_model_options, add_redis_option, command_settings, connect
 from .project import print_batch
+
+
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    """A worker's settings, in one place: its flags over its environment (SEGGPT_PROMPT_CACHE_MB and the rest) over
+    the defaults, so that every documented variable reaches the worker."""
+    return command_settings(args, low_memory=args.low_memory, weights_wait=args.weights_wait)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.gpu_worker import run_worker
     from worker.lifecycle import die_with_parent
-    from worker.runtime import ModelSettings
 
-    from ..settings import Settings
-
-    die_with_parent()  # a worker that `serve` or another command started ends with it
-    backend_settings = Settings.from_env()
-
-    # the environment's settings (SEGGPT_PROMPT_CACHE_MB and the rest), then the flags, whose defaults are the same
-    # variables: every documented variable reaches the worker
-    settings = dataclasses.replace(
-        ModelSettings.from_env(),
-        weights=args.weights,
-        device=args.device or None,
-        dtype=None if args.dtype == "auto" else args.dtype,
-        max_batch_rows=args.batch_rows,
-        low_memory=args.low_memory,
-        max_pixels=backend_settings.max_pixels,  # SEGGPT_MAX_PIXELS
-    )
+    settings = worker_settings(args)  # built once, here
+    die_with_parent(settings.parent_pid)  # a worker that `serve` or another command started ends with it
     run_worker(
-        connect(args),
-        args.queue or [backend_settings.interactive_queue, backend_settings.queue],  # interactive work first
-        settings,
+        connect(settings),
+        args.queue or settings.queues,  # interactive work first
+        settings.model,
         burst=args.burst,
         heartbeat_interval=args.heartbeat_interval,
         maintenance_interval=args.maintenance_interval,
-        weights_wait=args.weights_wait,
+        weights_wait=settings.weights_wait,
     )
     return 0
 
@@ -50,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ..ls_faults import token_problem
 
-    connection = connect(args)
+    connection = connect(command_settings(args))
     problem = token_problem(connection)
     if args.project is not None:
         from ..bootstrap import load_batch
@@ -93,8 +84,9 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from worker.defaults import DEFAULT_QUEUE
 
     total = 0
+    connection = connect(command_settings(args))
     for name in args.queue or [DEFAULT_QUEUE]:
-        ids = retry_failed(connect(args), name)
+        ids = retry_failed(connection, name)
         total += len(ids)
         for job_id in ids:
             print(f"re-queued {job_id} on {name}")
@@ -104,18 +96,17 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
 def add_worker(commands: argparse._SubParsersAction) -> None:
     from worker.defaults import HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, WEIGHTS_WAIT
-    from worker.runtime import ModelSettings
 
     worker = commands.add_parser("worker", help="run a worker: load the model once, then process queued jobs")
     add_redis_option(worker)
-    add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"), prediction=False)
+    add_model_options(worker, prediction=False)
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
-    worker.add_argument("--low-memory", action="store_true", default=ModelSettings.from_env().low_memory,
-                        help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
+    worker.add_argument("--low-memory", action="store_true", default=None,
+                        help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (default: SEGGPT_LOW_MEMORY, else off)")
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
     worker.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL, help="seconds between sweeps for abandoned jobs (default: %(default)s)")
-    worker.add_argument("--weights-wait", type=float, default=float(os.environ.get("SEGGPT_WEIGHTS_WAIT", WEIGHTS_WAIT)),
-                        help="seconds a job for other weights waits for a matching worker before its tasks fail (default: %(default)s, env SEGGPT_WEIGHTS_WAIT)")
+    worker.add_argument("--weights-wait", type=float, default=None,
+                        help=f"seconds a job for other weights waits for a matching worker before its tasks fail (default: SEGGPT_WEIGHTS_WAIT, else {WEIGHTS_WAIT:g})")
     worker.set_defaults(handler=cmd_worker)
 
 

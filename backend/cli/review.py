@@ -15,8 +15,8 @@ def _context(args: argparse.Namespace):
     from ..services import build_services
     from ..settings import Settings
 
-    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key)
-    return settings, build_services(settings).client, connect(args)
+    settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, redis_url=args.redis_url)
+    return settings, build_services(settings).client, connect(settings.worker_settings())
 
 
 def _report(args: argparse.Namespace, settings, client, connection) -> tuple[dict, list, list] | None:

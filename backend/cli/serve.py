@@ -28,8 +28,9 @@ def _refuse_a_redis_of_another_serve(server, share: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from worker import EmbeddedRedis, get_connection
+    from worker import EmbeddedRedis, data_dir, get_connection
     from worker.lifecycle import start_child, stop_children
+    from worker.settings import inherited_environment
     from worker.redis_supervisor import RedisSupervisor
     from worker.waiting import STOPPING
 
@@ -37,29 +38,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..health_state import HEALTH
     from ..settings import ENVIRONMENT, Settings
 
+    # built once, here: the flags over the environment over the defaults; passed to the app and the workers
     overrides = {name: getattr(args, name, None) for name in ENVIRONMENT}
     settings = Settings.from_env(**{k: v for k, v in overrides.items() if v not in (None, "")})
-    if settings.model_dir:
-        os.environ["MODEL_DIR"] = settings.model_dir  # the embedded Redis lives there, for us and the workers
     # Everything started here is a child that the kernel ends with this process (SIGKILL included), and that the
     # app's shutdown ends first, gracefully (SIGTERM, SIGINT): uvicorn re-raises those signals once it has shut
     # down, so code after the server's run may never run.
     children: list = []
     supervisor = None
     if settings.redis_url:
-        get_connection(settings.redis_url).close()  # unreachable, or a wrong password: one line, before anything starts
+        get_connection(settings.redis_url, settings.data_dir).close()  # unreachable, or a wrong password: one line, before anything starts
     else:
-        server = EmbeddedRedis()
+        server = EmbeddedRedis(data_dir(settings.data_dir) / "redis")
         _refuse_a_redis_of_another_serve(server, settings.share_redis)
         # started here (or adopted where another process runs it), restarted whenever it dies, /health told
         supervisor = RedisSupervisor(server, on_change=lambda reason: HEALTH.update("embedded_redis", reason)).start()
         if args.workers > 0:
-            # Local workers share the embedded Redis: same environment, same settings.
-            env = dict(os.environ)
-            for name, (variable, _) in ENVIRONMENT.items():
-                value = getattr(settings, name)
-                if value not in (None, "", ()):
-                    env[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
+            # Local workers share the embedded Redis and the settings: this process's, written into their environment
+            env = inherited_environment(settings.child_environment())
             for _ in range(args.workers):
                 children.append(start_child([*CLI_COMMAND, "--log-level", args.log_level, "worker"], env=env))
 

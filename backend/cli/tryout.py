@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -53,16 +52,19 @@ def _stop(process: subprocess.Popen | None, timeout: float) -> None:
 
 
 def cmd_tryout(args: argparse.Namespace) -> int:
-    from ..local_label_studio import CACHE, LS_VERSION, LabelStudioApi, free_port, ls_venv, start_process, wait_http
+    from ..local_label_studio import LS_VERSION, LabelStudioApi, free_port, ls_venv, start_process, wait_http
+    from ..settings import LocalLabelStudioSettings
     from ..tryout_project import ANNOTATED, TITLE, create_folder_project, create_sample_project, find_project, prelabel_miou
     from worker.lifecycle import exec_child_preexec
+    from worker.settings import inherited_environment
 
     started = time.monotonic()
     if bool(args.real_weights) != bool(args.images):
         raise SystemExit("--real-weights DIR and --images DIR go together: the real SegGPT on your own images")
     if args.label_studio_url and not args.api_key:
         raise SystemExit("--label-studio-url needs --api-key (a legacy token or a personal access token of that Label Studio)")
-    home = Path(args.dir).expanduser() if args.dir else CACHE / "tryout"
+    local = LocalLabelStudioSettings.from_env()  # built once, here
+    home = Path(args.dir).expanduser() if args.dir else local.cache / "tryout"
     if args.fresh and home.exists():
         _say(f"--fresh: removing {home}")
         shutil.rmtree(home)
@@ -92,7 +94,7 @@ def cmd_tryout(args: argparse.Namespace) -> int:
             user = api.api("GET", "/api/current-user/whoami").json().get("email") or "-"
         else:
             installed = time.monotonic()
-            venv = ls_venv(LS_VERSION, say=_say)
+            venv = ls_venv(LS_VERSION, say=_say, settings=local)
             install_seconds = time.monotonic() - installed
             port = free_port()
             user, password, token = TRYOUT_USER, state["password"], state["token"]
@@ -115,10 +117,12 @@ def cmd_tryout(args: argparse.Namespace) -> int:
         # 3. serve, with Basic auth, connected to the project as an interactive ML backend
         serve_port = free_port()
         backend_url = f"http://127.0.0.1:{serve_port}"
-        env = {**os.environ, "MODEL_DIR": str(home / "backend"), "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token,
-               "BASIC_AUTH_USER": BACKEND_USER, "BASIC_AUTH_PASS": state["backend_password"],
-               "SEGGPT_WEIGHTS": str(Path(args.real_weights).expanduser().resolve()) if args.real_weights else "tiny-appearance"}
-        env.pop("REDIS_URL", None)  # the embedded Redis under MODEL_DIR
+        env = inherited_environment({
+            "MODEL_DIR": str(home / "backend"), "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token,
+            "BASIC_AUTH_USER": BACKEND_USER, "BASIC_AUTH_PASS": state["backend_password"],
+            "SEGGPT_WEIGHTS": str(Path(args.real_weights).expanduser().resolve()) if args.real_weights else "tiny-appearance",
+            "REDIS_URL": None,  # the embedded Redis under MODEL_DIR
+        })
         serve_log = home / "serve.log"
         _say(f"starting seggpt-ls serve on {backend_url} (weights {env['SEGGPT_WEIGHTS']}; log: {serve_log})")
         serve = subprocess.Popen([*CLI_COMMAND, "serve", "--host", "127.0.0.1", "--port", str(serve_port), "--workers", "1"],
