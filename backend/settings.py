@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from seggpt_core.limits import DEFAULT_MAX_PIXELS
 from seggpt_core.weights_files import DEFAULT_WEIGHTS
+from worker.defaults import DEFAULT_QUEUE
 from worker.settings import (DEFAULT_INTERACTIVE_QUEUE, ModelSettings, SettingError, WorkerSettings, data_dir_from_env, default_data_dir,
                              parse_flag)
 
@@ -119,7 +120,7 @@ class Settings:
     max_webhook_bytes: int = 2**20
     webhook_secret: str = field(default="", repr=False)  # never printed
     ls_deadline: float = 60.0
-    queue: str = "seggpt"
+    queue: str = DEFAULT_QUEUE
     interactive_queue: str = DEFAULT_INTERACTIVE_QUEUE
     chunk_size: int = 16
     import_each_above: int = IMPORT_EACH_ABOVE

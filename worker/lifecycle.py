@@ -3,7 +3,8 @@
 A process started with `child_environment()` in its environment calls `die_with_parent()` early, with the parent
 its settings name: on Linux the kernel sends it SIGTERM the moment its parent dies, whatever killed the parent
 (SIGKILL included); a parent that died before the child asked is caught by comparing `getppid()` once, and where
-the kernel cannot help a thread polls `getppid()`. A child that is not Python gets the same signal through `exec_child_preexec()`.
+the kernel cannot help a thread polls `getppid()`. A child that is not Python gets the same signal through
+`exec_child_preexec()`.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from worker import EmbeddedRedis, data_dir, get_connection
     from worker.lifecycle import start_child, stop_children
-    from worker.settings import inherited_environment
     from worker.redis_supervisor import RedisSupervisor
+    from worker.settings import inherited_environment
     from worker.waiting import STOPPING
 
     from ..app import create_app
