@@ -112,6 +112,10 @@ class LabelStudioSink:
         self.prompt_sources = target.prompt_sources
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
+        # Set by the job when writes run in a thread beside the forward: bulk work is then written as it comes, one
+        # POST per prediction, so Label Studio's time hides behind the next forward instead of ending the chunk
+        # with one import the worker waits for (Label Studio 1.23.2's import grows with the project: IMPORT_EACH_ABOVE).
+        self.overlapped = False
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
 
     def write(self, task: dict, segmentation, done_key: str) -> None:
@@ -131,8 +135,11 @@ class LabelStudioSink:
             self._mark_done(done_key, task_id)
             return
         if self.bulk:
-            self._buffer.append((task_id, prediction))
+            # a write retried after a failed flush replaces its own entry: nothing is buffered twice
+            self._buffer = [(t, p) for t, p in self._buffer if t != task_id] + [(task_id, prediction)]
             self._done_key = done_key
+            if self.overlapped:
+                self.flush()
             return
         if not self._already_there(task_id, prediction):
             self._call(lambda: services_from_env().require_client().create_prediction(task_id, prediction))
@@ -157,7 +164,7 @@ class LabelStudioSink:
             fresh = self._not_yet_imported()
         client = services_from_env().require_client()
         if fresh:
-            if self.import_each:
+            if self.import_each or self.overlapped:
                 for task_id, prediction in fresh:
                     self._call(lambda: client.create_prediction(task_id, prediction))
             else:

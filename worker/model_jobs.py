@@ -208,6 +208,8 @@ def segment_chunk(payload: dict) -> dict:
     cancelled = _cancelled(connection, chunk.run)
     overlap = runtime.overlaps_host_work()
     job.meta["overlapped"] = overlap
+    if hasattr(sink, "overlapped"):
+        sink.overlapped = overlap  # a sink may then write each result as it comes (see task_io.Sink)
     with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, 1, "seggpt-write") as writer:
         queue = deque((task, loaders.submit(prepare, task)) for task in ([] if cancelled else pending[: 2 * batch]))
         upcoming = iter(pending[2 * batch :])
