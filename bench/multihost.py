@@ -350,7 +350,7 @@ def tls(args, hosts, label_studio, media, images, labels, env, media_host, figur
           + ("" if ok else result.stdout[-2000:] + result.stderr[-2000:]), flush=True)
 
 
-def wait_workers(hosts, names: set[str], timeout: float = 300) -> None:
+def wait_workers(hosts, names: set[str], timeout: float = 900) -> None:
     from worker import queue_status
 
     hosts.wait(lambda: names <= hosts.call(lambda: {w["host"] for w in queue_status(hosts.redis())["workers"] if w.get("model_loads")}),

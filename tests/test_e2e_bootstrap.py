@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -361,7 +362,7 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
             asked = []
             original = sink._already_there
             sink._already_there = lambda task_id, prediction: asked.append(task_id) or original(task_id, prediction)
-            for index, task in enumerate(chunk):
+            def write(index: int, task: dict) -> None:
                 mask = np.zeros((64, 80), dtype=bool)
                 mask[10 + index : 30, 5:40] = True
                 segmentation = Segmentation({"mask\x1fDisc": mask}, {"mask\x1fDisc": 0.9}, (64, 80))
@@ -369,6 +370,11 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
                 if overlapped and first:  # already stored and marked done, the chunk not flushed yet
                     assert [p["model_version"] for p in _predictions_by_task(label_studio, project).get(task["id"], [])] == ["seggpt-retry-test"]
                     assert str(task["id"]).encode() in connection.smembers("done-key")
+
+            # overlapped, the job calls `write` from `sink.writers` threads at once
+            with ThreadPoolExecutor(sink.writers if overlapped else 1) as writers:
+                for future in [writers.submit(write, index, task) for index, task in enumerate(chunk)]:
+                    future.result()
             sink.flush()
             return len(asked)
 
