@@ -112,6 +112,13 @@ class LabelStudioSink:
         self.prompt_sources = target.prompt_sources
         self._buffer: list[tuple[int, dict]] = []
         self._done_key = ""
+        # Set by the job when writes run in threads beside the forward: bulk work is then written as it comes, one
+        # POST per prediction, so Label Studio's time hides behind the next forward instead of ending the chunk
+        # with one import the worker waits for (Label Studio 1.23.2's import grows with the project: IMPORT_EACH_ABOVE).
+        # Written so, `write` keeps no state between calls, and `writers` threads may call it at once: the last
+        # batch of a chunk, which nothing hides, waits for one round trip instead of one per task.
+        self.overlapped = False
+        self.writers = 4
         self._store_if_open = connection.register_script(_STORE_IF_OPEN)
 
     def write(self, task: dict, segmentation, done_key: str) -> None:
@@ -130,8 +137,12 @@ class LabelStudioSink:
             log.info("project %s: task %s: interactive suggestion finished after its request closed; dropped", self.project, task_id)
             self._mark_done(done_key, task_id)
             return
+        if self.bulk and self.overlapped:
+            self._store([(task_id, prediction)], done_key)
+            return
         if self.bulk:
-            self._buffer.append((task_id, prediction))
+            # a write retried after a failed flush replaces its own entry: nothing is buffered twice
+            self._buffer = [(t, p) for t, p in self._buffer if t != task_id] + [(task_id, prediction)]
             self._done_key = done_key
             return
         if not self._already_there(task_id, prediction):
@@ -147,17 +158,21 @@ class LabelStudioSink:
     def flush(self) -> None:
         """Write the buffered predictions, in one import request (or one POST each, with `import_each`), skipping
         any a re-run already wrote."""
-        if not self._buffer:
-            return
+        if self._buffer:
+            self._store(self._buffer, self._done_key)
+            self._buffer = []
+
+    def _store(self, items: list[tuple[int, dict]], done_key: str) -> None:
+        """Write `items` to Label Studio unless a re-run already did, then mark them done."""
         current = self.connection.get(current_version_key(self.project))
         if current is not None and current.decode() != self.model_version:
-            log.info("project %s: dropping %d predictions of superseded version %s", self.project, len(self._buffer), self.model_version)
+            log.info("project %s: dropping %d predictions of superseded version %s", self.project, len(items), self.model_version)
             fresh = []
         else:
-            fresh = self._not_yet_imported()
+            fresh = self._not_yet_imported(items)
         client = services_from_env().require_client()
         if fresh:
-            if self.import_each:
+            if self.import_each or self.overlapped:
                 for task_id, prediction in fresh:
                     self._call(lambda: client.create_prediction(task_id, prediction))
             else:
@@ -172,26 +187,25 @@ class LabelStudioSink:
                     version = older.get("model_version") or ""
                     if version.startswith("seggpt-") and version != self.model_version and older["id"] not in kept:
                         self._call(lambda: client.delete_prediction(older["id"]))
-        ids = [str(t) for t, _ in self._buffer]
+        ids = [str(t) for t, _ in items]
         with self.connection.pipeline() as pipe:
-            pipe.sadd(self._done_key, *ids)
-            pipe.expire(self._done_key, RESULT_TTL)
+            pipe.sadd(done_key, *ids)
+            pipe.expire(done_key, RESULT_TTL)
             pipe.hdel(inflight_key(self.project, self.model_version), *ids)
             pipe.execute()
-        self._buffer.clear()
 
-    def _not_yet_imported(self) -> list[tuple[int, dict]]:
-        """The buffered predictions Label Studio does not hold yet. A task is asked about (one GET each) only if an
+    def _not_yet_imported(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """The predictions of `items` Label Studio does not hold yet. A task is asked about (one GET each) only if an
         earlier attempt, by a crashed or duplicated chunk, got as far as importing it; the ids are noted before the
         import, so a crash after it cannot hide one. The first attempt, the usual case, costs Label Studio nothing."""
         key = import_attempts_key(self.project, self.model_version)
-        ids = [str(t) for t, _ in self._buffer]
+        ids = [str(t) for t, _ in items]
         with self.connection.pipeline() as pipe:
             pipe.smismember(key, ids)
             pipe.sadd(key, *ids)
             pipe.expire(key, RESULT_TTL)
             seen, _, _ = pipe.execute()
-        return [(t, p) for (t, p), tried in zip(self._buffer, seen) if not (tried and self._already_there(t, p))]
+        return [(t, p) for (t, p), tried in zip(items, seen) if not (tried and self._already_there(t, p))]
 
     def _make_current(self, client) -> None:
         """Once this version has predictions, make it the project's model version (shown as pre-annotations).

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,9 +154,11 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
         workdir / "model-only", images, labels, 1, K, args.baseline_targets, command_prefix=w1.command([]))
     log(f"model only: {model_targets} targets in {model_seconds:.1f} s = {model_rate:.3f} tasks/s")
     log("seggpt-ls bootstrap on the head, one worker host")
+    cpu_before = host_cpu_seconds(w1.namespace)
     begun = time.perf_counter()
     result = hosts.cli(env, "bootstrap", "--project", str(project), timeout=6 * 3600)
     seconds = time.perf_counter() - begun
+    w1_cpu = host_cpu_seconds(w1.namespace) - cpu_before
     if result.returncode != 0:
         print(result.stdout[-3000:], result.stderr[-3000:])
         raise RuntimeError(f"bootstrap exited with {result.returncode}")
@@ -165,6 +168,8 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     queue_seconds = time.time() - batch.started_at
     missing, duplicates = count_predictions(label_studio, project, [t["id"] for t in tasks[args.prompts:]], version)
     rate = queued / seconds
+    figures.update(w1_cpu_ms_per_task=round(1000 * w1_cpu / queued, 1), w1_busy=round(w1_cpu / seconds, 3),
+                   model_only_ms_per_task=round(1000 / model_rate, 1))
     figures.update(tasks=args.tasks, prompts=args.prompts, queued=queued, bootstrap_s=round(seconds, 1),
                    bootstrap_tasks_s=round(rate, 3), queue_to_done_s=round(queue_seconds, 1), model_only_tasks_s=round(model_rate, 3),
                    throughput_ratio=round(rate / model_rate, 3), queue_ratio=round(queued / queue_seconds / model_rate, 3),
@@ -174,6 +179,8 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
           f"from queueing to done {queue_seconds:.1f} s = {queued / queue_seconds:.3f} tasks/s")
     print(f"model only (same settings, CPU {w1.cpus}, images decoded beforehand): {model_rate:.3f} tasks/s")
     print(f"throughput_ratio={rate / model_rate:.3f} (goal >= 0.9); from queueing to done {queued / queue_seconds / model_rate:.3f}")
+    print(f"w1's processes used {w1_cpu:.1f} core-s: {1000 * w1_cpu / queued:.1f} ms of CPU per task against "
+          f"{1000 / model_rate:.1f} ms model only; CPU 1 was busy {w1_cpu / seconds:.1%} of the command's time")
     print(f"missing {missing}, duplicates {duplicates} (Label Studio API)\n", flush=True)
 
     # -- 2. a partition ---------------------------------------------------------------------------------------------------
@@ -350,7 +357,21 @@ def tls(args, hosts, label_studio, media, images, labels, env, media_host, figur
           + ("" if ok else result.stdout[-2000:] + result.stderr[-2000:]), flush=True)
 
 
-def wait_workers(hosts, names: set[str], timeout: float = 300) -> None:
+def host_cpu_seconds(namespace: str) -> float:
+    """CPU seconds (user + system) used so far by the processes of a host's network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=10).stdout.split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def wait_workers(hosts, names: set[str], timeout: float = 900) -> None:
     from worker import queue_status
 
     hosts.wait(lambda: names <= hosts.call(lambda: {w["host"] for w in queue_status(hosts.redis())["workers"] if w.get("model_loads")}),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -331,11 +332,14 @@ def test_project_events_update_the_pool_and_human_work_is_kept(label_studio, med
         backend.stop()
 
 
-@pytest.mark.parametrize("import_each", [False, True], ids=["bulk-import", "one-post-per-prediction"])
-def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_attempt_asks_nothing(label_studio, media, tmp_path, monkeypatch, import_each):
+@pytest.mark.parametrize("import_each, overlapped", [(False, False), (True, False), (False, True)],
+                         ids=["bulk-import", "one-post-per-prediction", "written-as-they-come"])
+def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_attempt_asks_nothing(label_studio, media, tmp_path, monkeypatch, import_each, overlapped):
     """The Label Studio sink in-process against the real server: the first import of a chunk asks Label Studio
     about no task; the same chunk run again (its worker died after the import, before marking it done) finds its
-    predictions there and imports nothing. The same with one POST per prediction (large projects)."""
+    predictions there and imports nothing. The same with one POST per prediction (large projects), and with writes
+    that run beside the forward (`overlapped`): each prediction is in Label Studio, and marked done, as soon as
+    its write returns, before the chunk's flush."""
 
     from backend.label_config import parse_label_config
     from backend.label_studio_io import LabelStudioSink, label_studio_sink
@@ -352,23 +356,32 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
         spec = label_studio_sink(project, "seggpt-retry-test", controls, bulk=True, import_each=import_each)
         chunk = tasks[:4]
 
-        def run_chunk() -> int:
+        def run_chunk(first: bool) -> int:
             sink = LabelStudioSink(connection, {"namespace": "n", **spec.params})
+            sink.overlapped = overlapped
             asked = []
             original = sink._already_there
             sink._already_there = lambda task_id, prediction: asked.append(task_id) or original(task_id, prediction)
-            for index, task in enumerate(chunk):
+            def write(index: int, task: dict) -> None:
                 mask = np.zeros((64, 80), dtype=bool)
                 mask[10 + index : 30, 5:40] = True
                 segmentation = Segmentation({"mask\x1fDisc": mask}, {"mask\x1fDisc": 0.9}, (64, 80))
                 sink.write(task, segmentation, "done-key")
+                if overlapped and first:  # already stored and marked done, the chunk not flushed yet
+                    assert [p["model_version"] for p in _predictions_by_task(label_studio, project).get(task["id"], [])] == ["seggpt-retry-test"]
+                    assert str(task["id"]).encode() in connection.smembers("done-key")
+
+            # overlapped, the job calls `write` from `sink.writers` threads at once
+            with ThreadPoolExecutor(sink.writers if overlapped else 1) as writers:
+                for future in [writers.submit(write, index, task) for index, task in enumerate(chunk)]:
+                    future.result()
             sink.flush()
             return len(asked)
 
-        assert run_chunk() == 0  # the usual case: nothing to ask
-        assert run_chunk() == len(chunk)  # the re-run asks about each task, and finds it there
+        assert run_chunk(True) == 0  # the usual case: nothing to ask
+        assert run_chunk(False) == len(chunk)  # the re-run asks about each task, and finds it there
         imports = label_studio.log.read_text(errors="replace").count(f"POST /api/projects/{project}/import/predictions")
-        assert (imports > 0) != import_each, imports
+        assert (imports > 0) != (import_each or overlapped), imports
         by_task = _predictions_by_task(label_studio, project)
         for task in chunk:
             assert [p["model_version"] for p in by_task[task["id"]]] == ["seggpt-retry-test"]

@@ -71,3 +71,48 @@ def test_other_jpeg_color_spaces_come_back_rgb(mode):
     reduced, size = open_reduced(_jpeg(_photo(500, 700).convert(mode)), (100, 100))
     assert reduced.mode == "RGB" and size == (500, 700)
     assert image_to_tensor(reduced, (100, 100)).shape == (3, 100, 100)
+
+
+def _png(image: Image.Image, **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "LA", "I;16"])
+def test_png_bytes_decode_to_the_pixels_pillow_gives(mode):
+    """8-bit RGB, RGBA and gray PNGs are decoded by libspng, the rest by Pillow: the RGB pixels are Pillow's either way."""
+    from seggpt_core.transforms import to_rgb
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    image = {"RGB": lambda: Image.fromarray(pixels[:, :, :3]), "RGBA": lambda: Image.fromarray(pixels),
+             "L": lambda: Image.fromarray(pixels[:, :, 0]), "P": lambda: Image.fromarray(pixels[:, :, :3]).quantize(16),
+             "LA": lambda: Image.fromarray(pixels[:, :, 0]).convert("LA"),
+             "I;16": lambda: Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 250)}[mode]()
+    data = _png(image)
+    expected = np.asarray(to_rgb(Image.open(io.BytesIO(data))))
+    assert np.array_equal(np.asarray(open_image(data)), expected)
+    reduced, size = open_reduced(data, (448, 448))
+    assert np.array_equal(np.asarray(reduced), expected) and size == (37, 53)
+
+
+def test_a_png_with_an_exif_orientation_is_turned():
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise to display
+    turned, size = open_reduced(_png(image, exif=exif.tobytes()), (448, 448))
+    assert turned.size == (20, 30) and size == (30, 20)
+    assert np.array_equal(np.asarray(turned), np.asarray(image.transpose(Image.Transpose.ROTATE_270)))
+
+
+@pytest.mark.parametrize("damage", ["cut-in-half", "last-bytes-missing", "garbage-inside"])
+def test_a_damaged_png_is_an_image_error_naming_the_task(damage):
+    from seggpt_core import ImageError
+
+    data = _png(Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 300, 3), dtype=np.uint8)))
+    half = len(data) // 2
+    damaged = {"cut-in-half": data[:half], "last-bytes-missing": data[:-20],
+               "garbage-inside": data[:half] + b"x" * 50 + data[half + 50 :]}[damage]
+    with pytest.raises(ImageError, match="task 7: corrupt or truncated image"):
+        open_image(damaged, where="task 7")

@@ -201,14 +201,16 @@ def segment_chunk(payload: dict) -> dict:
     pending = [task for task in pending if not task.get("marks")]
 
     # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
-    # batch, a writer thread encodes and stores the previous batch (one writer keeps the sink single-threaded).
+    # batch, writer threads encode and store the previous batch (one, unless the sink says how many may write at once).
     # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
     # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
     interrupted = False
     cancelled = _cancelled(connection, chunk.run)
     overlap = runtime.overlaps_host_work()
     job.meta["overlapped"] = overlap
-    with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, 1, "seggpt-write") as writer:
+    if hasattr(sink, "overlapped"):
+        sink.overlapped = overlap  # a sink may then write each result as it comes (see task_io.Sink)
+    with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, getattr(sink, "writers", 1), "seggpt-write") as writer:
         queue = deque((task, loaders.submit(prepare, task)) for task in ([] if cancelled else pending[: 2 * batch]))
         upcoming = iter(pending[2 * batch :])
         writes: list = []

@@ -70,13 +70,19 @@ class WorkerRuntime:
 
     def overlaps_host_work(self) -> bool:
         """Whether image loading and result writing should run in threads beside the forward: yes unless the
-        forward runs on the CPU with a torch thread for every core this process may use."""
+        forward runs on the CPU with several torch threads that take every core this process may use.
+
+        Several torch threads on every core: a thread beside them preempts one, and each parallel op waits for its
+        slowest thread (bench/pipeline_vs_model.py). One torch thread has no op to hold up, and the threads beside
+        it mostly wait on the network (media, Label Studio, Redis on another host): the forward goes on meanwhile
+        (bench/multihost.py)."""
         if not self.device.startswith("cpu"):
             return True
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return torch.get_num_threads() < cores
+        threads = torch.get_num_threads()
+        return threads == 1 or threads < cores
 
     @property
     def device(self) -> str:

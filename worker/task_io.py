@@ -30,7 +30,10 @@ SinkFactory = Callable[[redis.Redis, Mapping[str, Any]], "Sink"]
 
 
 class Sink(Protocol):
-    """Stores results. May also define `flush()`, called once at the end of each chunk (bulk writers)."""
+    """Stores results. May also define `flush()`, called once at the end of each chunk (bulk writers), and an
+    `overlapped` attribute, which the job sets to True when writes run in threads beside the forward: a bulk
+    writer may then write each result as it comes, its wait hidden behind the next forward. `writers`: how many
+    threads may call `write` at once when overlapped (default 1)."""
 
     def write(self, task: dict, segmentation: Any, done_key: str) -> None:
         """Store the result of `task` and add its id to the set `done_key` (atomically, or at `flush`)."""
