@@ -20,7 +20,7 @@ from seggpt_core.limits import DEFAULT_MAX_PIXELS
 from .defaults import PROMPT_CACHE_BYTES, PROMPT_CACHE_SIZE
 from .payloads import PromptSetRef
 
-__all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
+__all__ = ["ModelSettings", "WorkerRuntime"]
 
 
 @dataclass(frozen=True)
@@ -181,18 +181,3 @@ class WorkerRuntime:
             "dtype": self.dtype_name,
         }
 
-
-_runtime: WorkerRuntime | None = None
-
-
-def get_runtime() -> WorkerRuntime:
-    """This process's runtime; created from the environment if no worker set one up."""
-    global _runtime
-    if _runtime is None:
-        _runtime = WorkerRuntime(ModelSettings.from_env())
-    return _runtime
-
-
-def set_runtime(runtime: WorkerRuntime) -> None:
-    global _runtime
-    _runtime = runtime

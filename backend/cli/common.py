@@ -81,7 +81,7 @@ def local_workers_if_none(connection: redis.Redis, args: argparse.Namespace, fla
     from worker import queue_status
     from worker.lifecycle import start_child
 
-    live = queue_status(connection)["workers"]
+    live = [w for w in queue_status(connection)["workers"] if w["role"] != "control"]  # a control worker runs no chunk
     if weights_digest is not None:
         live = [w for w in live if w.get("weights_digest") in (None, weights_digest)]
     if args.redis_url or live:

@@ -13,12 +13,20 @@ from .project import print_batch
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.gpu_worker import run_worker
     from worker.lifecycle import die_with_parent
-    from worker.runtime import ModelSettings
 
+    from ..job_context import build_job_context
     from ..settings import Settings
 
     die_with_parent()  # a worker that `serve` or another command started ends with it
     backend_settings = Settings.from_env()
+    connection = connect(args)
+    timing = {"burst": args.burst, "heartbeat_interval": args.heartbeat_interval, "maintenance_interval": args.maintenance_interval}
+    if args.control:
+        # the backend's own jobs: no model, no torch (the context has no runtime)
+        context = build_job_context(connection, backend_settings)
+        run_worker(context, args.queue or [backend_settings.control_queue], **timing)
+        return 0
+    from worker.runtime import ModelSettings, WorkerRuntime
 
     # the environment's settings (SEGGPT_PROMPT_CACHE_MB and the rest), then the flags, whose defaults are the same
     # variables: every documented variable reaches the worker
@@ -31,15 +39,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         low_memory=args.low_memory,
         max_pixels=backend_settings.max_pixels,  # SEGGPT_MAX_PIXELS
     )
-    run_worker(
-        connect(args),
-        args.queue or [backend_settings.interactive_queue, backend_settings.queue],  # interactive work first
-        settings,
-        burst=args.burst,
-        heartbeat_interval=args.heartbeat_interval,
-        maintenance_interval=args.maintenance_interval,
-        weights_wait=args.weights_wait,
-    )
+    queues = args.queue or [backend_settings.interactive_queue, backend_settings.queue]  # interactive work first
+    if backend_settings.control_queue in queues:
+        raise SystemExit(f"error: {backend_settings.control_queue} is the control queue: a model worker never takes it "
+                         "(run `seggpt-ls worker --control` for it)")
+    context = build_job_context(connection, backend_settings, WorkerRuntime(settings))
+    run_worker(context, queues, weights_wait=args.weights_wait, **timing)
     return 0
 
 
@@ -110,6 +115,9 @@ def add_worker(commands: argparse._SubParsersAction) -> None:
     add_redis_option(worker)
     add_model_options(worker, os.environ.get("SEGGPT_WEIGHTS", "BAAI/seggpt-vit-large"), prediction=False)
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument("--control", action="store_true",
+                        help="a control worker: the backend's own jobs (pool syncs, webhook work, relabel and bootstrap planning), "
+                             "on the control queue (SEGGPT_CONTROL_QUEUE), without the model; `serve` runs one")
     worker.add_argument("--low-memory", action="store_true", default=ModelSettings.from_env().low_memory,
                         help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (env SEGGPT_LOW_MEMORY)")
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")
