@@ -103,7 +103,7 @@ class SegGptWorker(SimpleWorker):
 
     @property
     def stop_requested(self) -> threading.Event | None:
-        return self.runtime.stop_requested if self.runtime is not None else getattr(self, "_stop_requested", None)
+        return self.runtime.stop_requested if self.runtime is not None else getattr(self, "_stop_event", None)
 
     def request_stop(self, signum, frame):
         if self.stop_requested is not None:
@@ -357,7 +357,7 @@ def run_worker(
             worker_ttl=max(heartbeat_interval + HEARTBEAT_GRACE, 20),
         )
         worker.context = context
-        worker._stop_requested = stop
+        worker._stop_event = stop
         worker.heartbeat_interval = heartbeat_interval
         worker.weights_wait = weights_wait
         worker.yield_wait = yield_wait
