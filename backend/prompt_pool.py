@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import redis
 
-from seggpt_core.images import open_image
+from seggpt_core.images import open_image, resize_as_network
 from seggpt_core.limits import DEFAULT_MAX_PIXELS
 
 from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
@@ -56,8 +56,6 @@ def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
     import io
 
     from PIL import Image
-
-    from seggpt_core.transforms import resize_as_network
 
     size = (min(image.width, POOL_IMAGE_SIDE), min(image.height, POOL_IMAGE_SIDE))
     if size == image.size:

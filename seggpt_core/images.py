@@ -1,4 +1,5 @@
-"""Opening images: from a path, bytes, a file object, a PIL image or an array, to RGB with EXIF orientation applied.
+"""Opening images (from a path, bytes, a file object, a PIL image or an array, to RGB with EXIF orientation applied),
+and shrinking one exactly as the network's input resize does.
 
 Without torch, so that processes that only read images (the prompt pool's sync in a control worker) never load it;
 `transforms` re-exports these names and does everything that needs tensors.
@@ -17,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .limits import DEFAULT_MAX_PIXELS
 
-__all__ = ["ImageLike", "open_image", "open_reduced", "to_rgb"]
+__all__ = ["ImageLike", "open_image", "open_reduced", "to_rgb", "resize_as_network"]
 
 ImageLike = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
 
@@ -139,3 +140,61 @@ def _array_to_image(array: np.ndarray, where: str) -> Image.Image:
             array = _to_8bit(array)
         return Image.fromarray(np.ascontiguousarray(array[:, :, :3]), mode="RGB")
     raise ImageError(f"{where}: array of shape {array.shape} is not an image (expected HxW, HxWx3 or HxWx4)")
+
+
+# torch's antialiased bicubic on uint8 (what `transforms.image_to_tensor` runs): Pillow's resampling scheme, Keys'
+# cubic (a = -0.5), int16 fixed-point weights, a horizontal pass rounded to uint8, then a vertical one. Computed
+# here with numpy, to the bit (tests/test_transforms.py compares the two on random sizes).
+_CUBIC_A = -0.5
+
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    near = ((_CUBIC_A + 2) * x - (_CUBIC_A + 3)) * x * x + 1
+    far = ((_CUBIC_A * x - 5 * _CUBIC_A) * x + 8 * _CUBIC_A) * x - 4 * _CUBIC_A
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _fixed_point_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(first input index per output, int weights per output and tap, precision bits) of one axis."""
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    centers = scale * (np.arange(out_size) + 0.5)
+    first = np.maximum((centers - support + 0.5).astype(np.int64), 0)
+    last = np.minimum((centers + support + 0.5).astype(np.int64), in_size)
+    taps = int((last - first).max())
+    offsets = np.arange(taps)
+    weights = _cubic((first[:, None] + offsets[None, :] - centers[:, None] + 0.5) * invscale)
+    weights[offsets[None, :] >= (last - first)[:, None]] = 0.0
+    totals = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, totals, out=weights, where=totals != 0)
+    precision = 0
+    for precision in range(22):  # the most bits that keep the largest weight within int16
+        if int(0.5 + weights.max() * (1 << (precision + 1))) >= (1 << 15):
+            break
+    scaled = weights * (1 << precision)
+    return first, np.trunc(np.where(weights < 0, scaled - 0.5, scaled + 0.5)).astype(np.int32), precision
+
+
+def _resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    first, weights, precision = _fixed_point_weights(pixels.shape[axis], out_size)
+    source = np.moveaxis(pixels, axis, 0).astype(np.int32)  # 255 x 2**15 x the taps: well within int32
+    last_index = source.shape[0] - 1
+    total = np.full((out_size,) + source.shape[1:], 1 << (precision - 1), dtype=np.int32)
+    shape = (out_size,) + (1,) * (source.ndim - 1)
+    for tap in range(weights.shape[1]):  # taps past a row's end weigh 0
+        total += weights[:, tap].reshape(shape) * source[np.minimum(first + tap, last_index)]
+    return np.moveaxis(np.clip(total >> precision, 0, 255).astype(np.uint8), 0, axis)
+
+
+def resize_as_network(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` as RGB at `size` (height, width), resized exactly as the network resizes its input: an image stored
+    this way at the network's input size reaches the network with the same pixels as its original."""
+    pixels = np.asarray(to_rgb(image))
+    height, width = size
+    if pixels.shape[1] != width:
+        pixels = _resample_axis(pixels, width, 1)
+    if pixels.shape[0] != height:
+        pixels = _resample_axis(pixels, height, 0)
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")

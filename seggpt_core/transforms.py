@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .errors import ImageError
-from .images import ImageLike, open_image, open_reduced, to_rgb
+from .images import ImageLike, open_image, open_reduced, resize_as_network, to_rgb
 from .limits import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -71,13 +71,6 @@ def _resized_pixels(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     if image.size != (width, height):
         pixels = F.interpolate(pixels[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
     return pixels
-
-
-def resize_as_network(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """`image` as RGB at `size` (height, width), resized exactly as `image_to_tensor` resizes: an image stored this
-    way at the network's input size reaches the network with the same pixels as its original."""
-    pixels = _resized_pixels(to_rgb(image), size)
-    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
