@@ -13,3 +13,9 @@ def loaded_top_modules(payload: dict, context) -> list[str]:
 
 def started_at(payload: dict, context) -> float:
     return time.time()
+
+
+def sleep_then_stamp(payload: dict, context) -> int:
+    """Holds its worker for `seconds`, then marks `key` in Redis: a control job long enough to kill its worker in."""
+    time.sleep(float(payload["seconds"]))
+    return context.connection.incr(payload["key"])

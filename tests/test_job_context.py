@@ -229,3 +229,29 @@ def test_webhook_work_waits_behind_every_predict_on_the_control_worker(redis_ser
     blocking.cancel()  # the /predict's job is gone from its queue
     thread.join(30)
     assert waiting.get_status(refresh=True) == "finished" and waiting.return_value() >= released
+
+
+@pytest.mark.fault
+def test_a_control_job_whose_worker_died_is_run_again_by_the_next_control_worker(tmp_path):
+    """The control queue has the model queues' liveness: a control worker SIGKILLed mid-job stops heartbeating, and
+    the next control worker's sweep puts the job back in its queue and runs it."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    connection = server.connect()
+    timing = ("--heartbeat-interval", "1", "--maintenance-interval", "2")
+    first = _start(tmp_path, "--control", *timing, log=tmp_path / "first.log", env={})
+    second = None
+    try:
+        job = enqueue_call(connection, "tests.process_probe.sleep_then_stamp", {"seconds": 4, "key": "stamp"}, queue="seggpt-control")
+        wait_for(lambda: job.get_status(refresh=True) == "started", 60, interval=0.1, what="the job to start")
+        first.kill()
+        first.wait(10)
+        assert connection.get("stamp") is None
+        second = _start(tmp_path, "--control", *timing, log=tmp_path / "second.log", env={})
+        wait_for(lambda: job.get_status(refresh=True) == "finished", 90, interval=0.3, what="the job to run again")
+        assert int(connection.get("stamp")) == 1 and job.worker_name != ""
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        server.stop()

@@ -83,8 +83,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"tasks: {counters.get('tasks_done', 0)} done, {counters.get('tasks_failed_input', 0)} failed because of their "
           f"image (final), {counters.get('tasks_failed_system', 0)} failed because of the system (retried by the next run)")
     print(f"workers: {len(status['workers'])}")
-    digests = {worker["weights_digest"] for worker in status["workers"]}
+    digests = {worker["weights_digest"] for worker in status["workers"] if worker["role"] != "control"}
     for worker in status["workers"]:
+        if worker["role"] == "control":
+            print(f"  {worker['name']} on {worker['host']}: {worker['state']}, control worker (no model), queues {','.join(worker['queues'])}")
+            continue
         print(f"  {worker['name']} on {worker['host']}: {worker['state']}, device {worker['device']}, weights {worker['weights']} "
               f"(digest {worker['weights_digest']}), queues {','.join(worker['queues'])}")
     if len(digests) > 1:
