@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -210,25 +209,26 @@ def test_a_model_worker_never_receives_a_control_job_and_the_control_worker_has_
         server.stop()
 
 
-def test_webhook_work_waits_behind_every_predict_on_the_control_worker(redis_server):
+def test_webhook_work_waits_behind_every_predict_on_the_control_worker(redis_server, tmp_path):
     """A control job queued with `yields_to` starts only once the queue it yields to holds nothing queued or running."""
-    from worker.gpu_worker import SegGptWorker
-
     connection = redis_server.connect()
     interactive = get_queue(connection, "yield-interactive")
     blocking = enqueue_noop(connection, queue="yield-interactive")  # stands for a /predict no worker has taken yet
     waiting = enqueue_call(connection, "tests.process_probe.started_at", {}, queue="yield-control", yields_to=["yield-interactive"])
-    worker = SegGptWorker([get_queue(connection, "yield-control")], connection=connection, serializer=JSONSerializer)
-    worker.context = JobContext(connection)
-    worker.yield_wait = 30
-    thread = threading.Thread(target=worker.work, kwargs={"burst": True}, daemon=True)
-    thread.start()
-    time.sleep(1.5)
-    assert waiting.get_status(refresh=True) == "started" and interactive.count == 1  # taken, and holding back
-    released = time.time()
-    blocking.cancel()  # the /predict's job is gone from its queue
-    thread.join(30)
-    assert waiting.get_status(refresh=True) == "finished" and waiting.return_value() >= released
+    control = _start(tmp_path, "--control", "--queue", "yield-control", log=tmp_path / "control.log", env={})
+    try:
+        started = get_queue(connection, "yield-control").started_job_registry
+        wait_for(lambda: waiting.id in started, 60, interval=0.1, what="the control job to be taken")
+        time.sleep(1.5)
+        # taken (it heartbeats, so its liveness holds), and holding back
+        assert waiting.id in started and waiting.get_status(refresh=True) == "queued" and interactive.count == 1
+        released = time.time()
+        blocking.cancel()  # the /predict's job is gone from its queue
+        wait_for(lambda: waiting.get_status(refresh=True) == "finished", 30, interval=0.1, what="the control job")
+        assert waiting.return_value() >= released
+    finally:
+        control.terminate()
+        control.wait(30)
 
 
 @pytest.mark.fault

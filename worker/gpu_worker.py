@@ -289,7 +289,7 @@ class SegGptWorker(SimpleWorker):
         thread = threading.Thread(target=beat, name="seggpt-heartbeat", daemon=True)
         thread.start()
         try:
-            self._yield_to_waiting_work(job)  # heartbeating meanwhile: the job counts as started
+            self._yield_to_waiting_work(job)  # in the started registry and heartbeating meanwhile: a death is noticed
             self.perform_job(job, queue, execution)
         finally:
             stop.set()
