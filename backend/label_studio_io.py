@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from worker import JobContext, TransientError
@@ -226,5 +227,5 @@ class LabelStudioSink:
         return outcome
 
 
-SOURCES = {"label_studio": _label_studio_source}
-SINKS = {"label_studio": LabelStudioSink}
+SOURCES: Mapping[str, Any] = MappingProxyType({"label_studio": _label_studio_source})
+SINKS: Mapping[str, Any] = MappingProxyType({"label_studio": LabelStudioSink})

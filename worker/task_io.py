@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import redis
@@ -114,5 +115,6 @@ class RedisSink:
                 pipe.execute()
 
 
-BUILTIN_SOURCES: Mapping[str, Source] = {"path": _path_source, "blob": _blob_source}
-BUILTIN_SINKS: Mapping[str, SinkFactory] = {"redis": RedisSink}
+# read-only: a worker's own set is a copy in its JobContext, never a registry that code adds to at run time
+BUILTIN_SOURCES: Mapping[str, Source] = MappingProxyType({"path": _path_source, "blob": _blob_source})
+BUILTIN_SINKS: Mapping[str, SinkFactory] = MappingProxyType({"redis": RedisSink})
