@@ -56,6 +56,8 @@ def prepare_tuning(payload: dict, context: JobContext) -> dict:
     services = context.services
     if services.client is not None:
         sync_from_label_studio(pool, services.client, services.fetcher.fetch, controls, services.settings.max_pixels)
+    if pool.size() == 0:  # said here, in the job the caller was answered with, rather than by a model worker later
+        raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
     training = {key: payload.get(key) for key in ("project", "label_config", "steps", "excluded")}
     job = enqueue_call(context.connection, TRAIN_FUNCTION, training, queue=services.settings.queue,
                        description=f"tune the prompt of project {pool.project}")
