@@ -13,20 +13,25 @@ from .project import print_batch
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.gpu_worker import run_worker
     from worker.lifecycle import die_with_parent
+    from worker.runtime import ModelSettings, WorkerRuntime
 
     from ..job_context import build_job_context
     from ..settings import Settings
 
     die_with_parent()  # a worker that `serve` or another command started ends with it
     backend_settings = Settings.from_env()
+    queues = args.queue or ([backend_settings.control_queue] if args.control
+                            else [backend_settings.interactive_queue, backend_settings.queue])  # interactive work first
+    if not args.control and backend_settings.control_queue in queues:
+        raise SystemExit(f"error: {backend_settings.control_queue} is the control queue: a model worker never takes it "
+                         "(run `seggpt-ls worker --control` for it)")
     connection = connect(args)
     timing = {"burst": args.burst, "heartbeat_interval": args.heartbeat_interval, "maintenance_interval": args.maintenance_interval}
     if args.control:
         # the backend's own jobs: no model, no torch (the context has no runtime)
         context = build_job_context(connection, backend_settings)
-        run_worker(context, args.queue or [backend_settings.control_queue], **timing)
+        run_worker(context, queues, **timing)
         return 0
-    from worker.runtime import ModelSettings, WorkerRuntime
 
     # the environment's settings (SEGGPT_PROMPT_CACHE_MB and the rest), then the flags, whose defaults are the same
     # variables: every documented variable reaches the worker
@@ -39,10 +44,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         low_memory=args.low_memory,
         max_pixels=backend_settings.max_pixels,  # SEGGPT_MAX_PIXELS
     )
-    queues = args.queue or [backend_settings.interactive_queue, backend_settings.queue]  # interactive work first
-    if backend_settings.control_queue in queues:
-        raise SystemExit(f"error: {backend_settings.control_queue} is the control queue: a model worker never takes it "
-                         "(run `seggpt-ls worker --control` for it)")
     context = build_job_context(connection, backend_settings, WorkerRuntime(settings))
     run_worker(context, queues, weights_wait=args.weights_wait, **timing)
     return 0
