@@ -130,7 +130,7 @@ def start_bootstrap(
     controls = project_controls(services, pool)
     sync_errors: dict = {}
     if sync:
-        sync_errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls)["errors"]
+        sync_errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels)["errors"]
         for task_id, reason in sync_errors.items():
             log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
     if pool.size() == 0:

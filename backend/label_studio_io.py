@@ -1,7 +1,7 @@
 """What the backend adds to a worker process: the Label Studio image source and the Label Studio result sink.
 
-`install()` is this package's worker plugin (the `seggpt_ls.worker_plugins` entry point): the job layer calls it
-when it builds a worker runtime, however the worker was started, and knows the source and sink only by name.
+`SOURCES` and `SINKS` go into the `JobContext` of every worker the backend starts (`job_context`); the job layer
+knows them only by name. Both reach Label Studio through the context's services, built once per worker process.
 `label_studio_sink()` is the one place that writes the sink's params; `LabelStudioSinkParams` the one that reads them.
 
 The sink hands each prediction to whoever will deliver it, exactly once: while the `/predict` request that asked
@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-import redis
-
-from worker import TransientError, register_sink, register_source
+from worker import JobContext, TransientError
 from worker.defaults import RESULT_TTL
 from worker.payloads import PayloadError, SinkSpec
 
@@ -29,9 +28,9 @@ from .ls_faults import note_label_studio_ok, report_token_rejected
 from .ls_format import prediction_for
 from .region_filter import RegionFilter
 from .review_store import record_prompts_used
-from .services import services_from_env
+from .services import Services
 
-__all__ = ["install", "LabelStudioSink", "LabelStudioSinkParams", "label_studio_sink"]
+__all__ = ["SOURCES", "SINKS", "LabelStudioSink", "LabelStudioSinkParams", "label_studio_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,14 @@ return 1
 """
 
 
-def _label_studio_source(connection: redis.Redis, reference: dict) -> bytes:
+def _label_studio_source(context: JobContext, reference: dict) -> bytes:
     spec = reference["label_studio"]
     try:
-        data = services_from_env().fetcher.fetch(spec["value"], spec.get("task"))
+        data = context.services.fetcher.fetch(spec["value"], spec.get("task"))
     except LabelStudioAuthError as exc:
-        report_token_rejected(connection, exc)  # a configuration fault: the task fails unstored, said once a minute
+        report_token_rejected(context.connection, exc)  # a configuration fault: the task fails unstored, said once a minute
         raise
-    note_label_studio_ok(connection)
+    note_label_studio_ok(context.connection)
     return data
 
 
@@ -97,9 +96,10 @@ def label_studio_sink(project: int, model_version: str, controls: Sequence[Contr
 class LabelStudioSink:
     """Bulk work (`bulk`) is buffered and imported into Label Studio once per chunk, by `flush`."""
 
-    def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
+    def __init__(self, context: JobContext, params: Mapping[str, Any]) -> None:
         target = LabelStudioSinkParams.from_params(params)
-        self.connection = connection
+        connection = self.connection = context.connection
+        self.services: Services = context.services
         self.project = target.project
         self.model_version = target.model_version
         self.controls = list(target.controls)
@@ -146,7 +146,7 @@ class LabelStudioSink:
             self._done_key = done_key
             return
         if not self._already_there(task_id, prediction):
-            self._call(lambda: services_from_env().require_client().create_prediction(task_id, prediction))
+            self._call(lambda: self.services.require_client().create_prediction(task_id, prediction))
         self._mark_done(done_key, task_id)
 
     def _mark_done(self, done_key: str, task_id: object) -> None:
@@ -170,7 +170,7 @@ class LabelStudioSink:
             fresh = []
         else:
             fresh = self._not_yet_imported(items)
-        client = services_from_env().require_client()
+        client = self.services.require_client()
         if fresh:
             if self.import_each or self.overlapped:
                 for task_id, prediction in fresh:
@@ -221,7 +221,7 @@ class LabelStudioSink:
     def _already_there(self, task_id: int, prediction: dict) -> bool:
         """Whether the task holds this very prediction (same version, same region ids): a re-run after a crash."""
         ours = {region["id"] for region in prediction["result"]}
-        existing = self._call(lambda: services_from_env().require_client().predictions(task_id))
+        existing = self._call(lambda: self.services.require_client().predictions(task_id))
         return any(p.get("model_version") == self.model_version and {r.get("id") for r in p.get("result") or []} == ours for p in existing)
 
     def _call(self, action):
@@ -241,6 +241,5 @@ class LabelStudioSink:
         return outcome
 
 
-def install() -> None:
-    register_source("label_studio", _label_studio_source)
-    register_sink("label_studio", LabelStudioSink)
+SOURCES: Mapping[str, Any] = MappingProxyType({"label_studio": _label_studio_source})
+SINKS: Mapping[str, Any] = MappingProxyType({"label_studio": LabelStudioSink})

@@ -16,6 +16,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import redis
 
+from seggpt_core.images import open_image, resize_as_network
+from seggpt_core.limits import DEFAULT_MAX_PIXELS
+
 from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
 from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
 from worker.payloads import PromptSetRef
@@ -53,8 +56,6 @@ def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
     import io
 
     from PIL import Image
-
-    from seggpt_core.transforms import resize_as_network
 
     size = (min(image.width, POOL_IMAGE_SIDE), min(image.height, POOL_IMAGE_SIDE))
     if size == image.size:
@@ -186,15 +187,13 @@ class PromptPool:
         return masks
 
     # ---- writing -------------------------------------------------------------------------------------------
-    def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch) -> list[str]:
-        """Add or replace the entries of `task` from `annotation`; `fetch(value, task_id) -> bytes`.
+    def upsert(self, task: dict, annotation: dict, controls: Sequence[Control], fetch, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[str]:
+        """Add or replace the entries of `task` from `annotation`; `fetch(value, task_id) -> bytes`; images larger
+        than `max_pixels` (SEGGPT_MAX_PIXELS) are refused.
 
         Returns the labels stored. Raises AnnotationError / seggpt_core.ImageError / MediaError for an entry
         that cannot be used (the pool is left as it was for that task).
         """
-        from seggpt_core.transforms import open_image
-        from worker.runtime import get_runtime
-
         stored = []
         for data_key in sorted({c.data_key for c in controls}):
             field_controls = [c for c in controls if c.data_key == data_key]
@@ -208,7 +207,7 @@ class PromptPool:
                 stored.extend(unchanged)  # the same annotation of the same image: nothing to fetch or rewrite
                 continue
             data = fetch(value, task["id"])
-            image = open_image(data, where=f"task {task['id']}", max_pixels=get_runtime().settings.max_pixels)  # SEGGPT_MAX_PIXELS
+            image = open_image(data, where=f"task {task['id']}", max_pixels=max_pixels)
             masks = masks_from_annotation(annotation.get("result"), field_controls, (image.height, image.width))
             if not masks:
                 self.connection.hdel(self.key, entry_id)
@@ -270,8 +269,9 @@ class PromptPool:
         return [Control(**{**c, "labels": tuple(c["labels"])}) for c in body["controls"]], body["label_config"]
 
 
-def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control]) -> dict:
-    """Rebuild the pool from every task's newest usable annotation; returns counts and per-task errors."""
+def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts and
+    per-task errors."""
     from concurrent.futures import ThreadPoolExecutor
 
     seen, errors, stored = set(), {}, 0
@@ -296,7 +296,7 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
             if annotation is None:
                 continue
             seen.add(task["id"])
-            running.append((task["id"], threads.submit(pool.upsert, task, annotation, controls, fetch)))
+            running.append((task["id"], threads.submit(pool.upsert, task, annotation, controls, fetch, max_pixels)))
             while len(running) > 4 * SYNC_THREADS:  # bounded: a big pool is never held whole
                 settle(*running.pop(0))
         for task_id, future in running:

@@ -1,7 +1,9 @@
 """Prompt tuning for a Label Studio project, as a job: the project's labeled tasks teach one learned prompt per
 image field; the frozen SegGPT in the worker process does the work.
 
-Started by `seggpt-ls train-prompt` or the START_TRAINING webhook. The result is saved under MODEL_DIR (a file per
+Two jobs: `prepare_tuning` (the control queue: re-reads the project's prompts from Label Studio) queues
+`train_prompt` (the bulk queue: a model worker tunes the prompt from the pool in Redis, needing no Label Studio).
+START_TRAINING and /train queue the first; `seggpt-ls train-prompt` syncs the pool itself and queues the second. The result is saved under MODEL_DIR (a file per
 field) and in Redis (so every worker, on any machine, can use it); recording it in the pool changes the model
 version, so `/predict` and `bootstrap` use it from then on.
 """
@@ -12,32 +14,54 @@ import logging
 import time
 from pathlib import Path
 
-from rq import get_current_job
-
-from worker import data_dir, enqueue_call, store_learned_prompt
+from worker import JobContext, data_dir, enqueue_call, store_learned_prompt
 
 from .control_jobs import pool_and_controls, reports_token
 from .prompt_pool import PromptPool, sync_from_label_studio
-from .services import services_from_env
+from .settings import Settings
 from .webhook_hints import clear_pending, schedule_hint_job
 
-__all__ = ["train_prompt", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION"]
+__all__ = ["train_prompt", "prepare_tuning", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION", "PREPARE_FUNCTION"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
+PREPARE_FUNCTION = "backend.prompt_training.prepare_tuning"
 
 
-def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None, coalesce: bool = False) -> tuple[str, bool]:
-    """Queue `train_prompt` for `project` with the settings' step count. Long work: it goes on the bulk queue,
-    behind nothing interactive. With `coalesce` (START_TRAINING, /train), a tuning already waiting for the project
-    is the answer: three calls used to queue three tunings of ~30 s each. Returns (the job id, whether this call
-    queued it)."""
-    payload = {"project": project, "label_config": label_config, "steps": settings.tune_steps}
+def _training_payload(settings: Settings, project: int, label_config: str | None) -> dict:
+    # what shapes the tuning travels with it: the model worker reads no settings of its own
+    return {"project": project, "label_config": label_config, "steps": settings.tune_steps,
+            "excluded": sorted(settings.excluded_prompts)}
+
+
+def enqueue_prompt_tuning(connection, settings: Settings, project: int, label_config: str | None = None, coalesce: bool = False) -> tuple[str, bool]:
+    """With `coalesce` (START_TRAINING, /train): queue `prepare_tuning` on the control queue unless one already waits
+    for the project (three calls used to queue three tunings of ~30 s each); it re-reads the prompts, then queues the
+    tuning. Without (`seggpt-ls train-prompt`, which has synced the pool): queue `train_prompt` itself, on the bulk
+    queue, behind nothing interactive. Returns (the job id, whether this call queued it)."""
+    payload = _training_payload(settings, project, label_config)
     description = f"tune the prompt of project {project}"
     if coalesce:
-        return schedule_hint_job(connection, settings, project, "tune", TRAIN_FUNCTION, payload, description)
+        return schedule_hint_job(connection, settings, project, "tune", PREPARE_FUNCTION, payload, description)
     return enqueue_call(connection, TRAIN_FUNCTION, payload, queue=settings.queue, description=description).id, True
+
+
+@reports_token
+def prepare_tuning(payload: dict, context: JobContext) -> dict:
+    """Control job: `{"project": id, "label_config": ..., "steps": N, "excluded": [...], "hint_job": ...}`: re-read the
+    project's prompts from Label Studio, then queue `train_prompt` for a model worker. Returns its job id."""
+    pool, controls = pool_and_controls(payload, context)
+    clear_pending(context.connection, pool.project, "tune", payload.get("hint_job"))  # a START_TRAINING from now on queues another
+    services = context.services
+    if services.client is not None:
+        sync_from_label_studio(pool, services.client, services.fetcher.fetch, controls, services.settings.max_pixels)
+    if pool.size() == 0:  # said here, in the job the caller was answered with, rather than by a model worker later
+        raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
+    training = {key: payload.get(key) for key in ("project", "label_config", "steps", "excluded")}
+    job = enqueue_call(context.connection, TRAIN_FUNCTION, training, queue=services.settings.queue,
+                       description=f"tune the prompt of project {pool.project}")
+    return {"project": pool.project, "training_job": job.id}
 
 
 def learned_prompt_path(project: int, data_key: str) -> Path:
@@ -45,12 +69,12 @@ def learned_prompt_path(project: int, data_key: str) -> Path:
     return data_dir() / "prompts" / f"project-{int(project)}" / f"{safe}.safetensors"
 
 
-def _examples(pool: PromptPool, data_key: str) -> list:
+def _examples(pool: PromptPool, data_key: str, excluded_by_settings: frozenset[int]) -> list:
     from seggpt_core import Prompt
 
     examples = []
     # a prompt left out (SEGGPT_EXCLUDE_PROMPTS, `seggpt-ls prompts --exclude`) teaches the tuned one nothing either
-    excluded = pool.excluded() | services_from_env().settings.excluded_prompts
+    excluded = pool.excluded() | excluded_by_settings
     for entry in sorted(pool.entries(), key=lambda e: str(e["entry"])):
         if entry["data_key"] != data_key or entry["annotation"] in excluded:
             continue
@@ -62,21 +86,18 @@ def _examples(pool: PromptPool, data_key: str) -> list:
     return examples
 
 
-@reports_token
-def train_prompt(payload: dict) -> dict:
-    """`{"project": id, "label_config": "<View>..." (optional), "steps": N, "sync": true}` -> per-field report."""
+def train_prompt(payload: dict, context: JobContext) -> dict:
+    """Model job: `{"project": id, "label_config": "<View>..." (optional), "steps": N, "excluded": [annotation ids]}`
+    -> per-field report. Reads the pool from Redis only."""
     from seggpt_core.prompt_tuning import TuneSettings, tune_prompt
-    from worker.runtime import get_runtime
 
-    job, pool, controls = pool_and_controls(payload)
-    clear_pending(job.connection, pool.project, "tune", payload.get("hint_job"))  # a START_TRAINING from now on queues another
-    services = services_from_env()
-    if payload.get("sync", True) and services.client is not None:
-        sync_from_label_studio(pool, services.client, services.fetcher.fetch, controls)
+    model = context.require_runtime().load()
+    job = context.job
+    pool, controls = pool_and_controls(payload, context)
     settings = TuneSettings(steps=int(payload.get("steps") or TuneSettings.steps))
-    model = get_runtime().load()
+    excluded = frozenset(int(a) for a in payload.get("excluded") or ())
     data_keys = sorted({c.data_key for c in controls})
-    fields = {key: _examples(pool, key) for key in data_keys}
+    fields = {key: _examples(pool, key, excluded) for key in data_keys}
     total = settings.steps * sum(1 for examples in fields.values() if examples)
     if total == 0:
         raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
@@ -97,7 +118,7 @@ def train_prompt(payload: dict) -> dict:
         learned = tune_prompt(model, examples, settings, progress=progress)
         finished += settings.steps
         path = learned.save(learned_prompt_path(pool.project, data_key))
-        digest = store_learned_prompt(job.connection, learned.to_bytes())
+        digest = store_learned_prompt(context.connection, learned.to_bytes())
         pool.set_learned_prompt(data_key, digest)
         report[data_key] = {"examples": len(examples), "labels": [l.split("\x1f", 1)[-1] for l in learned.labels],
                             "final_loss": learned.info["final_loss"], "path": str(path), "digest": digest}

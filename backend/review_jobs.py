@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 
 import redis
 
+from worker import JobContext
+
 from .control_jobs import reports_token
 from .label_config import Control, parse_label_config
 from .ls_client import LabelStudioError
@@ -40,22 +42,18 @@ def queue_review(connection: redis.Redis, settings: Settings, project: int, task
 
 
 @reports_token
-def apply_review_hints(payload: dict) -> dict:
+def apply_review_hints(payload: dict, context: JobContext) -> dict:
     """`{"project": id, "hint_job": ...}`: the review records of the hinted tasks, re-read from Label Studio."""
-    from rq import get_current_job
-
-    from .services import services_from_env
-
-    connection = get_current_job().connection
+    connection = context.connection
     project = int(payload["project"])
     tasks, full = take_hints(connection, project, "review", payload.get("hint_job"))
     gone, full_gone = take_hints(connection, project, "review-gone", None)
     if full or full_gone:
-        services = services_from_env()
+        services = context.services
         return rebuild_reviews(connection, services.settings, services.require_client(), project)
     if not tasks and not gone:
         return {"project": project, "nothing": "to do (an earlier job took the hints)"}
-    return review_tasks({"project": project, "tasks": tasks, "annotations": gone})
+    return review_tasks({"project": project, "tasks": tasks, "annotations": gone}, context)
 
 
 def project_controls(connection: redis.Redis, client, project: int) -> list[Control]:
@@ -93,14 +91,10 @@ def refresh_summary(connection: redis.Redis, settings: Settings, project: int, c
     return summary
 
 
-def review_tasks(payload: dict) -> dict:
+def review_tasks(payload: dict, context: JobContext) -> dict:
     """Job: re-read each task's annotations and predictions from Label Studio and write its review record."""
-    from rq import get_current_job
-
-    from .services import services_from_env
-
-    connection = get_current_job().connection
-    services = services_from_env()
+    connection = context.connection
+    services = context.services
     client = services.require_client()
     project = int(payload["project"])
     controls = project_controls(connection, client, project)

@@ -1,15 +1,15 @@
-"""Per-process Label Studio services built from settings: the API client and the media fetcher."""
+"""Per-process Label Studio services built from settings: the API client and the media fetcher. A worker process
+builds them once, at its start, and hands them to its jobs in their `JobContext`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from .ls_client import LabelStudioClient, RetryPolicy
 from .media import MediaFetcher
 from .settings import Settings
 
-__all__ = ["Services", "build_services", "services_from_env"]
+__all__ = ["Services", "build_services"]
 
 
 @dataclass
@@ -32,8 +32,3 @@ def build_services(settings: Settings) -> Services:
     fetcher = MediaFetcher(client, settings.allowed_media_hosts, settings.media_max_bytes, settings.media_timeout)
     return Services(settings, client, fetcher)
 
-
-@lru_cache(maxsize=1)
-def services_from_env() -> Services:
-    """For worker processes and jobs: settings come from the environment the worker was started with."""
-    return build_services(Settings.from_env())

@@ -47,6 +47,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "ls_deadline": ("SEGGPT_LS_DEADLINE", "seconds one call to Label Studio may take in all, its retries included (429 waits Retry-After, 5xx backs off), before it gives up in one line"),
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
+    "control_queue": ("SEGGPT_CONTROL_QUEUE", "queue for the backend's own work (pool syncs, webhook work, relabel and bootstrap planning, review records), served by a control worker without the model"),
     "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
     "import_each_above": ("SEGGPT_IMPORT_EACH_ABOVE", "once more of the project's tasks than this hold an annotation or a prediction, bootstrap writes one POST per prediction instead of one bulk import per chunk (Label Studio 1.23.2 recounts all those tasks on each bulk import; -1: always bulk)"),
     "prompt_strategy": ("SEGGPT_PROMPT_STRATEGY", "similar (the K most similar annotated images per label) or recent"),
@@ -122,6 +123,7 @@ class Settings:
     ls_deadline: float = 60.0
     queue: str = DEFAULT_QUEUE
     interactive_queue: str = DEFAULT_INTERACTIVE_QUEUE
+    control_queue: str = "seggpt-control"
     chunk_size: int = 16
     import_each_above: int = IMPORT_EACH_ABOVE
     prompt_strategy: str = "similar"

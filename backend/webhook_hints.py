@@ -5,7 +5,8 @@ noted per project, and one job per project and kind reads Label Studio for them.
 its own: a task counts as deleted when Label Studio no longer lists it among the project's tasks.
 However many events arrive (forged ones, or 500 legitimate repeats), a project has at most one pending job of each
 kind: "pool" (re-read the hinted tasks, or the whole project), "prelabel" (predict imported tasks) and "tune"
-(prompt tuning). The jobs go to the front of the bulk queue, so workers take every /predict first.
+(prompt tuning). The jobs go to the control queue, where the control worker starts each only once no /predict is
+queued or running (`yields_to`): every /predict goes first.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import uuid
 from typing import Iterable
 
 import redis
-from rq import get_current_job
+from worker import JobContext, enqueue_call
 
-from worker import enqueue_call
-
+from .bootstrap import start_bootstrap
 from .control_jobs import after_pool_change, reports_token
 from .keys import hint_keys
 from .label_config import LabelConfigError, parse_label_config
 from .ls_client import LabelStudioAuthError, LabelStudioError
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
-from .services import services_from_env
 from .settings import Settings
 
 __all__ = ["MAX_HINTED_TASKS", "note_hints", "schedule_hint_job", "clear_pending", "apply_pool_hints", "apply_prelabel_hints",
@@ -76,8 +75,8 @@ def schedule_hint_job(connection: redis.Redis, settings: Settings, project: int,
     pending_key, _, _ = hint_keys(project, kind)
     job_id = f"hint-{kind}-{project}-{uuid.uuid4().hex[:12]}"
     if connection.set(pending_key, job_id, nx=True, ex=PENDING_TTL):
-        enqueue_call(connection, function, {**payload, "project": project, "hint_job": job_id}, queue=settings.queue,
-                     job_id=job_id, at_front=True, description=description)
+        enqueue_call(connection, function, {**payload, "project": project, "hint_job": job_id}, queue=settings.control_queue,
+                     job_id=job_id, description=description, yields_to=[settings.interactive_queue])
         return job_id, True
     waiting = connection.get(pending_key)
     return (waiting.decode() if waiting else job_id), False
@@ -132,7 +131,7 @@ def _read_tasks(client, project: int, task_ids: list[int]) -> dict[int, dict]:
     return found
 
 
-def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fetch) -> str | list[str]:
+def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fetch, max_pixels: int) -> str | list[str]:
     """One hinted task, as Label Studio has it now (None: it is no task of the project, so its prompt goes)."""
     if task is None:
         return "deleted" if pool.remove_task(task_id) else "not a task of the project"
@@ -140,7 +139,7 @@ def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fe
     if annotation is None:
         return "no annotation" + (": prompt removed" if pool.remove_task(task_id) else "")
     try:
-        return [label.split("\x1f", 1)[1] for label in pool.upsert(task, annotation, controls, fetch)]
+        return [label.split("\x1f", 1)[1] for label in pool.upsert(task, annotation, controls, fetch, max_pixels)]
     except LabelStudioError as exc:
         if exc.transient or isinstance(exc, LabelStudioAuthError):
             raise  # Label Studio's fault, not the annotation's: every other task would meet it too
@@ -151,25 +150,25 @@ def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fe
 
 
 @reports_token
-def apply_pool_hints(payload: dict) -> dict:
+def apply_pool_hints(payload: dict, context: JobContext) -> dict:
     """`{"project": id, "hint_job": job id, "weights_digest": ...}`: re-read the hinted tasks (or, for a full pass,
     the project's label config and every task) from Label Studio and update the pool; one version change at most."""
-    job = get_current_job()
     project = int(payload["project"])
-    task_ids, full = take_hints(job.connection, project, "pool", payload.get("hint_job"))
+    task_ids, full = take_hints(context.connection, project, "pool", payload.get("hint_job"))
     if not task_ids and full is None:
         return {"project": project, "nothing": "to do (an earlier job took the hints)"}
     try:
-        return _apply_pool_hints(job, payload, project, task_ids, full)
+        return _apply_pool_hints(context, payload, project, task_ids, full)
     except Exception:
-        _give_back(job.connection, project, "pool", task_ids, full)
+        _give_back(context.connection, project, "pool", task_ids, full)
         raise
 
 
-def _apply_pool_hints(job, payload: dict, project: int, task_ids: list[int], full: str | None) -> dict:
-    services = services_from_env()
+def _apply_pool_hints(context: JobContext, payload: dict, project: int, task_ids: list[int], full: str | None) -> dict:
+    services = context.services
     client = services.require_client()
-    pool = PromptPool(job.connection, project)
+    max_pixels = services.settings.max_pixels
+    pool = PromptPool(context.connection, project)
     try:
         config = client.get_json(f"/api/projects/{project}")["label_config"]
     except LabelStudioError as exc:
@@ -194,35 +193,34 @@ def _apply_pool_hints(job, payload: dict, project: int, task_ids: list[int], ful
     controls = pool.load_controls()[0]
     outcome: dict = {"project": project}
     if full == FULL_SYNC:
-        report = sync_from_label_studio(pool, client, services.fetcher.fetch, controls)
+        report = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, max_pixels)
         outcome.update({"full": True, "entries": report["entries"], "errors": {str(k): v for k, v in report["errors"].items()}})
     else:
         tasks = _read_tasks(client, project, task_ids)
-        outcome["tasks"] = {str(t): _reread_task(pool, tasks.get(t), t, controls, services.fetcher.fetch) for t in task_ids}
-    return {**outcome, **after_pool_change(job, pool, services, payload)}
+        outcome["tasks"] = {str(t): _reread_task(pool, tasks.get(t), t, controls, services.fetcher.fetch, max_pixels)
+                            for t in task_ids}
+    return {**outcome, **after_pool_change(context, pool, payload)}
 
 
 @reports_token
-def apply_prelabel_hints(payload: dict) -> dict:
+def apply_prelabel_hints(payload: dict, context: JobContext) -> dict:
     """`{"project": id, "hint_job": ..., "weights_digest": ...}`: predict the imported tasks that were hinted (or,
     past the bound, every unlabeled task); the bootstrap reads the task list from Label Studio, so ids that are not
     the project's tasks are never predicted."""
-    from .bootstrap import start_bootstrap
-
-    job = get_current_job()
+    connection = context.connection
     project = int(payload["project"])
-    task_ids, full = take_hints(job.connection, project, "prelabel", payload.get("hint_job"))
+    task_ids, full = take_hints(connection, project, "prelabel", payload.get("hint_job"))
     if not task_ids and full is None:
         return {"project": project, "nothing": "to do (an earlier job took the hints)"}
-    pool = PromptPool(job.connection, project)
+    pool = PromptPool(connection, project)
     if pool.size() == 0:
         return {"project": project, "queued": 0, "reason": "no prompts yet"}
     try:
-        batch = start_bootstrap(job.connection, services_from_env(), project, task_ids=None if full else task_ids, sync=False,
+        batch = start_bootstrap(connection, context.services, project, task_ids=None if full else task_ids, sync=False,
                                 weights_digest=payload.get("weights_digest"))
     except LabelStudioError as exc:
         if exc.status == 404:
             return {"project": project, "gone": True}
-        _give_back(job.connection, project, "prelabel", task_ids, full)
+        _give_back(connection, project, "prelabel", task_ids, full)
         raise
     return {"project": project, "queued": batch.queued, "jobs": batch.job_ids, "version": batch.model_version}

@@ -66,7 +66,8 @@ def _bad_and_good_images(directory: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Embedded Redis, one worker process, a media server, and the app (in-process, as uvicorn would run it)."""
+    """Embedded Redis, one model worker process and one control worker, a media server, and the app (in-process, as
+    uvicorn would run it)."""
     root = tmp_path_factory.mktemp("contract")
     media_dir = root / "media"
     media_dir.mkdir()
@@ -75,12 +76,14 @@ def stack(tmp_path_factory):
     server = EmbeddedRedis(root / "redis")
     connection = server.connect()
     worker = start_worker(root, "seggpt-interactive", "--queue", "seggpt", log=root / "worker.log", env={"ALLOWED_MEDIA_HOSTS": media.host})
+    control = start_worker(root, "seggpt-control", "--control", log=root / "control.log")
     settings = Settings(weights="random:tiny", device="cpu", redis_url=server.url, allowed_media_hosts=(media.host,), predict_budget=60)
     app = create_app(settings)
     with TestClient(app) as client:
         yield {"client": client, "redis": connection, "media": media, "files": files, "settings": settings, "root": root}
-    worker.terminate()
-    worker.wait(30)
+    for process in (worker, control):
+        process.terminate()
+        process.wait(30)
     media.stop()
     server.stop()
 
@@ -239,7 +242,11 @@ def test_training_tunes_a_prompt_that_changes_the_version_and_the_predictions(st
         else:
             answer = client.post("/train", json={**recorded("train_legacy_flag_off.json"), "project": f"{project}.17"}).json()
     assert answer["status"] == "queued"
-    job = fetch_job(stack["redis"], answer["job"])
+    # a control job re-reads the prompts (no Label Studio in this stack: the pool as it is), then queues the tuning
+    prepared = fetch_job(stack["redis"], answer["job"])
+    wait_for(lambda: prepared.get_status(refresh=True) in ("finished", "failed"), 120, what="the control job")
+    assert prepared.get_status() == "finished", prepared.latest_result().exc_string
+    job = fetch_job(stack["redis"], prepared.return_value()["training_job"])
     wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), 120, what="the tuning job")
     assert job.get_status() == "finished", job.latest_result().exc_string
     outcome = job.return_value()

@@ -342,12 +342,13 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
     its write returns, before the chunk's flush."""
 
     from backend.label_config import parse_label_config
+    from backend.job_context import build_job_context
     from backend.label_studio_io import LabelStudioSink, label_studio_sink
+    from backend.settings import Settings
     from seggpt_core.predictor import Segmentation
     from worker import EmbeddedRedis
 
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token)
     project, tasks = _project(label_studio, media, f"retried import {import_each}", annotated=0)
     controls = parse_label_config(CONFIG)
     server = EmbeddedRedis(tmp_path / "redis")
@@ -357,7 +358,7 @@ def test_a_bulk_import_retried_after_a_crash_writes_nothing_twice_and_a_first_at
         chunk = tasks[:4]
 
         def run_chunk(first: bool) -> int:
-            sink = LabelStudioSink(connection, {"namespace": "n", **spec.params})
+            sink = LabelStudioSink(build_job_context(connection, settings), {"namespace": "n", **spec.params})
             sink.overlapped = overlapped
             asked = []
             original = sink._already_there
@@ -395,15 +396,16 @@ def test_a_worker_dying_midway_through_posting_a_chunk_leaves_each_prediction_on
     crash, made here by the third POST raising); the chunk's re-run writes exactly the other 2."""
     from backend.label_config import parse_label_config
     from backend.ls_client import LabelStudioClient
+    from backend.job_context import build_job_context
     from backend.label_studio_io import LabelStudioSink, label_studio_sink
+    from backend.settings import Settings
     from seggpt_core.predictor import Segmentation
     from worker import EmbeddedRedis
 
     class WorkerDied(BaseException):
         pass
 
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.legacy_token)
     project, tasks = _project(label_studio, media, "posts interrupted", annotated=0)
     controls = parse_label_config(CONFIG)
     chunk = tasks[:4]
@@ -422,7 +424,7 @@ def test_a_worker_dying_midway_through_posting_a_chunk_leaves_each_prediction_on
         spec = label_studio_sink(project, "seggpt-posts-test", controls, bulk=True, import_each=True)
 
         def run_chunk() -> None:
-            sink = LabelStudioSink(connection, {"namespace": "n", **spec.params})
+            sink = LabelStudioSink(build_job_context(connection, settings), {"namespace": "n", **spec.params})
             for index, task in enumerate(chunk):
                 mask = np.zeros((64, 80), dtype=bool)
                 mask[10 + index : 30, 5:40] = True

@@ -55,8 +55,8 @@ def _annotation(seed: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Embedded Redis, one worker (both queues) that reads the stand-in Label Studio, a media server, and the app
-    with Basic auth (in-process, as uvicorn runs it)."""
+    """Embedded Redis, one model worker (both queues) and one control worker that read the stand-in Label Studio, a
+    media server, and the app with Basic auth (in-process, as uvicorn runs it)."""
     root = tmp_path_factory.mktemp("hostile")
     media_dir = root / "media"
     media_dir.mkdir()
@@ -76,6 +76,7 @@ def stack(tmp_path_factory):
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",
            "ALLOWED_MEDIA_HOSTS": media.host, "SEGGPT_MEDIA_TIMEOUT": "2", "SEGGPT_MAX_PIXELS": "100000"}
     worker = start_worker(root, "seggpt-interactive", "--queue", "seggpt", log=root / "worker.log", env=env)
+    control = start_worker(root, "seggpt-control", "--control", log=root / "control.log", env=env)
     settings = Settings(weights="random:tiny", device="cpu", redis_url=server.url, label_studio_url=ls.url,
                         label_studio_api_key=env["LABEL_STUDIO_API_KEY"], allowed_media_hosts=(media.host,), predict_budget=60,
                         media_timeout=2, basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1], tune_steps=3)
@@ -86,9 +87,10 @@ def stack(tmp_path_factory):
         pool = PromptPool(connection, PROJECT)
         wait_for(lambda: pool.size() == 2, 120, what="the pool sync after /setup")
         yield {"client": client, "redis": connection, "media": media, "ls": ls, "settings": settings, "worker": worker,
-               "pool": pool, "root": root}
-    worker.terminate()
-    worker.wait(30)
+               "control": control, "pool": pool, "root": root}
+    for process in (worker, control):
+        process.terminate()
+        process.wait(30)
     ls.stop()
     media.stop()
     server.stop()
@@ -102,20 +104,22 @@ def _finished(stack, job_id: str, timeout: float = 120):
 
 
 class _Paused:
-    """The worker stopped (SIGSTOP) for the block: what is queued meanwhile stays queued, for the test to count."""
+    """Both workers stopped (SIGSTOP) for the block: what is queued meanwhile stays queued, for the test to count."""
 
     def __init__(self, stack) -> None:
-        self.pid = stack["worker"].pid
+        self.pids = [stack["worker"].pid, stack["control"].pid]
 
     def __enter__(self):
-        os.kill(self.pid, signal.SIGSTOP)
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
         return self
 
     def __exit__(self, *exc) -> None:
-        os.kill(self.pid, signal.SIGCONT)
+        for pid in self.pids:
+            os.kill(pid, signal.SIGCONT)
 
 
-def _hint_jobs(stack, queue: str = "seggpt") -> list[str]:
+def _hint_jobs(stack, queue: str = "seggpt-control") -> list[str]:
     return [j for j in get_queue(stack["redis"], queue).job_ids if j.startswith(f"hint-") and j.split("-")[2] == str(PROJECT)]
 
 
@@ -158,8 +162,9 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
     predicted: dict = {}
     with _Paused(stack):
         paused_at = time.monotonic()
-        # a worker stopped inside its blocking dequeue still receives the first job pushed after: give it this one
+        # a worker stopped inside its blocking dequeue still receives the first job pushed after: give each this one
         enqueue_noop(stack["redis"], queue="seggpt")
+        enqueue_noop(stack["redis"], queue="seggpt-control")
         for _ in range(500):
             answers["pool"].append(client.post("/webhook", json=event, auth=None).json())
         assert client.post("/webhook", json=training, auth=None).status_code == 401  # forged: no credentials
@@ -172,7 +177,8 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
             assert len({r["job"] for r in replies}) == 1, kind  # the repeats name the waiting job
         # (the annotation also queues its review record, a kind of its own)
         assert sorted(j.split("-")[1] for j in _hint_jobs(stack)) == ["pool", "prelabel", "review", "tune"]
-        # a /predict arrives after all that: its job goes on the interactive queue, which workers take first
+        # a /predict arrives after all that: its job goes on the interactive queue, which the model worker takes first,
+        # and the control worker starts none of the hint jobs while a /predict is queued or running
         task = {"id": 500, "data": {"image": f"{media.url}/target.png"}}
         thread = threading.Thread(target=lambda: predicted.update(client.post("/predict", json={"tasks": [task], "project": f"{PROJECT}.1"}).json()))
         thread.start()
@@ -182,6 +188,8 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
     assert predicted["results"][0]["result"] and len(predict_fetch) == 1
     for kind in ("pool", "tune", "prelabel"):
         outcome = _finished(stack, answers[kind][0]["job"], 240)
+        if kind == "tune":  # the control job re-read the prompts and queued the tuning itself for the model worker
+            _finished(stack, outcome["training_job"], 240)
         if kind == "prelabel":  # the bootstrap reads the task list: 99999 is no task of the project
             assert outcome["queued"] == 2
     # nothing asked Label Studio anything before /predict's image was fetched: the hint jobs waited behind it
@@ -213,8 +221,8 @@ def test_forged_projects_ids_and_actions_leave_no_job_and_fixed_metric_names(sta
     from prometheus_client.parser import text_string_to_metric_families
 
     client, redis = stack["client"], stack["redis"]
-    failed_before = len(get_queue(redis, "seggpt").failed_job_registry)
-    queued_before = (get_queue(redis, "seggpt").count, get_queue(redis, "seggpt-interactive").count)
+    failed_before = len(get_queue(redis, "seggpt-control").failed_job_registry)
+    queued_before = [get_queue(redis, name).count for name in ("seggpt", "seggpt-interactive", "seggpt-control")]
     for project in (999, 0):
         answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}}).json()
         assert answer == {"status": "ignored", "reason": f"project {project} is not set up with this backend"}
@@ -226,8 +234,8 @@ def test_forged_projects_ids_and_actions_leave_no_job_and_fixed_metric_names(sta
     assert answer["status"] == "ignored"
     for action in ("A B", "a_b", "TASKS_CREATED\n# TYPE x counter"):
         assert client.post("/webhook", json={"action": action, "project": {"id": PROJECT}}, auth=None).json()["status"] == "ignored"
-    assert (get_queue(redis, "seggpt").count, get_queue(redis, "seggpt-interactive").count) == queued_before
-    assert len(get_queue(redis, "seggpt").failed_job_registry) == failed_before
+    assert [get_queue(redis, name).count for name in ("seggpt", "seggpt-interactive", "seggpt-control")] == queued_before
+    assert len(get_queue(redis, "seggpt-control").failed_job_registry) == failed_before
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert families["seggpt_webhook_other"].samples[0].value >= 3
     assert not [name for name in families if name.startswith("seggpt_webhook_") and name[len("seggpt_webhook_"):].upper() not in

@@ -54,10 +54,11 @@ def test_everything_serve_started_ends_with_it_and_its_chunk_is_not_lost(tmp_pat
     log = tmp_path / "serve.log"
     serve = _serve(tmp_path, log)
     connection = EmbeddedRedis(tmp_path / "redis").connect()
-    wait_for(lambda: [p for p in live_descendants(serve.pid) if "worker" in command_line(p)], 30, what="the local worker")
+    wait_for(lambda: len([p for p in live_descendants(serve.pid) if "worker" in command_line(p)]) == 2, 30, what="the local workers")
     children = live_descendants(serve.pid)
-    kinds = sorted("redis" if "redis-server" in command_line(p) else "worker" for p in children)
-    assert kinds == ["redis", "worker"], {p: command_line(p) for p in children}
+    kinds = sorted("redis" if "redis-server" in command_line(p) else "control" if "--control" in command_line(p) else "worker"
+                   for p in children)
+    assert kinds == ["control", "redis", "worker"], {p: command_line(p) for p in children}
     digest = store_prompt_set(connection, [scene_prompt(2)])
     blob = store_blob(connection, target_bytes(7, size=(60, 60)))
     namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": f"t{i}", "image": blob} for i in range(TASKS)],

@@ -333,7 +333,7 @@ def test_a_run_that_lost_its_chunk_can_neither_save_progress_nor_write_a_result(
     writes nothing once another run has claimed the chunk."""
     from types import SimpleNamespace
 
-    from worker import ChunkLost, fetch_job
+    from worker import ChunkLost, JobContext, fetch_job
     from worker.keys import chunk_done_key, chunk_owner_key, results_key
     from worker.ownership import claim, save_meta_if_held
     from worker.task_io import RedisSink
@@ -351,7 +351,7 @@ def test_a_run_that_lost_its_chunk_can_neither_save_progress_nor_write_a_result(
     with pytest.raises(ChunkLost):
         save_meta_if_held(job, "run-a")
     assert fetch_job(redis_conn, job_id).get_meta()["done"] == 1
-    sink = RedisSink(redis_conn, {"namespace": f"own-{job_id}"})
+    sink = RedisSink(JobContext(redis_conn), {"namespace": f"own-{job_id}"})
     sink.owner_guard = (chunk_owner_key(job_id), "run-a")
     segmentation = SimpleNamespace(size=(2, 2), scores={"a": 1.0}, masks={"a": np.ones((2, 2), bool)})
     with pytest.raises(ChunkLost):

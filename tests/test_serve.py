@@ -34,8 +34,11 @@ def test_serve_starts_workers_and_stays_responsive_while_they_work(tmp_path):
         connection = EmbeddedRedis(tmp_path / "redis").connect()
         # the local worker registers itself, with its device
         status = lambda: json.loads(subprocess.run([sys.executable, "-m", "backend.cli", "status", "--json"], env=worker_env(tmp_path), capture_output=True, text=True).stdout)
-        workers = wait_for(lambda: status()["workers"], 60, interval=0.5, what="the local worker")
+        workers = wait_for(lambda: [w for w in status()["workers"] if w["role"] == "model"], 60, interval=0.5, what="the local worker")
         assert workers[0]["device"] == "cpu"
+        # and its control worker, for the backend's own jobs, without the model
+        controls = wait_for(lambda: [w for w in status()["workers"] if w["role"] == "control"], 60, interval=0.5, what="the control worker")
+        assert controls[0]["queues"] == ["seggpt-control"] and controls[0]["device"] == "?"
         # keep every worker busy
         digest = store_prompt_set(connection, [scene_prompt(1)])
         blob = store_blob(connection, target_bytes(3, size=(200, 200)))

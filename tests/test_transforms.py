@@ -116,3 +116,21 @@ def test_a_damaged_png_is_an_image_error_naming_the_task(damage):
                "garbage-inside": data[:half] + b"x" * 50 + data[half + 50 :]}[damage]
     with pytest.raises(ImageError, match="task 7: corrupt or truncated image"):
         open_image(damaged, where="task 7")
+def test_the_torch_free_resize_gives_the_networks_pixels_to_the_bit():
+    """`resize_as_network` (numpy, for processes without torch: the control worker's prompt-pool sync) against the
+    network's own resize (torch's antialiased bicubic on uint8), on random sizes, noise and flat images alike."""
+    from seggpt_core.images import resize_as_network
+    from seggpt_core.transforms import _resized_pixels
+
+    rng = np.random.default_rng(5)
+    for trial in range(24):
+        height, width = (int(v) for v in rng.integers(20, 1400, size=2))
+        size = (min(height, int(rng.integers(8, 500))), min(width, int(rng.integers(8, 500))))
+        if trial % 2:
+            pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        else:
+            pixels = np.zeros((height, width, 3), dtype=np.uint8)
+            pixels[: height // 2] = (250, 3, 120)
+        image = Image.fromarray(pixels)
+        expected = _resized_pixels(image, size).permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(resize_as_network(image, size)), expected), (height, width, size)

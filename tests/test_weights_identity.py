@@ -116,20 +116,21 @@ def test_without_a_matching_worker_the_tasks_fail_naming_both_digests(redis_dir,
     assert connection.hlen(results_key(namespace)) == 0
 
 
-def test_a_worker_started_without_the_cli_finds_the_label_studio_sink():
-    code = (
-        "import sys, redis\n"
-        "from worker.payloads import SinkSpec\n"
-        "from worker.task_io import make_sink\n"
-        "assert 'backend' not in sys.modules\n"
-        "params = {'project': 1, 'model_version': 'v', 'controls': [{'name': 'tag', 'data_key': 'image', 'kind': 'brush', 'labels': ['Cat'], 'to_name': 'image'}]}\n"
-        "sink = make_sink(redis.Redis(), SinkSpec('label_studio', params), 'ns')\n"
-        "print(type(sink).__module__, type(sink).__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["backend.label_studio_io", "LabelStudioSink"]
+def test_a_worker_context_names_its_sinks_and_the_backend_adds_the_label_studio_one():
+    import redis
 
+    from backend.job_context import build_job_context
+    from backend.label_studio_io import LabelStudioSink
+    from backend.settings import Settings
+    from worker import JobContext
+    from worker.payloads import SinkSpec
+
+    params = {"project": 1, "model_version": "v", "controls": [{"name": "tag", "data_key": "image", "kind": "brush", "labels": ["Cat"], "to_name": "image"}]}
+    spec = SinkSpec("label_studio", params)
+    with pytest.raises(ValueError, match="unknown result sink 'label_studio'; this worker knows: redis"):
+        JobContext(redis.Redis()).make_sink(spec, "ns")  # the job layer alone knows only its own
+    sink = build_job_context(redis.Redis(), Settings(label_studio_url="http://ls.example")).make_sink(spec, "ns")
+    assert isinstance(sink, LabelStudioSink) and sink.services.client.base_url.startswith("http://ls.example")
 
 
 def test_a_web_process_without_the_weights_takes_the_digest_its_workers_report(tiny_pair, redis_dir, tmp_path):

@@ -17,7 +17,8 @@ from .queue import (
     queue_status,
     retry_failed,
 )
-from .task_io import register_sink, register_source, results_key, store_blob
+from .context import JobContext
+from .task_io import results_key, store_blob
 
 __all__ = [
     "ChunkIncomplete",
@@ -28,6 +29,7 @@ __all__ = [
     "WeightsMismatch",
     "input_failures",
     "EmbeddedRedis",
+    "JobContext",
     "PromptRecord",
     "PromptRef",
     "QueueUnavailable",
@@ -46,8 +48,6 @@ __all__ = [
     "load_learned_prompt",
     "load_prompt_set",
     "queue_status",
-    "register_sink",
-    "register_source",
     "results_key",
     "retry_failed",
     "store_blob",

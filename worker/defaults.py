@@ -58,3 +58,8 @@ PROMPT_SET_TTL = 30 * 24 * 3600
 STOP_GRACE = 2.0
 """Seconds a stopping worker lets its running chunk reach the next batch before it interrupts it where it is (an
 image fetch that hangs, a long forward): the chunk goes back to its queue, what it stored stays."""
+
+YIELD_WAIT = 30.0
+"""Seconds a control job queued with `yields_to` (webhook work) waits for those queues (the /predict queue) to hold
+nothing queued or running before it starts anyway: below RQ's one minute after which a job taken but not started
+counts as lost."""

@@ -5,6 +5,10 @@ stops heartbeating; after `HEARTBEAT_INTERVAL + HEARTBEAT_GRACE` seconds any oth
 re-queues its job, which then skips the tasks already stored. Asked to stop (SIGTERM, SIGINT), a worker ends its
 running chunk at the next batch and puts it back in its queue. A chunk that expects other weights (by digest) is
 left for a matching worker. When Redis goes away, the worker waits for it with a capped backoff and resumes.
+
+The same class serves the control queue (`seggpt-ls worker --control`): a worker without a model (its context has no
+runtime), which never imports torch. A job queued with `yields_to` (the webhook work) starts once those queues hold
+nothing queued or running, so every /predict goes first.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ import redis
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT
+from .context import ContextJob, JobContext
+from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT, YIELD_WAIT
 from .errors import ChunkInterrupted
 from .keys import worker_info_key
 from .ownership import claim, holds
-from .runtime import ModelSettings, WorkerRuntime, set_runtime
-from .task_io import load_plugins
+from .runtime import WorkerRuntime
 
 __all__ = ["SegGptWorker", "run_worker", "expected_digest"]
 
@@ -61,7 +66,7 @@ logging.getLogger("rq.worker").addFilter(_outage)
 def _inside_chunk(frame) -> bool:
     """Whether a signal arrived while a segmentation chunk's own code ran."""
     while frame is not None:
-        if frame.f_code.co_name == "segment_chunk" and frame.f_code.co_filename.endswith("tasks.py"):
+        if frame.f_code.co_name == "segment_chunk" and frame.f_code.co_filename.endswith("model_jobs.py"):
             return True
         frame = frame.f_back
     return False
@@ -84,15 +89,25 @@ def _payload(job: Job) -> dict:
 
 class SegGptWorker(SimpleWorker):
     """An RQ SimpleWorker that keeps heartbeating while a job runs, with a short heartbeat TTL, so a dead worker
-    is noticed in seconds rather than after the job timeout."""
+    is noticed in seconds rather than after the job timeout. Each job gets the worker's `context`."""
 
-    runtime: WorkerRuntime | None = None
+    job_class = ContextJob
+    context: JobContext | None = None
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     weights_wait: float = WEIGHTS_WAIT
+    yield_wait: float = YIELD_WAIT
+
+    @property
+    def runtime(self) -> WorkerRuntime | None:
+        return self.context.runtime if self.context is not None else None
+
+    @property
+    def stop_requested(self) -> threading.Event | None:
+        return self.runtime.stop_requested if self.runtime is not None else getattr(self, "_stop_event", None)
 
     def request_stop(self, signum, frame):
-        if self.runtime is not None:
-            self.runtime.stop_requested.set()  # the running chunk stops at its next batch
+        if self.stop_requested is not None:
+            self.stop_requested.set()  # the running chunk stops at its next batch
         # ...or, where it does not get there in time (an image that is a minute away), where it is
         signal.signal(signal.SIGALRM, self._interrupt_chunk)
         signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)
@@ -113,7 +128,7 @@ class SegGptWorker(SimpleWorker):
         super().request_force_stop(signum, frame)
 
     def _stopping(self) -> bool:
-        return self.runtime is not None and self.runtime.stop_requested.is_set()
+        return self.stop_requested is not None and self.stop_requested.is_set()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         # A stop asked for while a job ran must not go on to wait for the next one: RQ's dequeue retries a lost Redis
@@ -170,10 +185,12 @@ class SegGptWorker(SimpleWorker):
         return self.heartbeat_interval + HEARTBEAT_GRACE
 
     def _publish_info(self) -> None:
-        if self.runtime is None:
+        if self.context is None:
             return
         self._register_again_if_dropped()
-        info = {**self.runtime.stats(), "name": self.name, "host": socket.gethostname(), "queues": self.queue_names()}
+        # a control worker has no model to describe: it says only what it is
+        details = {**self.runtime.stats(), "role": "model"} if self.runtime is not None else {"pid": os.getpid(), "role": "control"}
+        info = {**details, "name": self.name, "host": socket.gethostname(), "queues": self.queue_names()}
         self.connection.set(worker_info_key(self.name), json.dumps(info), ex=self.heartbeat_interval + HEARTBEAT_GRACE)
 
     def _register_again_if_dropped(self) -> None:
@@ -224,9 +241,33 @@ class SegGptWorker(SimpleWorker):
         self.runtime.stop_requested.wait(1.0)  # not a hot loop while no matching worker is there
         return True
 
+    def _yield_to_waiting_work(self, job: Job) -> None:
+        """A job queued with `yields_to` (webhook work) starts once those queues hold nothing queued, being taken or
+        running (every /predict goes first), or after `yield_wait` seconds (a queue no worker serves never blocks
+        it for good)."""
+        names = (job.meta or {}).get("yields_to") or ()
+        if not names:
+            return
+        deadline = time.monotonic() + self.yield_wait
+        queues = [Queue(name, connection=self.connection, serializer=JSONSerializer) for name in names]
+        idle_looks = 0
+        while time.monotonic() < deadline and not self._stopping():
+            with self.connection.pipeline() as pipe:
+                for queue in queues:
+                    pipe.llen(queue.key)
+                    pipe.llen(queue.intermediate_queue_key)
+                    pipe.zcard(StartedJobRegistry(queue=queue).key)
+                idle_looks = 0 if any(pipe.execute()) else idle_looks + 1
+            # twice idle, 50 ms apart: a worker of several queues pops a job and registers it as started in two steps
+            if idle_looks == 2:
+                return
+            time.sleep(0.05)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._declines(job, queue):
             return
+        if isinstance(job, ContextJob) and self.context is not None:
+            job.context = self.context.for_job(job)
         execution = self.prepare_execution(job)
         claim(self.connection, job.id, execution.id)  # a re-run after a takeover: the earlier run is now a zombie
         if self.runtime is not None:
@@ -248,6 +289,7 @@ class SegGptWorker(SimpleWorker):
         thread = threading.Thread(target=beat, name="seggpt-heartbeat", daemon=True)
         thread.start()
         try:
+            self._yield_to_waiting_work(job)  # in the started registry and heartbeating meanwhile: a death is noticed
             self.perform_job(job, queue, execution)
         finally:
             stop.set()
@@ -280,30 +322,31 @@ def _wait_for_redis(connection: redis.Redis, stop: threading.Event, cap: float =
 
 
 def run_worker(
-    connection: redis.Redis,
+    context: JobContext,
     queues: list[str],
-    settings: ModelSettings,
     *,
     burst: bool = False,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     maintenance_interval: int = MAINTENANCE_INTERVAL,
     weights_wait: float = WEIGHTS_WAIT,
+    yield_wait: float = YIELD_WAIT,
 ) -> bool:
-    """Load the model, then work the queues until stopped (or until empty with `burst`). Survives Redis outages."""
-    runtime = WorkerRuntime(settings)
-    set_runtime(runtime)
-    plugins = load_plugins()  # sources and sinks of installed packages (the Label Studio ones)
-    if plugins:
-        log.info("worker plugins: %s", ", ".join(plugins))
-    started = time.perf_counter()
-    runtime.load()
-    log.info("model %s (digest %s) loaded on %s in %.1f s (pid %d)", settings.weights, runtime.weights_digest,
-             runtime.device, time.perf_counter() - started, os.getpid())
+    """Load the model (where the context has a runtime: a model worker), then work the queues, handing every job
+    `context`, until stopped (or until empty with `burst`). Survives Redis outages."""
+    connection, runtime = context.connection, context.runtime
+    stop = runtime.stop_requested if runtime is not None else threading.Event()
+    if runtime is not None:
+        started = time.perf_counter()
+        runtime.load()
+        log.info("model %s (digest %s) loaded on %s in %.1f s (pid %d)", runtime.settings.weights, runtime.weights_digest,
+                 runtime.device, time.perf_counter() - started, os.getpid())
+    else:
+        log.info("control worker on %s (pid %d): no model", ", ".join(queues), os.getpid())
     worked = False
     while True:
         for number in (signal.SIGTERM, signal.SIGINT):  # RQ installs its own while it works
-            signal.signal(number, lambda *_: runtime.stop_requested.set())
-        if not _wait_for_redis(connection, runtime.stop_requested):
+            signal.signal(number, lambda *_: stop.set())
+        if not _wait_for_redis(connection, stop):
             return worked
         worker = SegGptWorker(
             [Queue(name, connection=connection, serializer=JSONSerializer) for name in queues],
@@ -313,9 +356,11 @@ def run_worker(
             job_monitoring_interval=heartbeat_interval,
             worker_ttl=max(heartbeat_interval + HEARTBEAT_GRACE, 20),
         )
-        worker.runtime = runtime
+        worker.context = context
+        worker._stop_event = stop
         worker.heartbeat_interval = heartbeat_interval
         worker.weights_wait = weights_wait
+        worker.yield_wait = yield_wait
         worker.max_connection_wait_time = REDIS_BACKOFF_CAP
         try:
             worked |= worker.work(burst=burst, logging_level=logging.getLevelName(logging.getLogger().level))
@@ -323,7 +368,7 @@ def run_worker(
             pass  # Redis went away while the worker was between jobs or tearing down
         except StopRequested:
             return worked
-        if burst or runtime.stop_requested.is_set():
+        if burst or stop.is_set():
             return worked
         try:
             connection.ping()

@@ -1,6 +1,6 @@
 """Job functions, at stable import paths: RQ stores `worker.model_jobs.<name>` in each job.
 
-Each takes one JSON payload and returns JSON. A segmentation chunk's payload is a `payloads.SegmentationChunk`.
+Each takes one JSON payload and the worker's `JobContext`, and returns JSON. A segmentation chunk's payload is a `payloads.SegmentationChunk`.
 With `options["k"]`, each target uses at most k prompts per label, chosen by `options["strategy"]` (see
 `selection`).
 """
@@ -13,16 +13,13 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from rq import get_current_job
-
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
 from .payloads import SegmentationChunk, TaskRef
-from .runtime import get_runtime
-from .task_io import load_image_bytes, make_sink
+from .context import JobContext
 
 __all__ = ["segment_chunk", "noop", "with_backoff"]
 
@@ -45,7 +42,7 @@ def with_backoff(action: Callable[[], T], attempts: int = TASK_ATTEMPTS, first_d
     raise AssertionError("unreachable")
 
 
-def noop(payload: dict) -> dict:
+def noop(payload: dict, context: JobContext) -> dict:
     """Does nothing: measures the queue's own overhead."""
     return {"echo": payload.get("echo")}
 
@@ -106,7 +103,7 @@ def _executor(threaded: bool, workers: int, name: str):
     return _Pool(workers, thread_name_prefix=name) if threaded else _InlineExecutor()
 
 
-def segment_chunk(payload: dict) -> dict:
+def segment_chunk(payload: dict, context: JobContext) -> dict:
     """Segment every task of a chunk with one prompt set; store results through the payload's sink.
 
     A task that cannot be done (a corrupt image, a missing file) is recorded with its reason and the chunk goes
@@ -116,9 +113,9 @@ def segment_chunk(payload: dict) -> dict:
     from seggpt_core import ImageError, SegGptError
 
     chunk = SegmentationChunk.from_json(payload)
-    job = get_current_job()
-    connection = job.connection
-    runtime = get_runtime()
+    job = context.job
+    connection = context.connection
+    runtime = context.require_runtime()
     loads_before = runtime.load_count
     started = time.perf_counter()
     runtime.load()
@@ -129,7 +126,7 @@ def segment_chunk(payload: dict) -> dict:
         raise WeightsMismatch(f"the chunk expects dtype {chunk.options['dtype']}; the only worker that took it runs "
                               f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
     predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options) if not chunk.prompts.empty else runtime.bare_predictor(chunk.options)
-    sink = make_sink(connection, chunk.sink, chunk.namespace)
+    sink = context.make_sink(chunk.sink, chunk.namespace)
     if runtime.execution_id is not None and hasattr(sink, "owner_guard"):
         sink.owner_guard = (chunk_owner_key(job.id), runtime.execution_id)  # the write itself checks the claim
     tasks = [task.to_json() for task in chunk.tasks]
@@ -157,14 +154,14 @@ def segment_chunk(payload: dict) -> dict:
         return with_backoff(action, sleep=pause)
 
     def prepare(task: dict):
-        data = retried(lambda: load_image_bytes(connection, task["image"]))
+        data = retried(lambda: context.load_image_bytes(task["image"]))
         return predictor.prepare_target(data, where=f"task {task['id']}")
 
     def from_marks(task: TaskRef) -> None:
         """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.marks`)."""
         from seggpt_core.marks import MarkError, segment_from_marks
 
-        data = retried(lambda: load_image_bytes(connection, task.image))
+        data = retried(lambda: context.load_image_bytes(task.image))
         try:
             segmentation = segment_from_marks(predictor, data, task.marks)
         except MarkError as exc:

@@ -105,8 +105,11 @@ def enqueue_call(
     job_id: str | None = None,
     at_front: bool = False,
     description: str | None = None,
+    yields_to: Sequence[str] = (),
 ) -> Job:
-    """Enqueue any job function by import path with one JSON payload (used for the backend's own jobs)."""
+    """Enqueue any job function by import path with one JSON payload (used for the backend's own jobs). With
+    `yields_to`, the worker that takes it starts it only once those queues hold nothing queued or running (see
+    `gpu_worker`): webhook work waits behind every /predict."""
     return get_queue(connection, queue).enqueue(
         function,
         payload,
@@ -117,6 +120,7 @@ def enqueue_call(
         failure_ttl=FAILURE_TTL,
         retry=Retry(max=JOB_RETRIES),
         description=description or function.rsplit(".", 1)[-1],
+        meta={"yields_to": list(yields_to)} if yields_to else None,
     )
 
 
@@ -276,6 +280,7 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
         details = json.loads(info) if info else {}
         status["workers"].append({
             "name": worker.name,
+            "role": details.get("role", "model"),  # "control": the backend's own jobs, no model
             "state": worker.get_state(),
             "queues": worker.queue_names(),
             "device": details.get("device", "?"),

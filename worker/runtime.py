@@ -19,7 +19,7 @@ from .defaults import PROMPT_CACHE_SIZE
 from .payloads import PromptSetRef
 from .settings import ModelSettings
 
-__all__ = ["ModelSettings", "WorkerRuntime", "get_runtime", "set_runtime"]
+__all__ = ["ModelSettings", "WorkerRuntime"]
 
 
 @dataclass
@@ -160,19 +160,3 @@ class WorkerRuntime:
             "dtype": self.dtype_name,
         }
 
-
-_runtime: WorkerRuntime | None = None
-
-
-def get_runtime() -> WorkerRuntime:
-    """This process's runtime. A worker sets its own up (`set_runtime`), from the settings it built at its start;
-    elsewhere (a job run outside a worker) one is made from this process's settings (worker/settings.py)."""
-    global _runtime
-    if _runtime is None:
-        _runtime = WorkerRuntime(ModelSettings.from_env())
-    return _runtime
-
-
-def set_runtime(runtime: WorkerRuntime) -> None:
-    global _runtime
-    _runtime = runtime

@@ -2,10 +2,9 @@
 
 Sources resolve a task's `image` reference to bytes; sinks store a result and mark the task done in the same
 Redis transaction, so a chunk that is re-run after a crash skips exactly the tasks already stored.
-Built in: sources `path` (a local file) and `blob` (bytes in Redis), and the `redis` sink. Others come from worker
-plugins: functions registered under the `seggpt_ls.worker_plugins` entry point group, called once when a worker
-runtime is built (`load_plugins`), or on the first unknown name however the worker was started. The job layer
-never imports the packages that provide them.
+Built in: sources `path` (a local file) and `blob` (bytes in Redis), and the `redis` sink. A job finds them, and
+any others, in its `JobContext`: the process that starts a worker adds its own (the backend's Label Studio source
+and sink), so the job layer never imports the packages that provide them.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import redis
 
@@ -21,12 +21,14 @@ from .codec import mask_to_b64png
 from .defaults import RESULT_TTL
 from .errors import ChunkLost
 from .keys import blob_key, results_key, write_log_key
-from .payloads import SinkSpec
 
-__all__ = ["Sink", "register_source", "register_sink", "load_image_bytes", "make_sink", "results_key", "store_blob", "load_plugins"]
+if TYPE_CHECKING:
+    from .context import JobContext
 
-Source = Callable[[redis.Redis, dict], bytes]
-SinkFactory = Callable[[redis.Redis, Mapping[str, Any]], "Sink"]
+__all__ = ["Sink", "Source", "SinkFactory", "BUILTIN_SOURCES", "BUILTIN_SINKS", "RedisSink", "results_key", "store_blob"]
+
+Source = Callable[["JobContext", dict], bytes]
+SinkFactory = Callable[["JobContext", Mapping[str, Any]], "Sink"]
 
 
 class Sink(Protocol):
@@ -39,59 +41,6 @@ class Sink(Protocol):
         """Store the result of `task` and add its id to the set `done_key` (atomically, or at `flush`)."""
 
 
-_sources: dict[str, Source] = {}
-_sinks: dict[str, SinkFactory] = {}
-
-
-PLUGIN_GROUP = "seggpt_ls.worker_plugins"
-_plugins_loaded = False
-
-
-def load_plugins() -> list[str]:
-    """Call every installed worker plugin once per process; returns their names."""
-    global _plugins_loaded
-    from importlib.metadata import entry_points
-
-    names = []
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        for point in entry_points(group=PLUGIN_GROUP):
-            point.load()()
-            names.append(point.name)
-    return names
-
-
-def register_source(kind: str, source: Source) -> None:
-    _sources[kind] = source
-
-
-def register_sink(name: str, factory: SinkFactory) -> None:
-    _sinks[name] = factory
-
-
-def load_image_bytes(connection: redis.Redis, reference: dict) -> bytes:
-    """The bytes of a task image. `reference` has one key naming its source, e.g. {"path": "/data/a.jpg"}."""
-    if not isinstance(reference, dict) or len(reference) != 1:
-        raise ValueError(f"image reference {reference!r} must be an object with exactly one source key")
-    kind, value = next(iter(reference.items()))
-    if kind not in _sources:
-        load_plugins()
-    source = _sources.get(kind)
-    if source is None:
-        raise ValueError(f"unknown image source {kind!r}; known: {', '.join(sorted(_sources))}")
-    return source(connection, {kind: value})
-
-
-def make_sink(connection: redis.Redis, spec: SinkSpec, namespace: str) -> Sink:
-    """The sink `spec` names, given its params and the chunk's namespace (under `"namespace"`)."""
-    if spec.name not in _sinks:
-        load_plugins()
-    factory = _sinks.get(spec.name)
-    if factory is None:
-        raise ValueError(f"unknown result sink {spec.name!r}; known: {', '.join(sorted(_sinks))} (are the worker's plugins installed?)")
-    return factory(connection, {"namespace": namespace, **spec.params})
-
-
 def store_blob(connection: redis.Redis, data: bytes, ttl: int = RESULT_TTL) -> dict:
     """Put image bytes in Redis for workers on other machines; returns the task's image reference."""
     import hashlib
@@ -101,7 +50,7 @@ def store_blob(connection: redis.Redis, data: bytes, ttl: int = RESULT_TTL) -> d
     return {"blob": key}
 
 
-def _path_source(connection: redis.Redis, reference: dict) -> bytes:
+def _path_source(context: JobContext, reference: dict) -> bytes:
     path = Path(reference["path"])
     try:
         return path.read_bytes()
@@ -111,8 +60,8 @@ def _path_source(connection: redis.Redis, reference: dict) -> bytes:
         raise ImageError(f"{path}: no such file") from None
 
 
-def _blob_source(connection: redis.Redis, reference: dict) -> bytes:
-    data = connection.get(reference["blob"])
+def _blob_source(context: JobContext, reference: dict) -> bytes:
+    data = context.connection.get(reference["blob"])
     if data is None:
         from seggpt_core import ImageError
 
@@ -129,8 +78,8 @@ class RedisSink:
 
     owner_guard: tuple[str, str] | None = None
 
-    def __init__(self, connection: redis.Redis, params: Mapping[str, Any]) -> None:
-        self.connection = connection
+    def __init__(self, context: JobContext, params: Mapping[str, Any]) -> None:
+        self.connection = context.connection
         self.namespace = params.get("namespace") or "default"
         self.write_log = bool(params.get("write_log"))
 
@@ -169,6 +118,6 @@ class RedisSink:
                 pipe.execute()
 
 
-register_source("path", _path_source)
-register_source("blob", _blob_source)
-register_sink("redis", RedisSink)
+# read-only: a worker's own set is a copy in its JobContext, never a registry that code adds to at run time
+BUILTIN_SOURCES: Mapping[str, Source] = MappingProxyType({"path": _path_source, "blob": _blob_source})
+BUILTIN_SINKS: Mapping[str, SinkFactory] = MappingProxyType({"redis": RedisSink})

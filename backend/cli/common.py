@@ -100,7 +100,7 @@ def local_workers_if_none(connection: redis.Redis, settings: WorkerSettings, fla
     from worker.lifecycle import start_child
     from worker.settings import inherited_environment
 
-    live = queue_status(connection)["workers"]
+    live = [w for w in queue_status(connection)["workers"] if w["role"] != "control"]  # a control worker runs no chunk
     if weights_digest is not None:
         live = [w for w in live if w.get("weights_digest") in (None, weights_digest)]
     if settings.redis_url or live:

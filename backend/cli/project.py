@@ -91,7 +91,7 @@ def _announce_workers(connection: redis.Redis, settings: Settings) -> list:
     """Start a local worker if no live one serves the run, or name the live ones that will."""
     from worker import queue_status
 
-    live = queue_status(connection)["workers"]  # dead ones pruned first
+    live = [w for w in queue_status(connection)["workers"] if w["role"] != "control"]  # dead ones pruned first
     if live:
         names = ", ".join(w["name"] for w in live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
         print(f"live worker(s) {names} will take the queued chunks")
@@ -227,7 +227,7 @@ def add_cancel(commands: argparse._SubParsersAction) -> None:
 
 def cmd_train_prompt(args: argparse.Namespace) -> int:
     from ..bootstrap import project_controls
-    from ..prompt_pool import PromptPool
+    from ..prompt_pool import PromptPool, sync_from_label_studio
     from worker import fetch_job
 
     from ..prompt_training import enqueue_prompt_tuning
@@ -243,7 +243,10 @@ def cmd_train_prompt(args: argparse.Namespace) -> int:
         print(f"project {args.project}: learned prompts dropped; model version {_version(settings, pool.version(), connection)} "
               "predicts from the annotations again")
         return 0
-    project_controls(build_services(settings), pool)  # the job reads the saved config
+    services = build_services(settings)
+    controls = project_controls(services, pool)  # the job reads the saved config
+    # the prompts as Label Studio has them now, read here: the model worker that tunes needs no Label Studio
+    sync_from_label_studio(pool, services.require_client(), services.fetcher.fetch, controls, settings.max_pixels)
     job = fetch_job(connection, enqueue_prompt_tuning(connection, settings, args.project)[0])
     print(f"queued prompt tuning of project {args.project} ({settings.tune_steps} steps per image field) as job {job.id}")
     if args.no_wait:

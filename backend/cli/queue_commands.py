@@ -9,6 +9,11 @@ from worker.settings import WorkerSettings
 from .common import add_model_options, add_redis_option, command_settings, connect
 from .project import print_batch
 
+# what a model worker reads of the backend's settings: media access, the Label Studio sink, and the control queue it
+# must not take
+MODEL_WORKER_SETTINGS = ("label_studio_url", "label_studio_api_key", "allowed_media_hosts", "media_max_bytes", "media_timeout",
+                         "ls_deadline", "max_pixels", "control_queue", "model_dir")
+
 
 def worker_settings(args: argparse.Namespace) -> WorkerSettings:
     """A worker's settings, in one place: its flags over its environment (SEGGPT_PROMPT_CACHE_MB and the rest) over
@@ -19,18 +24,29 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.gpu_worker import run_worker
     from worker.lifecycle import die_with_parent
+    from worker.runtime import WorkerRuntime
+
+    from ..job_context import build_job_context
+    from ..settings import Settings
 
     settings = worker_settings(args)  # built once, here
     die_with_parent(settings.parent_pid)  # a worker that `serve` or another command started ends with it
-    run_worker(
-        connect(settings),
-        args.queue or settings.queues,  # interactive work first
-        settings.model,
-        burst=args.burst,
-        heartbeat_interval=args.heartbeat_interval,
-        maintenance_interval=args.maintenance_interval,
-        weights_wait=settings.weights_wait,
-    )
+    timing = {"burst": args.burst, "heartbeat_interval": args.heartbeat_interval, "maintenance_interval": args.maintenance_interval}
+    if args.control:
+        # the backend's own jobs, with the backend's whole configuration; no model, no torch (no runtime)
+        backend_settings = Settings.from_env(redis_url=args.redis_url)
+        context = build_job_context(connect(settings), backend_settings)
+        run_worker(context, args.queue or [backend_settings.control_queue], **timing)
+        return 0
+    # a model worker needs only media access and the Label Studio sink of the backend's settings: a bad value of
+    # another setting does not stop it
+    backend_settings = Settings.from_env(only=MODEL_WORKER_SETTINGS)
+    queues = args.queue or settings.queues  # interactive work first
+    if backend_settings.control_queue in queues:
+        raise SystemExit(f"error: {backend_settings.control_queue} is the control queue: a model worker never takes it "
+                         "(run `seggpt-ls worker --control` for it)")
+    context = build_job_context(connect(settings), backend_settings, WorkerRuntime(settings.model))
+    run_worker(context, queues, weights_wait=settings.weights_wait, **timing)
     return 0
 
 
@@ -69,8 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"tasks: {counters.get('tasks_done', 0)} done, {counters.get('tasks_failed_input', 0)} failed because of their "
           f"image (final), {counters.get('tasks_failed_system', 0)} failed because of the system (retried by the next run)")
     print(f"workers: {len(status['workers'])}")
-    digests = {worker["weights_digest"] for worker in status["workers"]}
+    digests = {worker["weights_digest"] for worker in status["workers"] if worker["role"] != "control"}
     for worker in status["workers"]:
+        if worker["role"] == "control":
+            print(f"  {worker['name']} on {worker['host']}: {worker['state']}, control worker (no model), queues {','.join(worker['queues'])}")
+            continue
         print(f"  {worker['name']} on {worker['host']}: {worker['state']}, device {worker['device']}, weights {worker['weights']} "
               f"(digest {worker['weights_digest']}), queues {','.join(worker['queues'])}")
     if len(digests) > 1:
@@ -101,6 +120,9 @@ def add_worker(commands: argparse._SubParsersAction) -> None:
     add_redis_option(worker)
     add_model_options(worker, prediction=False)
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument("--control", action="store_true",
+                        help="a control worker: the backend's own jobs (pool syncs, webhook work, relabel and bootstrap planning), "
+                             "on the control queue (SEGGPT_CONTROL_QUEUE), without the model; `serve` runs one")
     worker.add_argument("--low-memory", action="store_true", default=None,
                         help="smaller activation blocks, freed memory given back to the OS at once: a lower peak on CPU workers, slower forwards (default: SEGGPT_LOW_MEMORY, else off)")
     worker.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats (default: %(default)s)")

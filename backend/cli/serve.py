@@ -1,4 +1,4 @@
-"""The serve command: the Label Studio ML backend, with local workers on the embedded Redis."""
+"""The serve command: the Label Studio ML backend, with a control worker, and model workers on the embedded Redis."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # down, so code after the server's run may never run.
     children: list = []
     supervisor = None
+    # Local workers share this process's Redis and settings: this process's, written into their environment
+    env = inherited_environment(settings.child_environment())
+    worker_command = [*CLI_COMMAND, "--log-level", args.log_level, "worker"]
     if settings.redis_url:
         get_connection(settings.redis_url, settings.data_dir).close()  # unreachable, or a wrong password: one line, before anything starts
     else:
@@ -53,11 +56,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _refuse_a_redis_of_another_serve(server, settings.share_redis)
         # started here (or adopted where another process runs it), restarted whenever it dies, /health told
         supervisor = RedisSupervisor(server, on_change=lambda reason: HEALTH.update("embedded_redis", reason)).start()
-        if args.workers > 0:
-            # Local workers share the embedded Redis and the settings: this process's, written into their environment
-            env = inherited_environment(settings.child_environment())
-            for _ in range(args.workers):
-                children.append(start_child([*CLI_COMMAND, "--log-level", args.log_level, "worker"], env=env))
+        for _ in range(args.workers):  # model workers: with REDIS_URL, the operator runs them where the GPUs are
+            children.append(start_child(worker_command, env=env))
+    for _ in range(args.control_workers):
+        # the backend's own jobs (pool syncs, webhook work, relabel planning) run beside the web process, with its
+        # settings, and never on a GPU worker; without torch, so it costs next to no memory
+        children.append(start_child([*worker_command, "--control"], env=env))
 
     def shut_down() -> None:
         STOPPING.set()
@@ -88,7 +92,10 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface, "
                             "then set BASIC_AUTH_USER/PASS: /health and /webhook answer without auth)")
     serve.add_argument("--port", type=int, default=9090)
-    serve.add_argument("--workers", type=int, default=1, help="local worker processes with the embedded Redis (0: none)")
+    serve.add_argument("--workers", type=int, default=1, help="local model worker processes with the embedded Redis (0: none)")
+    serve.add_argument("--control-workers", type=int, default=1,
+                       help="local control workers, for the backend's own jobs, with either Redis (0: none; then run "
+                            "`seggpt-ls worker --control` elsewhere) (default: %(default)s)")
     for name, (variable, help_text) in ENVIRONMENT.items():
         if name == "log_level":
             continue  # --log-level is the top-level option

@@ -14,8 +14,9 @@ router = APIRouter(dependencies=[Depends(require_basic_auth)])
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(settings: SettingsDep, connection: RedisDep) -> str:
-    status = queue_status(connection, [settings.queue, settings.interactive_queue])
-    gauges = {"workers": len(status["workers"])}
+    status = queue_status(connection, [settings.queue, settings.interactive_queue, settings.control_queue])
+    models = [w for w in status["workers"] if w["role"] != "control"]
+    gauges = {"workers": len(models), "control_workers": len(status["workers"]) - len(models)}
     for name, counts in status["queues"].items():
         key = name.replace("-", "_")
         gauges[f"queue_{key}_queued"] = counts["queued"]
@@ -24,7 +25,7 @@ def metrics(settings: SettingsDep, connection: RedisDep) -> str:
     # one series per live worker, and a count per weights digest: a worker with other weights shows before it bites
     info = {(w["name"], w["host"], str(w["device"]), w["weights_digest"] or "unknown", ",".join(w["queues"])): 1 for w in status["workers"]}
     by_digest: dict[tuple, float] = {}
-    for worker in status["workers"]:
+    for worker in models:  # a control worker has no weights
         key = (worker["weights_digest"] or "unknown",)
         by_digest[key] = by_digest.get(key, 0) + 1
     return render(connection, gauges, {

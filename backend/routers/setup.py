@@ -1,7 +1,7 @@
 """POST /setup: remember the project's label config, start a prompt-pool sync if due, answer the model version.
 
 Label Studio calls it (3 s timeout) before every prediction request: it must answer at once, so the sync runs
-on a worker.
+on the control worker.
 """
 
 import logging
@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from worker import enqueue_call
 
+from ..control_jobs import SYNC_FUNCTION
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..label_config import LabelConfigError, parse_label_config
 from ..ls_version import too_old_reason
@@ -36,8 +37,9 @@ def schedule_sync(connection, settings, project: int, label_config: str, force: 
         return False
     if force:
         connection.set(key, 1, ex=SYNC_EVERY)
-    enqueue_call(connection, "backend.control_jobs.sync_pool", {"project": project, "label_config": label_config},
-                 queue=settings.interactive_queue, at_front=True, description=f"sync prompt pool of project {project}")
+    # on the control queue, at its front: a control worker runs it at once, beside the model workers' /predict work
+    enqueue_call(connection, SYNC_FUNCTION, {"project": project, "label_config": label_config},
+                 queue=settings.control_queue, at_front=True, description=f"sync prompt pool of project {project}")
     return True
 
 
