@@ -20,15 +20,13 @@ from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
 from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
 from worker.payloads import PromptSetRef
 
-from .keys import pool_key
+from .keys import POOL_BLOB_TTL, pool_key
 from .label_config import Control
-from .ls_format import masks_from_annotation
+from .ls_format import label_key, masks_from_annotation
 
 __all__ = ["PromptPool", "newest_annotation"]
 
 log = logging.getLogger(__name__)
-# Pool images and masks live as long as their entries are likely to (entries themselves have no TTL).
-POOL_BLOB_TTL = 365 * 24 * 3600
 # Prompt images are kept at most this many pixels on each axis (masks with them): SegGPT resizes every prompt to
 # 448x448 whatever its aspect, so an image stored at min(its size, 448) per axis, resized as the network resizes,
 # reaches the network with the same pixels. Stored as the smaller of JPEG 90 (4:4:4) and PNG: 500 distinct
@@ -142,7 +140,7 @@ class PromptPool:
         Entries of excluded annotations (`exclude`, SEGGPT_EXCLUDE_PROMPTS, and the pool's own excluded set)
         are left out."""
         learned = self.learned_prompts().get(data_key)
-        wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
+        wanted = {label_key(c.name, label) for c in controls for label in c.labels}
         left_out = self.excluded() | {int(a) for a in exclude}
         entries = [e for e in self.entries() if e["data_key"] == data_key and e["annotation"] not in left_out]
         entries.sort(key=lambda e: (e["updated_at"], str(e["annotation"])), reverse=True)
@@ -270,8 +268,9 @@ class PromptPool:
         return [Control(**{**c, "labels": tuple(c["labels"])}) for c in body["controls"]], body["label_config"]
 
 
-def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control]) -> dict:
-    """Rebuild the pool from every task's newest usable annotation; returns counts and per-task errors."""
+def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], tasks: Iterable[dict] | None = None) -> dict:
+    """Rebuild the pool from every task's newest usable annotation; returns counts and per-task errors. `tasks`:
+    the project's task list (fields=all) when the caller reads it anyway; default, read here."""
     from concurrent.futures import ThreadPoolExecutor
 
     seen, errors, stored = set(), {}, 0
@@ -291,7 +290,7 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
     # the 100-annotation sync of bench/scale.py is the bootstrap's first step, before any task is queued.
     with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pool-sync") as threads:
         running = []
-        for task in client.iter_tasks(pool.project):
+        for task in client.iter_tasks(pool.project) if tasks is None else tasks:
             annotation = newest_annotation(task.get("annotations") or [])
             if annotation is None:
                 continue

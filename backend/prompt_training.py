@@ -17,6 +17,7 @@ from rq import get_current_job
 from worker import data_dir, enqueue_call, store_learned_prompt
 
 from .control_jobs import pool_and_controls, reports_token
+from .ls_format import split_label_key
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .webhook_hints import clear_pending, schedule_hint_job
@@ -99,7 +100,7 @@ def train_prompt(payload: dict) -> dict:
         path = learned.save(learned_prompt_path(pool.project, data_key))
         digest = store_learned_prompt(job.connection, learned.to_bytes())
         pool.set_learned_prompt(data_key, digest)
-        report[data_key] = {"examples": len(examples), "labels": [l.split("\x1f", 1)[-1] for l in learned.labels],
+        report[data_key] = {"examples": len(examples), "labels": [split_label_key(l)[1] for l in learned.labels],
                             "final_loss": learned.info["final_loss"], "path": str(path), "digest": digest}
     # The model version also depends on the serving settings, which this worker may not share: report the pool's.
     job.meta.update({"stage": "done"})
