@@ -126,7 +126,7 @@ class _Listed:
                    frozenset(_prediction_versions(task)), _is_unlabeled(task), _holds_results(task))
 
 
-def _listing(connection: redis.Redis, services: Services, pool: PromptPool, controls: list[Control], sync: bool) -> Iterable[_Listed]:
+def _listing(services: Services, pool: PromptPool, controls: list[Control], sync: bool) -> Iterable[_Listed]:
     """The project's tasks, listed from Label Studio once. With `sync`, that one listing also rebuilds the prompt
     pool, and the tasks come after it (as their short `_Listed` records: the model version, which decides what
     is skipped, needs the whole pool); without, they come page by page as they are read."""
@@ -211,7 +211,7 @@ def start_bootstrap(
     settings = project_settings(connection, services.settings, project)
     pool = PromptPool(connection, project)
     controls = project_controls(services, pool)
-    listing = _listing(connection, services, pool, controls, sync)
+    listing = _listing(services, pool, controls, sync)
     if pool.size() == 0:
         raise BootstrapError(f"project {project} has no usable annotated task to prompt with: annotate a few tasks first")
     digest = weights_digest or backend_digest(settings, connection)

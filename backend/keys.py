@@ -1,12 +1,14 @@
 """Every Redis key the backend writes (web processes, workers, CLI), with how long it lives. Spelled here and
 nowhere else; the job layer's own keys are in `worker.keys`, the counters in `worker.metrics`."""
 
+from typing import NamedTuple
+
 from worker.defaults import KEY_PREFIX
 
 __all__ = ["REQUEST_TTL", "INFLIGHT_TTL", "SHOWN_VERSION_TTL", "BOOTSTRAP_BATCH_TTL", "VERSION_TTL", "POOL_BLOB_TTL", "POOL_SYNC_FAILED_TTL",
            "request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key",
-           "REVIEW_TTL", "review_key", "review_projects_key", "prompts_used_key"]
+           "pool_key", "PoolKeys", "pool_keys", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key",
+           "REVIEW_TTL", "review_key", "ReviewKeys", "review_keys", "review_projects_key", "prompts_used_key"]
 
 
 DAY = 24 * 3600
@@ -84,6 +86,22 @@ def pool_key(project: int) -> str:
     return f"{KEY_PREFIX}:pool:{project}"
 
 
+class PoolKeys(NamedTuple):
+    """The keys of one project's prompt pool (owner: `backend.prompt_pool`). No TTL, like the pool."""
+
+    entries: str  # hash entry id -> JSON entry
+    generation: str  # counter, raised at every change: the cached version is stale once it differs
+    version: str  # "<generation>:<digest>" of the entries, cached
+    excluded: str  # set of the annotation ids left out of the prompts
+    learned: str  # hash image field -> digest of its learned (tuned) prompt
+    config: str  # JSON: the saved label config and its controls
+
+
+def pool_keys(project: int) -> PoolKeys:
+    base = pool_key(project)
+    return PoolKeys(base, *(f"{base}:{part}" for part in ("generation", "version", "excluded", "learned", "config")))
+
+
 def pool_sync_due_key(project: int) -> str:
     """Flag: the pool was rebuilt from Label Studio recently, so /setup does not do it again. TTL: set by /setup."""
     return f"{pool_key(project)}:sync-due"
@@ -124,6 +142,19 @@ def review_key(project: int) -> str:
     to keep at most SEGGPT_REVIEW_MAX_RECORDS) and `:summary` (JSON: per-label numbers and calibrated thresholds,
     for /metrics and SEGGPT_AUTO_THRESHOLDS). TTL: REVIEW_TTL, renewed on every write."""
     return f"{KEY_PREFIX}:review:{project}"
+
+
+class ReviewKeys(NamedTuple):
+    """The keys of one project's review records (see `review_key`). TTL: REVIEW_TTL, renewed on every write."""
+
+    records: str
+    order: str
+    summary: str
+
+
+def review_keys(project: int) -> ReviewKeys:
+    base = review_key(project)
+    return ReviewKeys(f"{base}:records", f"{base}:order", f"{base}:summary")
 
 
 def review_projects_key() -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 from rq import get_current_job
 
@@ -22,11 +24,31 @@ from .prompt_pool import PromptPool, sync_from_label_studio
 from .services import services_from_env
 from .webhook_hints import clear_pending, schedule_hint_job
 
-__all__ = ["train_prompt", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION"]
+__all__ = ["train_prompt", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION", "TuningProgress"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
+
+
+@dataclass
+class TuningProgress:
+    """What a tuning job's `job.meta` holds: written by `train_prompt`, read by `seggpt-ls train-prompt`."""
+
+    total: int = 0  # optimisation steps over every field
+    done: int = 0
+    failed: int = 0
+    stage: str = "tuning"  # "tuning", then "done"
+    loss: float | None = None  # the last step's
+    field: str | None = None  # the image field being tuned
+
+    def to_meta(self) -> dict:
+        return {spec.name: getattr(self, spec.name) for spec in fields(self) if getattr(self, spec.name) is not None}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> "TuningProgress":
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{k: v for k, v in (meta or {}).items() if k in known and v is not None})
 
 
 def enqueue_prompt_tuning(connection, settings, project: int, label_config: str | None = None, coalesce: bool = False) -> tuple[str, bool]:
@@ -81,7 +103,8 @@ def train_prompt(payload: dict) -> dict:
     total = settings.steps * sum(1 for examples in fields.values() if examples)
     if total == 0:
         raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
-    job.meta.update({"total": total, "done": 0, "failed": 0, "stage": "tuning"})
+    tuning = TuningProgress(total=total)
+    job.meta.update(tuning.to_meta())
     job.save_meta()
     report, finished, last_save = {}, 0, 0.0
     for data_key, examples in fields.items():
@@ -91,7 +114,8 @@ def train_prompt(payload: dict) -> dict:
         def progress(step: int, steps: int, loss: float) -> None:
             nonlocal last_save
             if step == steps or time.monotonic() - last_save > 0.5:  # meta writes are cheap, not free
-                job.meta.update({"done": finished + step, "loss": round(loss, 5), "field": data_key})
+                tuning.done, tuning.loss, tuning.field = finished + step, round(loss, 5), data_key
+                job.meta.update(tuning.to_meta())
                 job.save_meta()
                 last_save = time.monotonic()
 
@@ -103,6 +127,7 @@ def train_prompt(payload: dict) -> dict:
         report[data_key] = {"examples": len(examples), "labels": [split_label_key(l)[1] for l in learned.labels],
                             "final_loss": learned.info["final_loss"], "path": str(path), "digest": digest}
     # The model version also depends on the serving settings, which this worker may not share: report the pool's.
-    job.meta.update({"stage": "done"})
+    tuning.stage = "done"
+    job.meta.update(tuning.to_meta())
     job.save_meta()
     return {"project": pool.project, "fields": report, "pool_version": pool.version()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .defaults import HEARTBEAT_GRACE, JOB_TIMEOUT, KEY_PREFIX
 
-__all__ = ["RUN_CANCELLED_TTL", "WORKER_INFO_GRACE", "worker_info_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+__all__ = ["RUN_CANCELLED_TTL", "WORKER_INFO_GRACE", "worker_info_key", "counters_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
 
 
 RUN_CANCELLED_TTL = JOB_TIMEOUT + 24 * 3600
@@ -34,6 +34,11 @@ def run_cancelled_key(run: str) -> str:
     """Flag: the run was cancelled; its chunks stop at their next batch. TTL: JOB_TIMEOUT + a day (no chunk of the
     run can still be running after that)."""
     return f"{KEY_PREFIX}:run:{run}:cancelled"
+
+
+def counters_key() -> str:
+    """Hash: counter name -> count (see `metrics`). No TTL: counters."""
+    return f"{KEY_PREFIX}:metrics"
 
 
 def histogram_key(name: str) -> str:
