@@ -109,7 +109,7 @@ def _holds_results(task: dict) -> bool:
                 or task.get("annotations") or _prediction_versions(task))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Listed:
     """What bootstrap keeps of a listed task: a few fields, never its annotations or predictions' results."""
 
