@@ -20,7 +20,8 @@ from worker import chunked, enqueue_segmentation, job_failures, job_progress
 from worker.queue import fetch_job
 from worker.waiting import status_ended
 
-from .keys import bootstrap_batch_key, current_version_key, inflight_key
+from .field_plan import FieldPlan, plan_fields
+from .keys import BOOTSTRAP_BATCH_TTL, INFLIGHT_TTL, bootstrap_batch_key, current_version_key, inflight_key
 from .label_config import Control, parse_label_config
 from .predict_service import model_version
 from .prompt_pool import PromptPool, sync_from_label_studio
@@ -108,6 +109,89 @@ def _holds_results(task: dict) -> bool:
                 or task.get("annotations") or _prediction_versions(task))
 
 
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """What bootstrap keeps of a listed task: a few fields, never its annotations or predictions' results."""
+
+    id: int
+    data: dict  # the task's values of the image fields the controls read
+    versions: frozenset  # the model versions of its predictions
+    unlabeled: bool
+    holds_results: bool
+
+    @classmethod
+    def of(cls, task: dict, data_keys: Iterable[str]) -> "_Listed":
+        data = task.get("data") or {}
+        return cls(task["id"], {key: data[key] for key in data_keys if data.get(key) is not None},
+                   frozenset(_prediction_versions(task)), _is_unlabeled(task), _holds_results(task))
+
+
+def _listing(services: Services, pool: PromptPool, controls: list[Control], sync: bool) -> Iterable[_Listed]:
+    """The project's tasks, listed from Label Studio once. With `sync`, that one listing also rebuilds the prompt
+    pool, and the tasks come after it (as their short `_Listed` records: the model version, which decides what
+    is skipped, needs the whole pool); without, they come page by page as they are read."""
+    client = services.require_client()
+    data_keys = sorted({c.data_key for c in controls})
+    if not sync:
+        return (_Listed.of(task, data_keys) for task in client.iter_tasks(pool.project))
+    listed: list[_Listed] = []
+
+    def noted(tasks: Iterable[dict]) -> Iterable[dict]:
+        for task in tasks:
+            listed.append(_Listed.of(task, data_keys))
+            yield task
+
+    errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels,
+                                    tasks=noted(client.iter_tasks(pool.project)))["errors"]
+    for task_id, reason in errors.items():
+        log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
+    if pool.size() == 0:
+        detail = "; ".join(f"task {t}: {r}" for t, r in list(errors.items())[:5])
+        raise BootstrapError(f"project {pool.project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
+    return listed
+
+
+class _Queuer:
+    """Buffers the chosen tasks per image field and queues them a whole chunk at a time."""
+
+    def __init__(self, connection: redis.Redis, settings, batch: BootstrapBatch, plans: list[FieldPlan], digest: str,
+                 size: int, replace_older: bool) -> None:
+        self.connection, self.settings, self.batch, self.digest, self.size = connection, settings, batch, digest, size
+        self.replace_older = replace_older
+        self.plans = {plan.data_key: plan for plan in plans if plan.prompts is not None}
+        self.buffers: dict[str, list[dict]] = {key: [] for key in self.plans}
+        self.inflight = inflight_key(batch.project, batch.model_version)
+        self.holding = 0  # tasks seen that have an annotation or a prediction
+
+    def add(self, task: _Listed) -> None:
+        for data_key, buffer in self.buffers.items():
+            ref = self.plans[data_key].task_ref({"id": task.id, "data": task.data})
+            if ref is not None:
+                buffer.append(ref)
+
+    def queue(self, whole_chunks_only: bool) -> None:
+        for data_key, buffer in self.buffers.items():
+            ready = len(buffer) - len(buffer) % self.size if whole_chunks_only else len(buffer)
+            if ready:
+                self._enqueue(self.plans[data_key], buffer[:ready])
+                del buffer[:ready]
+
+    def _enqueue(self, plan: FieldPlan, refs: list[dict]) -> None:
+        settings, batch = self.settings, self.batch
+        for chunk in chunked(refs, self.size):
+            # by the time this chunk is written, about this many tasks hold results for Label Studio to recount
+            each = 0 <= settings.import_each_above < self.holding + batch.queued
+            sink = label_studio_sink(batch.project, batch.model_version, plan.controls, bulk=True, replace_older=self.replace_older,
+                                     region_filter=settings.region_filter, import_each=each, prompt_sources=plan.sources)
+            _, ids = enqueue_segmentation(self.connection, plan.prompts, chunk, chunk_size=self.size, queue=settings.queue,
+                                          namespace=f"{batch.namespace}:{plan.data_key}", options=settings.prediction_options,
+                                          weights_digest=self.digest, sink=sink, run=batch.namespace)
+            batch.job_ids.extend(ids)
+            batch.queued += len(chunk)
+            self.connection.hset(self.inflight, mapping={str(ref["id"]): ids[0] for ref in chunk})
+        self.connection.expire(self.inflight, INFLIGHT_TTL)
+
+
 def start_bootstrap(
     connection: redis.Redis,
     services: Services,
@@ -125,89 +209,57 @@ def start_bootstrap(
     weights `weights_digest` (default: this process's, see `weights_identity`)."""
     if only not in ("unlabeled", "all"):
         raise ValueError(f"--only must be unlabeled or all, got {only!r}")
-    settings, client = project_settings(connection, services.settings, project), services.require_client()
+    settings = project_settings(connection, services.settings, project)
     pool = PromptPool(connection, project)
     controls = project_controls(services, pool)
-    sync_errors: dict = {}
-    if sync:
-        sync_errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels)["errors"]
-        for task_id, reason in sync_errors.items():
-            log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
+    listing = _listing(services, pool, controls, sync)
     if pool.size() == 0:
-        detail = "; ".join(f"task {t}: {r}" for t, r in list(sync_errors.items())[:5])
-        raise BootstrapError(f"project {project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
+        raise BootstrapError(f"project {project} has no usable annotated task to prompt with: annotate a few tasks first")
     digest = weights_digest or backend_digest(settings, connection)
     version = model_version(settings, pool.version(), digest, controls)
     record_version(connection, project, version, pool.size())
     connection.set(current_version_key(project), version)
-    wanted = set(task_ids) if task_ids is not None else None
     batch = BootstrapBatch(project, version, f"bootstrap:{project}:{uuid.uuid4().hex[:12]}")
-    inflight = inflight_key(project, version)
-    size = chunk_size or settings.chunk_size
-    fields: dict[str, tuple] = {}  # data key -> (prompts, sink) of the fields that can be predicted
-    for data_key in sorted({c.data_key for c in controls}):
-        field_controls = [c for c in controls if c.data_key == data_key]
-        prompts, sources = pool.prompt_set_with_sources(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
-        if prompts is None:
-            log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, data_key)
-            continue
-        fields[data_key] = (prompts, field_controls, sources)
-    buffers: dict[str, list[dict]] = {key: [] for key in fields}
-    holding = 0  # tasks seen that have an annotation or a prediction
+    plans = plan_fields(pool, controls, settings)
+    for plan in plans:
+        if plan.prompts is None:
+            log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, plan.data_key)
+    queuer = _Queuer(connection, settings, batch, plans, digest, chunk_size or settings.chunk_size, replace_older)
+    statuses = _choose(connection, batch, queuer, listing, only, limit, set(task_ids) if task_ids is not None else None)
+    batch.resumed_job_ids = sorted(job_id for job_id, unfinished in statuses.items() if unfinished)
+    connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=BOOTSTRAP_BATCH_TTL)
+    return batch
 
-    def enqueue(data_key: str, refs: list[dict]) -> None:
-        prompts, field_controls, sources = fields[data_key]
-        for chunk in chunked(refs, size):
-            # by the time this chunk is written, about this many tasks hold results for Label Studio to recount
-            each = 0 <= settings.import_each_above < holding + batch.queued
-            sink = label_studio_sink(project, version, field_controls, bulk=True, replace_older=replace_older,
-                                     region_filter=settings.region_filter, import_each=each, prompt_sources=sources)
-            _, ids = enqueue_segmentation(connection, prompts, chunk, chunk_size=size, queue=settings.queue,
-                                          namespace=f"{batch.namespace}:{data_key}", options=settings.prediction_options,
-                                          weights_digest=digest, sink=sink, run=batch.namespace)
-            batch.job_ids.extend(ids)
-            batch.queued += len(chunk)
-            connection.hset(inflight, mapping={str(ref["id"]): ids[0] for ref in chunk})
-        connection.expire(inflight, 30 * 24 * 3600)
 
-    # Page by page: the project's tasks (with their predictions) are never all in memory; whole chunks are queued
-    # as soon as they fill, so workers start on the first page while later ones are read.
-    data_keys = sorted({c.data_key for c in controls})
+def _choose(connection: redis.Redis, batch: BootstrapBatch, queuer: _Queuer, listing: Iterable[_Listed], only: str,
+            limit: int | None, wanted: set | None) -> dict[str, bool]:
+    """Hand the listed tasks that need a prediction to `queuer`, a page at a time, so that workers start on the
+    first whole chunks while later pages are read; count what is skipped. Returns the earlier runs' jobs met
+    (job id -> still unfinished)."""
     selected = 0
     statuses: dict[str, bool] = {}
-    for page in chunked(client.iter_tasks(project), 100):
-        holding += sum(_holds_results(t) for t in page)
+    for page in chunked(listing, 100):
+        queuer.holding += sum(t.holds_results for t in page)
         # a task with an annotation is never re-predicted unless the user asks for all (human work comes first)
-        chosen = [t for t in page if (wanted is None or t["id"] in wanted) and (only == "all" or _is_unlabeled(t))]
+        chosen = [t for t in page if (wanted is None or t.id in wanted) and (only == "all" or t.unlabeled)]
         if limit is not None:
             chosen = chosen[: max(0, limit - selected)]
         selected += len(chosen)
-        queued_for = connection.hmget(inflight, [str(t["id"]) for t in chosen]) if chosen else []
+        queued_for = connection.hmget(queuer.inflight, [str(t.id) for t in chosen]) if chosen else []
         for task, job_id in zip(chosen, queued_for):
-            if version in _prediction_versions(task):
+            if batch.model_version in task.versions:
                 batch.skipped_predicted += 1
             elif job_id is not None and _still_queued(connection, job_id.decode(), statuses):
                 batch.skipped_inflight += 1  # queued by an earlier run, not finished yet
-            elif not any((task.get("data") or {}).get(key) is not None for key in data_keys):
+            elif not task.data:
                 batch.skipped_no_image += 1
             else:
-                for data_key, buffer in buffers.items():
-                    value = (task.get("data") or {}).get(data_key)
-                    if value is not None:
-                        buffer.append({"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}})
-        for data_key, buffer in buffers.items():
-            full = len(buffer) - len(buffer) % size
-            if full:
-                enqueue(data_key, buffer[:full])
-                del buffer[:full]
+                queuer.add(task)
+        queuer.queue(whole_chunks_only=True)
         if limit is not None and selected >= limit:
             break
-    for data_key, buffer in buffers.items():
-        if buffer:
-            enqueue(data_key, buffer)
-    batch.resumed_job_ids = sorted(job_id for job_id, unfinished in statuses.items() if unfinished)
-    connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=30 * 24 * 3600)
-    return batch
+    queuer.queue(whole_chunks_only=False)
+    return statuses
 
 
 def batch_progress(connection: redis.Redis, batch: BootstrapBatch) -> dict:

@@ -10,7 +10,7 @@ from worker import JobContext
 
 from .label_config import parse_label_config
 from .bootstrap import start_bootstrap
-from .keys import current_version_key, pool_sync_due_key, pool_sync_failed_key
+from .keys import POOL_SYNC_FAILED_TTL, current_version_key, pool_sync_due_key, pool_sync_failed_key
 from .ls_client import LabelStudioAuthError, LabelStudioError
 from .ls_faults import note_label_studio_ok, report_token_rejected
 from .predict_service import current_model_version
@@ -75,7 +75,7 @@ def sync_failed(connection, project: int, error: LabelStudioError) -> dict:
     /setup after SYNC_RETRY_AFTER seconds tries again, and the job ends (RQ's immediate retries would only meet
     the same fault)."""
     with connection.pipeline() as pipe:
-        pipe.set(pool_sync_failed_key(project), str(error), ex=86400)
+        pipe.set(pool_sync_failed_key(project), str(error), ex=POOL_SYNC_FAILED_TTL)
         pipe.set(pool_sync_due_key(project), 1, ex=SYNC_RETRY_AFTER)
         pipe.execute()
     if isinstance(error, LabelStudioAuthError):

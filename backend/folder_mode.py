@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from worker.payloads import PredictionOptions
+
 from . import coco_rle
 from .label_config import Control
 from .ls_format import brush_region, region_id
@@ -119,7 +121,7 @@ def run_on_queue(
     connection,
     prompts: dict[Path, dict[str, np.ndarray]],
     images: Sequence[Path],
-    options: dict,
+    options: PredictionOptions,
     *,
     chunk_size: int = 8,
     on_progress: Callable[[dict], None] | None = None,

@@ -1,20 +1,48 @@
 """Every Redis key the backend writes (web processes, workers, CLI), with how long it lives. Spelled here and
 nowhere else; the job layer's own keys are in `worker.keys`, the counters in `worker.metrics`."""
 
+from typing import NamedTuple
+
 from worker.defaults import KEY_PREFIX
 
-__all__ = ["request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
-           "pool_key", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key",
-           "REVIEW_TTL", "review_key", "review_projects_key", "prompts_used_key"]
+__all__ = ["REQUEST_TTL", "INFLIGHT_TTL", "SHOWN_VERSION_TTL", "BOOTSTRAP_BATCH_TTL", "VERSION_TTL", "POOL_BLOB_TTL", "POOL_SYNC_FAILED_TTL",
+           "request_keys", "inflight_key", "import_attempts_key", "current_version_key", "shown_version_key", "versions_key", "version_info_key", "bootstrap_batch_key",
+           "pool_key", "PoolKeys", "pool_keys", "pool_sync_due_key", "hint_keys", "pool_sync_failed_key", "token_rejected_key", "token_rejected_logged_key",
+           "REVIEW_TTL", "review_key", "ReviewKeys", "review_keys", "review_projects_key", "prompts_used_key"]
+
+
+DAY = 24 * 3600
+
+REQUEST_TTL = DAY
+"""Seconds a /predict request's closed flag and results hash live."""
+
+INFLIGHT_TTL = 30 * DAY
+"""Seconds the record of which tasks are queued for a version lives (renewed by every bootstrap that adds to it)."""
+
+SHOWN_VERSION_TTL = 30 * DAY
+"""Seconds the flag that a version was made the project's shown one lives."""
+
+BOOTSTRAP_BATCH_TTL = 30 * DAY
+"""Seconds a project's latest bootstrap stays readable by `seggpt-ls status --project`."""
+
+VERSION_TTL = 365 * DAY
+"""Seconds a model version's record lives, renewed whenever the version is produced again."""
+
+POOL_BLOB_TTL = 365 * DAY
+"""Seconds the pool's images and masks (blobs, see `worker.keys.blob_key`) live: as long as their entries are likely
+to (the entries themselves have no TTL)."""
+
+POOL_SYNC_FAILED_TTL = DAY
+"""Seconds the reason of a failed pool sync is kept (the next sync that succeeds deletes it)."""
 
 
 def request_keys(request_id: str) -> tuple[str, str]:
-    """(closed flag, results hash) of one /predict request. TTL: one day (set by whoever writes first)."""
+    """(closed flag, results hash) of one /predict request. TTL: REQUEST_TTL (set by whoever writes first)."""
     return f"{KEY_PREFIX}:predict:{request_id}:closed", f"{KEY_PREFIX}:predict:{request_id}:results"
 
 
 def inflight_key(project: int, version: str) -> str:
-    """Hash task id -> job id of the tasks queued for `version` of `project`. TTL: 30 days."""
+    """Hash task id -> job id of the tasks queued for `version` of `project`. TTL: INFLIGHT_TTL."""
     return f"{KEY_PREFIX}:inflight:{project}:{version}"
 
 
@@ -31,23 +59,23 @@ def current_version_key(project: int) -> str:
 
 
 def shown_version_key(project: int, version: str) -> str:
-    """Flag: `version` was made the project's shown model version in Label Studio. TTL: 30 days."""
+    """Flag: `version` was made the project's shown model version in Label Studio. TTL: SHOWN_VERSION_TTL."""
     return f"{KEY_PREFIX}:project:{project}:shown:{version}"
 
 
 def versions_key(project: int | None = None) -> str:
     """Sorted set: the model versions this backend produced (for `project`, or for every project), scored by when
-    each was first made. TTL: one year, renewed whenever a version is produced."""
+    each was first made. TTL: VERSION_TTL, renewed whenever a version is produced."""
     return f"{KEY_PREFIX}:versions" if project is None else f"{KEY_PREFIX}:project:{project}:versions"
 
 
 def version_info_key(version: str) -> str:
-    """JSON: a version's project, when it was made and how many prompts it used. TTL: one year."""
+    """JSON: a version's project, when it was made and how many prompts it used. TTL: VERSION_TTL."""
     return f"{KEY_PREFIX}:version:{version}"
 
 
 def bootstrap_batch_key(project: int) -> str:
-    """JSON of the project's latest bootstrap (`seggpt-ls status --project`). TTL: 30 days."""
+    """JSON of the project's latest bootstrap (`seggpt-ls status --project`). TTL: BOOTSTRAP_BATCH_TTL."""
     return f"{KEY_PREFIX}:bootstrap:{project}"
 
 
@@ -56,6 +84,22 @@ def pool_key(project: int) -> str:
     the set of annotation ids `seggpt-ls prompts --exclude` left out of the prompts). No TTL: the pool is the
     project's annotations, kept until they are deleted or the pool is rebuilt."""
     return f"{KEY_PREFIX}:pool:{project}"
+
+
+class PoolKeys(NamedTuple):
+    """The keys of one project's prompt pool (owner: `backend.prompt_pool`). No TTL, like the pool."""
+
+    entries: str  # hash entry id -> JSON entry
+    generation: str  # counter, raised at every change: the cached version is stale once it differs
+    version: str  # "<generation>:<digest>" of the entries, cached
+    excluded: str  # set of the annotation ids left out of the prompts
+    learned: str  # hash image field -> digest of its learned (tuned) prompt
+    config: str  # JSON: the saved label config and its controls
+
+
+def pool_keys(project: int) -> PoolKeys:
+    base = pool_key(project)
+    return PoolKeys(base, *(f"{base}:{part}" for part in ("generation", "version", "excluded", "learned", "config")))
 
 
 def pool_sync_due_key(project: int) -> str:
@@ -73,7 +117,7 @@ def hint_keys(project: int, kind: str) -> tuple[str, str, str]:
 
 def pool_sync_failed_key(project: int) -> str:
     """Why the project's last pool sync failed (one line), so /predict says it instead of "no prompts yet".
-    Deleted by the next sync that succeeds. TTL: one day."""
+    Deleted by the next sync that succeeds. TTL: POOL_SYNC_FAILED_TTL."""
     return f"{pool_key(project)}:sync-failed"
 
 
@@ -98,6 +142,19 @@ def review_key(project: int) -> str:
     to keep at most SEGGPT_REVIEW_MAX_RECORDS) and `:summary` (JSON: per-label numbers and calibrated thresholds,
     for /metrics and SEGGPT_AUTO_THRESHOLDS). TTL: REVIEW_TTL, renewed on every write."""
     return f"{KEY_PREFIX}:review:{project}"
+
+
+class ReviewKeys(NamedTuple):
+    """The keys of one project's review records (see `review_key`). TTL: REVIEW_TTL, renewed on every write."""
+
+    records: str
+    order: str
+    summary: str
+
+
+def review_keys(project: int) -> ReviewKeys:
+    base = review_key(project)
+    return ReviewKeys(f"{base}:records", f"{base}:order", f"{base}:summary")
 
 
 def review_projects_key() -> str:

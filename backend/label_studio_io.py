@@ -21,7 +21,7 @@ from worker import JobContext, TransientError
 from worker.defaults import RESULT_TTL
 from worker.payloads import PayloadError, SinkSpec
 
-from .keys import current_version_key, import_attempts_key, inflight_key, request_keys, shown_version_key
+from .keys import REQUEST_TTL, SHOWN_VERSION_TTL, current_version_key, import_attempts_key, inflight_key, request_keys, shown_version_key
 from .label_config import Control
 from .ls_client import LabelStudioAuthError, LabelStudioError
 from .ls_faults import note_label_studio_ok, report_token_rejected
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _STORE_IF_OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 1
@@ -130,7 +130,7 @@ class LabelStudioSink:
                                 getattr(segmentation, "prompts", None) or {})
         if self.request:
             closed, results = request_keys(self.request)
-            if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL]):
+            if self._store_if_open(keys=[closed, results, done_key], args=[str(task_id), json.dumps(prediction), RESULT_TTL, REQUEST_TTL]):
                 return
         if self.interactive:
             # the page that asked has given up: a suggestion is never stored as a prediction
@@ -211,7 +211,7 @@ class LabelStudioSink:
         """Once this version has predictions, make it the project's model version (shown as pre-annotations).
         Label Studio only accepts a version that some prediction carries, so this waits for the first import."""
         flag = shown_version_key(self.project, self.model_version)
-        if self.connection.set(flag, 1, nx=True, ex=30 * 24 * 3600):
+        if self.connection.set(flag, 1, nx=True, ex=SHOWN_VERSION_TTL):
             try:
                 self._call(lambda: client.set_project_model_version(self.project, self.model_version))
             except Exception:

@@ -159,13 +159,17 @@ def prediction_for(
     return {"result": result, "score": round(float(np.mean(region_scores)), 4), "model_version": model_version}
 
 
+LABEL_KEY_SEPARATOR = "\x1f"
+"""Between a control's name and a label in a label key: a character no name holds."""
+
+
 def label_key(control: str, label: str) -> str:
     """One key per (control, label): two controls may share label names."""
-    return f"{control}\x1f{label}"
+    return f"{control}{LABEL_KEY_SEPARATOR}{label}"
 
 
 def split_label_key(key: str) -> tuple[str, str]:
-    control, label = key.split("\x1f", 1)
+    control, label = key.split(LABEL_KEY_SEPARATOR, 1)
     return control, label
 
 

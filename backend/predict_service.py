@@ -13,24 +13,27 @@ import hashlib
 import json
 import logging
 import uuid
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import redis
 
 from worker import enqueue_segmentation, input_failures, job_failures
 from worker.metrics import count
+from worker.payloads import PredictionOptions
 from worker.waiting import wait_for_jobs
 
 from .label_config import Control, LabelConfigError, parse_label_config
 from .calibration import project_settings
+from .field_plan import plan_fields
 from .prompt_pool import PromptPool
+from .region_filter import RegionFilter
 from .settings import Settings
 from .version_log import record_version
-from .keys import pool_sync_failed_key, request_keys
+from .keys import REQUEST_TTL, pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
 from .label_studio_io import label_studio_sink
 
-__all__ = ["LabelConfigConflict", "model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
+__all__ = ["LabelConfigConflict", "model_version", "version_of", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +46,29 @@ def project_id(value: object) -> int:
         raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
 
 
-def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None, controls: Sequence[Control] = ()) -> str:
-    """Deterministic: the same weights (by content digest), prompt pool, settings and control thresholds give the
-    same version."""
-    fingerprint = settings.fingerprint()
-    if weights_digest:
-        fingerprint["weights"] = weights_digest  # the content, not the name
+def version_of(options: PredictionOptions, weights: str, pool_version: str, regions: RegionFilter = RegionFilter(),
+               controls: Sequence[Control] = (), excluded_prompts: Iterable[int] = ()) -> str:
+    """The model version of predictions made by jobs that carry `options` and the weights `weights` (their
+    digest), with prompts from the pool at `pool_version` less `excluded_prompts`, written through a sink that
+    filters regions by `regions` and the controls' own thresholds. Deterministic, and the same string as before
+    the options were typed."""
+    fingerprint = {"weights": weights, **options.fingerprint()}
+    if regions.active:
+        fingerprint["regions"] = regions.to_json()
+    if excluded_prompts:
+        fingerprint["excluded_prompts"] = sorted(excluded_prompts)
     thresholds = {c.name: c.score_threshold for c in controls if c.score_threshold}
     if thresholds:
         fingerprint["control_thresholds"] = dict(sorted(thresholds.items()))
     body = json.dumps({"settings": fingerprint, "pool": pool_version}, sort_keys=True)
     return f"seggpt-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
+
+
+def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None, controls: Sequence[Control] = ()) -> str:
+    """The version of the jobs these settings queue (`Settings.prediction_options`, the region filter, the
+    excluded prompts), for the weights `weights_digest` (their content; the name only when no digest is known)."""
+    return version_of(settings.prediction_options, weights_digest or settings.weights, pool_version, settings.region_filter,
+                      controls, settings.excluded_prompts)
 
 
 def current_model_version(connection: redis.Redis, settings: Settings, project: int, weights_digest: str | None = None) -> str:
@@ -99,7 +114,7 @@ def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
     holds: task id -> prediction."""
     closed, results = request_keys(request)
     with connection.pipeline(transaction=True) as pipe:
-        pipe.set(closed, 1, ex=86400)
+        pipe.set(closed, 1, ex=REQUEST_TTL)
         pipe.hgetall(results)
         pipe.delete(results)  # read once: nothing writes to a closed request (460 of them held 24 MB for a day)
         _, stored, _ = pipe.execute()
@@ -121,17 +136,17 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
     version = model_version(settings, pool.version(), digest, controls)
     request = f"{uuid.uuid4().hex}:interactive"
     batch_jobs = []
-    for data_key, marks in sorted(marks_from_context(context, controls).items()):
-        value = (task.get("data") or {}).get(data_key)
-        if value is None:
+    marked = marks_from_context(context, controls)
+    for plan in plan_fields(pool, controls, settings, marked):
+        data_key = plan.data_key
+        ref = plan.task_ref(task, marks=marked[data_key])
+        if ref is None:
             raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
-        field_controls = [c for c in controls if c.data_key == data_key]
-        prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         _, ids = enqueue_segmentation(
-            connection, prompts, [{"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}, "marks": marks}],
+            connection, plan.prompts, [ref],
             queue=settings.interactive_queue, namespace=f"{request}:{data_key}", options=settings.prediction_options,
             weights_digest=digest, at_front=True,
-            sink=label_studio_sink(pid, version, field_controls, request=f"{request}:{data_key}", region_filter=settings.region_filter,
+            sink=label_studio_sink(pid, version, plan.controls, request=f"{request}:{data_key}", region_filter=settings.region_filter,
                                    interactive=True),
         )
         batch_jobs.append((data_key, ids))
@@ -171,10 +186,9 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     sync_failure: str | None = None
     job_ids: list[str] = []
     pending: dict[int, set[str]] = {}  # task position -> data keys still expected
-    for data_key in sorted({c.data_key for c in controls}):
-        field_controls = [c for c in controls if c.data_key == data_key]
-        prompts, sources = pool.prompt_set_with_sources(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
-        if prompts is None:
+    for plan in plan_fields(pool, controls, settings):
+        data_key = plan.data_key
+        if plan.prompts is None:
             sync_failure = _sync_failure(connection, pid)
             if sync_failure:
                 # not "no prompts yet": the prompts could not be read, so nothing is answered for good
@@ -185,18 +199,18 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
             continue
         batch = []
         for position, task in enumerate(tasks):
-            value = (task.get("data") or {}).get(data_key)
-            if value is None:
+            ref = plan.task_ref(task)
+            if ref is None:
                 log.warning("task %s has no data field %r", task.get("id"), data_key)
                 continue
-            batch.append({"id": task["id"], "image": {"label_studio": {"value": value, "task": task["id"]}}})
+            batch.append(ref)
             pending.setdefault(position, set()).add(data_key)
         if batch:
             _, ids = enqueue_segmentation(
-                connection, prompts, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
+                connection, plan.prompts, batch, chunk_size=settings.chunk_size, queue=settings.interactive_queue,
                 namespace=f"{request_id}:{data_key}", options=settings.prediction_options, weights_digest=digest,
-                sink=label_studio_sink(pid, version, field_controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter,
-                                       prompt_sources=sources),
+                sink=label_studio_sink(pid, version, plan.controls, request=f"{request_id}:{data_key}", region_filter=settings.region_filter,
+                                       prompt_sources=plan.sources),
             )
             job_ids.extend(ids)
     if sync_failure:

@@ -23,15 +23,13 @@ from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
 from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
 from worker.payloads import PromptSetRef
 
-from .keys import pool_key
+from .keys import POOL_BLOB_TTL, pool_keys
 from .label_config import Control
-from .ls_format import masks_from_annotation
+from .ls_format import label_key, masks_from_annotation
 
 __all__ = ["PromptPool", "newest_annotation"]
 
 log = logging.getLogger(__name__)
-# Pool images and masks live as long as their entries are likely to (entries themselves have no TTL).
-POOL_BLOB_TTL = 365 * 24 * 3600
 # Prompt images are kept at most this many pixels on each axis (masks with them): SegGPT resizes every prompt to
 # 448x448 whatever its aspect, so an image stored at min(its size, 448) per axis, resized as the network resizes,
 # reaches the network with the same pixels. Stored as the smaller of JPEG 90 (4:4:4) and PNG: 500 distinct
@@ -77,7 +75,8 @@ class PromptPool:
     def __init__(self, connection: redis.Redis, project: int) -> None:
         self.connection = connection
         self.project = int(project)
-        self.key = pool_key(self.project)
+        self.keys = pool_keys(self.project)
+        self.key = self.keys.entries
 
     # ---- reading -------------------------------------------------------------------------------------------
     def entries(self) -> list[dict]:
@@ -91,8 +90,8 @@ class PromptPool:
         on every write, because Label Studio asks for it (through /setup) before every prediction."""
         # Tagged with the write generation read before the entries: a write racing this computation bumps the
         # generation, so the value computed here is never served for the newer content.
-        generation = (self.connection.get(f"{self.key}:generation") or b"0").decode()
-        cached = (self.connection.get(f"{self.key}:version") or b"").decode()
+        generation = (self.connection.get(self.keys.generation) or b"0").decode()
+        cached = (self.connection.get(self.keys.version) or b"").decode()
         if cached.startswith(f"{generation}:"):
             return cached.split(":", 1)[1]
         items = sorted((e["entry"], e["annotation"], e["updated_at"], e["digest"]) for e in self.entries())
@@ -102,33 +101,33 @@ class PromptPool:
         if excluded:
             document = {"entries": document, "excluded": excluded}  # leaving a prompt out changes the predictions
         version = hashlib.sha256(json.dumps(document).encode()).hexdigest()[:16]
-        self.connection.set(f"{self.key}:version", f"{generation}:{version}")
+        self.connection.set(self.keys.version, f"{generation}:{version}")
         return version
 
     def _changed(self) -> None:
-        self.connection.incr(f"{self.key}:generation")
+        self.connection.incr(self.keys.generation)
 
     def excluded(self) -> set[int]:
         """Annotation ids left out of the prompts (`seggpt-ls prompts --exclude`); the annotations stay in Label Studio."""
-        return {int(v) for v in self.connection.smembers(f"{self.key}:excluded")}
+        return {int(v) for v in self.connection.smembers(self.keys.excluded)}
 
     def set_excluded(self, annotation_ids: Iterable[int], excluded: bool = True) -> None:
         ids = [int(a) for a in annotation_ids]
         if ids:
-            (self.connection.sadd if excluded else self.connection.srem)(f"{self.key}:excluded", *ids)
+            (self.connection.sadd if excluded else self.connection.srem)(self.keys.excluded, *ids)
             self._changed()
 
     def learned_prompts(self) -> dict[str, str]:
         """image field -> digest of its learned (tuned) prompt, for the fields that have one."""
-        return {k.decode(): v.decode() for k, v in self.connection.hgetall(f"{self.key}:learned").items()}
+        return {k.decode(): v.decode() for k, v in self.connection.hgetall(self.keys.learned).items()}
 
     def set_learned_prompt(self, data_key: str, digest: str) -> None:
         """Use the tuned prompt `digest` (see `worker.store_learned_prompt`) for `data_key` from now on."""
-        self.connection.hset(f"{self.key}:learned", data_key, digest)
+        self.connection.hset(self.keys.learned, data_key, digest)
         self._changed()
 
     def clear_learned_prompts(self) -> None:
-        self.connection.delete(f"{self.key}:learned")
+        self.connection.delete(self.keys.learned)
         self._changed()
 
     def prompt_set(self, data_key: str, controls: Sequence[Control], max_per_label: int, exclude: Iterable[int] = ()) -> PromptSetRef | None:
@@ -143,7 +142,7 @@ class PromptPool:
         Entries of excluded annotations (`exclude`, SEGGPT_EXCLUDE_PROMPTS, and the pool's own excluded set)
         are left out."""
         learned = self.learned_prompts().get(data_key)
-        wanted = {f"{c.name}\x1f{label}" for c in controls for label in c.labels}
+        wanted = {label_key(c.name, label) for c in controls for label in c.labels}
         left_out = self.excluded() | {int(a) for a in exclude}
         entries = [e for e in self.entries() if e["data_key"] == data_key and e["annotation"] not in left_out]
         entries.sort(key=lambda e: (e["updated_at"], str(e["annotation"])), reverse=True)
@@ -259,19 +258,20 @@ class PromptPool:
         return removed
 
     def save_controls(self, controls: Sequence[Control], label_config: str) -> None:
-        self.connection.set(f"{self.key}:config", json.dumps({"label_config": label_config, "controls": [asdict(c) for c in controls]}))
+        self.connection.set(self.keys.config, json.dumps({"label_config": label_config, "controls": [asdict(c) for c in controls]}))
 
     def load_controls(self) -> tuple[list[Control], str] | None:
-        raw = self.connection.get(f"{self.key}:config")
+        raw = self.connection.get(self.keys.config)
         if raw is None:
             return None
         body = json.loads(raw)
         return [Control(**{**c, "labels": tuple(c["labels"])}) for c in body["controls"]], body["label_config"]
 
 
-def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS,
+                           tasks: Iterable[dict] | None = None) -> dict:
     """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts and
-    per-task errors."""
+    per-task errors. `tasks`: the project's task list (fields=all) when the caller reads it anyway; default, read here."""
     from concurrent.futures import ThreadPoolExecutor
 
     seen, errors, stored = set(), {}, 0
@@ -291,7 +291,7 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
     # the 100-annotation sync of bench/scale.py is the bootstrap's first step, before any task is queued.
     with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pool-sync") as threads:
         running = []
-        for task in client.iter_tasks(pool.project):
+        for task in client.iter_tasks(pool.project) if tasks is None else tasks:
             annotation = newest_annotation(task.get("annotations") or [])
             if annotation is None:
                 continue

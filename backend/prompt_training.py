@@ -12,21 +12,45 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 from worker import JobContext, data_dir, enqueue_call, store_learned_prompt
 
 from .control_jobs import pool_and_controls, reports_token
+from .ls_format import split_label_key
 from .prompt_pool import PromptPool, sync_from_label_studio
 from .settings import Settings
 from .webhook_hints import clear_pending, schedule_hint_job
 
-__all__ = ["train_prompt", "prepare_tuning", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION", "PREPARE_FUNCTION"]
+__all__ = ["train_prompt", "prepare_tuning", "enqueue_prompt_tuning", "learned_prompt_path", "TRAIN_FUNCTION", "PREPARE_FUNCTION",
+           "TuningProgress"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_FUNCTION = "backend.prompt_training.train_prompt"
 PREPARE_FUNCTION = "backend.prompt_training.prepare_tuning"
+
+
+@dataclass
+class TuningProgress:
+    """What a tuning job's `job.meta` holds: written by `train_prompt`, read by `seggpt-ls train-prompt`."""
+
+    total: int = 0  # optimisation steps over every field
+    done: int = 0
+    failed: int = 0
+    stage: str = "tuning"  # "tuning", then "done"
+    loss: float | None = None  # the last step's
+    field: str | None = None  # the image field being tuned
+
+    def to_meta(self) -> dict:
+        return {spec.name: getattr(self, spec.name) for spec in fields(self) if getattr(self, spec.name) is not None}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> "TuningProgress":
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{k: v for k, v in (meta or {}).items() if k in known and v is not None})
 
 
 def _training_payload(settings: Settings, project: int, label_config: str | None) -> dict:
@@ -101,7 +125,8 @@ def train_prompt(payload: dict, context: JobContext) -> dict:
     total = settings.steps * sum(1 for examples in fields.values() if examples)
     if total == 0:
         raise ValueError(f"project {pool.project}: no labeled task to tune a prompt on; annotate a few tasks first")
-    job.meta.update({"total": total, "done": 0, "failed": 0, "stage": "tuning"})
+    tuning = TuningProgress(total=total)
+    job.meta.update(tuning.to_meta())
     job.save_meta()
     report, finished, last_save = {}, 0, 0.0
     for data_key, examples in fields.items():
@@ -111,7 +136,8 @@ def train_prompt(payload: dict, context: JobContext) -> dict:
         def progress(step: int, steps: int, loss: float) -> None:
             nonlocal last_save
             if step == steps or time.monotonic() - last_save > 0.5:  # meta writes are cheap, not free
-                job.meta.update({"done": finished + step, "loss": round(loss, 5), "field": data_key})
+                tuning.done, tuning.loss, tuning.field = finished + step, round(loss, 5), data_key
+                job.meta.update(tuning.to_meta())
                 job.save_meta()
                 last_save = time.monotonic()
 
@@ -120,9 +146,10 @@ def train_prompt(payload: dict, context: JobContext) -> dict:
         path = learned.save(learned_prompt_path(pool.project, data_key))
         digest = store_learned_prompt(context.connection, learned.to_bytes())
         pool.set_learned_prompt(data_key, digest)
-        report[data_key] = {"examples": len(examples), "labels": [l.split("\x1f", 1)[-1] for l in learned.labels],
+        report[data_key] = {"examples": len(examples), "labels": [split_label_key(l)[1] for l in learned.labels],
                             "final_loss": learned.info["final_loss"], "path": str(path), "digest": digest}
     # The model version also depends on the serving settings, which this worker may not share: report the pool's.
-    job.meta.update({"stage": "done"})
+    tuning.stage = "done"
+    job.meta.update(tuning.to_meta())
     job.save_meta()
     return {"project": pool.project, "fields": report, "pool_version": pool.version()}

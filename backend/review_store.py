@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import redis
 
-from .keys import REVIEW_TTL, prompts_used_key, review_key, review_projects_key
+from .keys import REVIEW_TTL, prompts_used_key, review_keys, review_projects_key
 
 __all__ = ["record_prompts_used", "prompts_used", "save_record", "remove_record", "load_records", "clear_records", "save_summary",
            "load_summary", "reviewed_projects"]
@@ -36,46 +36,46 @@ def prompts_used(connection: redis.Redis, project: int, version: str, task_id: o
 
 
 def save_record(connection: redis.Redis, project: int, record: dict, max_records: int) -> None:
-    key = review_key(project)
+    keys = review_keys(project)
     task = str(record["task"])
     with connection.pipeline(transaction=True) as pipe:
-        pipe.hset(f"{key}:records", task, json.dumps(record, sort_keys=True, separators=(",", ":")))
-        pipe.zadd(f"{key}:order", {task: time.time()})
-        pipe.expire(f"{key}:records", REVIEW_TTL)
-        pipe.expire(f"{key}:order", REVIEW_TTL)
+        pipe.hset(keys.records, task, json.dumps(record, sort_keys=True, separators=(",", ":")))
+        pipe.zadd(keys.order, {task: time.time()})
+        pipe.expire(keys.records, REVIEW_TTL)
+        pipe.expire(keys.order, REVIEW_TTL)
         pipe.sadd(review_projects_key(), int(project))
         pipe.execute()
-    extra = connection.zcard(f"{key}:order") - max_records
+    extra = connection.zcard(keys.order) - max_records
     if extra > 0:
-        oldest = [m.decode() for m, _ in connection.zpopmin(f"{key}:order", extra)]
+        oldest = [m.decode() for m, _ in connection.zpopmin(keys.order, extra)]
         if oldest:
-            connection.hdel(f"{key}:records", *oldest)
+            connection.hdel(keys.records, *oldest)
 
 
 def remove_record(connection: redis.Redis, project: int, task_id: object) -> None:
     """The task has no annotation any more: its record goes."""
-    key = review_key(project)
-    connection.hdel(f"{key}:records", str(task_id))
-    connection.zrem(f"{key}:order", str(task_id))
+    keys = review_keys(project)
+    connection.hdel(keys.records, str(task_id))
+    connection.zrem(keys.order, str(task_id))
 
 
 def load_records(connection: redis.Redis, project: int) -> list[dict]:
     """The project's records, by task id."""
-    records = [json.loads(v) for v in connection.hvals(f"{review_key(project)}:records")]
+    records = [json.loads(v) for v in connection.hvals(review_keys(project).records)]
     return sorted(records, key=lambda r: r["task"])
 
 
 def clear_records(connection: redis.Redis, project: int) -> None:
-    key = review_key(project)
-    connection.delete(f"{key}:records", f"{key}:order", f"{key}:summary")
+    keys = review_keys(project)
+    connection.delete(keys.records, keys.order, keys.summary)
 
 
 def save_summary(connection: redis.Redis, project: int, summary: dict) -> None:
-    connection.set(f"{review_key(project)}:summary", json.dumps(summary, sort_keys=True), ex=REVIEW_TTL)
+    connection.set(review_keys(project).summary, json.dumps(summary, sort_keys=True), ex=REVIEW_TTL)
 
 
 def load_summary(connection: redis.Redis, project: int) -> dict | None:
-    raw = connection.get(f"{review_key(project)}:summary")
+    raw = connection.get(review_keys(project).summary)
     return json.loads(raw) if raw else None
 
 

@@ -16,6 +16,7 @@ from seggpt_core.weights_files import DEFAULT_WEIGHTS
 from worker.defaults import DEFAULT_QUEUE
 from worker.settings import (DEFAULT_INTERACTIVE_QUEUE, ModelSettings, SettingError, WorkerSettings, data_dir_from_env, default_data_dir,
                              parse_flag)
+from worker.payloads import PredictionOptions
 
 from .region_filter import RegionFilter, parse_label_thresholds, parse_min_area
 
@@ -229,11 +230,9 @@ class Settings:
         return replace(self, **changes)
 
     def fingerprint(self) -> dict:
-        """The settings that change what a prediction looks like: part of the model version."""
-        return {"weights": self.weights, "num_prompts": self.num_prompts, "dtype": self.dtype,
-                "embedding_type": self.embedding_type, "prompt_strategy": self.prompt_strategy,
-                **({"labels_per_forward": self.labels_per_forward} if self.labels_per_forward else {}),
-                **({"score": self.score} if self.score != "crisp" else {}),
+        """The settings that change what a prediction looks like: part of the model version (which is computed from
+        what the jobs carry: see `predict_service.version_of`)."""
+        return {"weights": self.weights, **self.prediction_options.fingerprint(),
                 **({"regions": self.region_filter.to_json()} if self.region_filter.active else {}),
                 **({"excluded_prompts": sorted(self.excluded_prompts)} if self.excluded_prompts else {})}
 
@@ -248,14 +247,11 @@ class Settings:
         return RegionFilter(self.score_threshold, parse_label_thresholds(self.label_thresholds), *parse_min_area(self.min_area))
 
     @property
-    def prediction_options(self) -> dict:
-        """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type."""
-        # the dtype travels too: a worker configured for another declines the job (it is part of the model version)
-        options = {"embedding_type": self.embedding_type, "k": self.num_prompts, "strategy": self.prompt_strategy,
-                   "dtype": self.dtype}
-        if self.score != "crisp":
-            options["score"] = self.score
-        return {**options, "labels_per_forward": self.labels_per_forward} if self.labels_per_forward else options
+    def prediction_options(self) -> PredictionOptions:
+        """What every segmentation job of this backend is told: K, the prompt strategy, the embedding type, the score,
+        the labels per forward, and the dtype (a worker configured for another declines the job)."""
+        return PredictionOptions(k=self.num_prompts, strategy=self.prompt_strategy, embedding_type=self.embedding_type,
+                                 score=self.score, labels_per_forward=self.labels_per_forward, dtype=self.dtype)
 
     @property
     def candidates_per_label(self) -> int:

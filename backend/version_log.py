@@ -7,11 +7,9 @@ import time
 
 import redis
 
-from .keys import version_info_key, versions_key
+from .keys import VERSION_TTL, version_info_key, versions_key
 
 __all__ = ["record_version", "list_versions"]
-
-_TTL = 365 * 24 * 3600
 
 
 def record_version(connection: redis.Redis, project: int, version: str, prompts: int) -> None:
@@ -19,11 +17,11 @@ def record_version(connection: redis.Redis, project: int, version: str, prompts:
     info = json.dumps({"version": version, "project": project, "created_at": time.time(), "prompts": prompts})
     try:
         with connection.pipeline(transaction=False) as pipe:
-            pipe.set(version_info_key(version), info, nx=True, ex=_TTL)
-            pipe.expire(version_info_key(version), _TTL)
+            pipe.set(version_info_key(version), info, nx=True, ex=VERSION_TTL)
+            pipe.expire(version_info_key(version), VERSION_TTL)
             for key in (versions_key(project), versions_key()):
                 pipe.zadd(key, {version: time.time()}, nx=True)
-                pipe.expire(key, _TTL)
+                pipe.expire(key, VERSION_TTL)
             pipe.execute()
     except redis.RedisError:
         pass  # the list of versions never fails a prediction

@@ -24,6 +24,7 @@ from .control_jobs import after_pool_change, reports_token
 from .keys import hint_keys
 from .label_config import LabelConfigError, parse_label_config
 from .ls_client import LabelStudioAuthError, LabelStudioError
+from .ls_format import split_label_key
 from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .settings import Settings
 
@@ -139,7 +140,7 @@ def _reread_task(pool: PromptPool, task: dict | None, task_id: int, controls, fe
     if annotation is None:
         return "no annotation" + (": prompt removed" if pool.remove_task(task_id) else "")
     try:
-        return [label.split("\x1f", 1)[1] for label in pool.upsert(task, annotation, controls, fetch, max_pixels)]
+        return [split_label_key(label)[1] for label in pool.upsert(task, annotation, controls, fetch, max_pixels)]
     except LabelStudioError as exc:
         if exc.transient or isinstance(exc, LabelStudioAuthError):
             raise  # Label Studio's fault, not the annotation's: every other task would meet it too

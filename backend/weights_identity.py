@@ -16,6 +16,7 @@ from seggpt_core.errors import WeightsError
 from seggpt_core.weights_digest import weights_digest
 from seggpt_core.weights_files import OFFLINE_CHOICES
 from worker.keys import worker_info_key
+from worker.payloads import PayloadError, WorkerInfo
 
 from .settings import Settings
 
@@ -35,8 +36,15 @@ def _announced(connection: redis.Redis, weights: str) -> set[str]:
     from rq import Worker
 
     names = [worker.name for worker in Worker.all(connection=connection)]
-    infos = [json.loads(raw) for raw in connection.mget([worker_info_key(n) for n in names]) if raw] if names else []
-    return {info["weights_digest"] for info in infos if info.get("weights") == weights and info.get("weights_digest")}
+    infos = [_worker_info(raw) for raw in connection.mget([worker_info_key(n) for n in names]) if raw] if names else []
+    return {info.weights_digest for info in infos if info is not None and info.weights == weights and info.weights_digest}
+
+
+def _worker_info(raw: bytes) -> WorkerInfo | None:
+    try:
+        return WorkerInfo.from_json(json.loads(raw))
+    except (ValueError, PayloadError):
+        return None  # a worker this process cannot read says nothing about the weights
 
 
 def backend_digest(settings: Settings, connection: redis.Redis | None = None) -> str:

@@ -166,7 +166,7 @@ def test_the_dtype_of_the_model_version_travels_with_the_job_and_other_workers_d
 
     fp32, bf16 = Settings(weights="random:tiny", dtype="float32"), Settings(weights="random:tiny", dtype="bfloat16")
     assert model_version(fp32, "pool", "d") != model_version(bf16, "pool", "d")
-    assert fp32.prediction_options["dtype"] == "float32"
+    assert fp32.prediction_options.dtype == "float32"
     try:
         connection = EmbeddedRedis(tmp_path / "redis").connect()
         digest = store_prompt_set(connection, [scene_prompt(1)])

@@ -31,7 +31,8 @@ from rq.serializers import JSONSerializer
 from .context import ContextJob, JobContext
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT, YIELD_WAIT
 from .errors import ChunkInterrupted
-from .keys import worker_info_key
+from .keys import WORKER_INFO_GRACE, worker_info_key
+from .payloads import ChunkProgress, PayloadError, PredictionOptions, WorkerInfo
 from .ownership import claim, holds
 from .runtime import WorkerRuntime
 
@@ -79,7 +80,10 @@ def expected_digest(job: Job) -> str | None:
 
 def expected_dtype(job: Job) -> str | None:
     """The dtype a segmentation chunk was queued for ("auto": each device's default; None: any)."""
-    return (_payload(job).get("options") or {}).get("dtype")
+    try:
+        return PredictionOptions.from_json(_payload(job).get("options")).dtype
+    except PayloadError:
+        return None  # the chunk itself fails on it, naming the field
 
 
 def _payload(job: Job) -> dict:
@@ -188,10 +192,12 @@ class SegGptWorker(SimpleWorker):
         if self.context is None:
             return
         self._register_again_if_dropped()
-        # a control worker has no model to describe: it says only what it is
-        details = {**self.runtime.stats(), "role": "model"} if self.runtime is not None else {"pid": os.getpid(), "role": "control"}
-        info = {**details, "name": self.name, "host": socket.gethostname(), "queues": self.queue_names()}
-        self.connection.set(worker_info_key(self.name), json.dumps(info), ex=self.heartbeat_interval + HEARTBEAT_GRACE)
+        if self.runtime is not None:
+            info = self.runtime.info(name=self.name, host=socket.gethostname(), queues=tuple(self.queue_names()))
+        else:  # a control worker has no model to describe: it says only what it is
+            info = WorkerInfo(pid=os.getpid(), device="none", weights="", role="control", name=self.name, host=socket.gethostname(),
+                              queues=tuple(self.queue_names()))
+        self.connection.set(worker_info_key(self.name), json.dumps(info.to_json()), ex=self.heartbeat_interval + WORKER_INFO_GRACE)
 
     def _register_again_if_dropped(self) -> None:
         """A worker cut off from Redis for longer than its registration lives (a partition) is dropped from RQ's
@@ -226,16 +232,19 @@ class SegGptWorker(SimpleWorker):
             expected, mine = expected_dtype(job), self.runtime.dtype_name
             if expected is None or expected == mine:
                 return False
-        meta = job.get_meta()
-        since = float(meta.setdefault("weights_wait_since", time.time()))
-        meta.setdefault("declined_by", {})[self.name] = mine
+        progress = ChunkProgress.from_meta(job.get_meta())
+        if progress.weights_wait_since is None:
+            progress.weights_wait_since = time.time()
+        progress.declined_by[self.name] = mine
+        job.meta.update(progress.to_meta())
         job.save_meta()
-        if time.time() - since >= self.weights_wait:
+        if time.time() - progress.weights_wait_since >= self.weights_wait:
             return False
-        if len(meta["declined_by"]) == 1 and not meta.get("declined_logged"):
+        if len(progress.declined_by) == 1 and not progress.declined_logged:
             log.warning("job %s expects %s, this worker has %s: left for a matching worker (up to %.0f s)",
                         job.id, expected, mine, self.weights_wait)
-            meta["declined_logged"] = True
+            progress.declined_logged = True
+            job.meta.update(progress.to_meta())
             job.save_meta()
         queue.push_job_id(job.id)
         self.runtime.stop_requested.wait(1.0)  # not a hot loop while no matching worker is there

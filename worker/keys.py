@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from .defaults import KEY_PREFIX
+from .defaults import HEARTBEAT_GRACE, JOB_TIMEOUT, KEY_PREFIX
 
-__all__ = ["worker_info_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+__all__ = ["RUN_CANCELLED_TTL", "WORKER_INFO_GRACE", "worker_info_key", "counters_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+
+
+RUN_CANCELLED_TTL = JOB_TIMEOUT + 24 * 3600
+"""Seconds a run's cancelled flag lives: no chunk of the run can still be running after that."""
+
+WORKER_INFO_GRACE = HEARTBEAT_GRACE
+"""Seconds a worker's info outlives its heartbeat interval: it is gone soon after the worker."""
 
 
 def worker_info_key(name: str) -> str:
-    """JSON: a live worker's pid, device, weights and digest. TTL: heartbeat interval + grace (gone with it)."""
+    """JSON `payloads.WorkerInfo`: a live worker's pid, device, weights and digest. TTL: heartbeat interval +
+    WORKER_INFO_GRACE (gone with it)."""
     return f"{KEY_PREFIX}:worker:{name}"
 
 
@@ -26,6 +34,11 @@ def run_cancelled_key(run: str) -> str:
     """Flag: the run was cancelled; its chunks stop at their next batch. TTL: JOB_TIMEOUT + a day (no chunk of the
     run can still be running after that)."""
     return f"{KEY_PREFIX}:run:{run}:cancelled"
+
+
+def counters_key() -> str:
+    """Hash: counter name -> count (see `metrics`). No TTL: counters."""
+    return f"{KEY_PREFIX}:metrics"
 
 
 def histogram_key(name: str) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import redis
 
-from .defaults import KEY_PREFIX
-from .keys import histogram_key
+from .keys import counters_key, histogram_key
 
 __all__ = ["METRICS_KEY", "SECONDS_BUCKETS", "HISTOGRAMS", "count", "counters", "observe", "histogram"]
 
 # Upper bounds (seconds) of the latency histograms: from a GPU batch to a large model on a CPU.
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-METRICS_KEY = f"{KEY_PREFIX}:metrics"
+METRICS_KEY = counters_key()
 
 
 def count(connection: redis.Redis, name: str, amount: int = 1) -> None:

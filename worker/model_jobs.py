@@ -1,8 +1,7 @@
 """Job functions, at stable import paths: RQ stores `worker.model_jobs.<name>` in each job.
 
 Each takes one JSON payload and the worker's `JobContext`, and returns JSON. A segmentation chunk's payload is a `payloads.SegmentationChunk`.
-With `options["k"]`, each target uses at most k prompts per label, chosen by `options["strategy"]` (see
-`selection`).
+With `options.k`, each target uses at most k prompts per label, chosen by `options.strategy` (see `selection`).
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
-from .payloads import SegmentationChunk, TaskRef
+from .payloads import ChunkProgress, PredictionOptions, SegmentationChunk, TaskRef
 from .context import JobContext
 
-__all__ = ["segment_chunk", "noop", "with_backoff"]
+__all__ = ["segment_chunk", "ChunkRun", "noop", "with_backoff"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,10 +50,10 @@ def _cancelled(connection, run: str | None) -> bool:
     return run is not None and bool(connection.exists(run_cancelled_key(run)))
 
 
-def _selection(runtime, predictor, target, options: dict) -> dict:
+def _selection(runtime, predictor, target, options: PredictionOptions) -> dict:
     from .selection import select
 
-    strategy = options.get("strategy", "similar")
+    strategy = options.strategy
     target_embedding = None
     prompt_embeddings = None
     if strategy == "similar":
@@ -62,7 +61,7 @@ def _selection(runtime, predictor, target, options: dict) -> dict:
 
         prompt_embeddings = runtime.prompt_embeddings(predictor)
         target_embedding = image_embedding(_tensor_image(target.tensor))
-    return select(predictor.annotated_by(), int(options["k"]), strategy, prompt_embeddings, target_embedding)
+    return select(predictor.annotated_by(), options.k, strategy, prompt_embeddings, target_embedding)
 
 
 def _tensor_image(tensor):
@@ -110,73 +109,169 @@ def segment_chunk(payload: dict, context: JobContext) -> dict:
     on. Tasks that keep failing transiently make the chunk raise ChunkIncomplete after all others are done, so
     RQ re-queues it; tasks already stored are skipped on every re-run.
     """
-    from seggpt_core import ImageError, SegGptError
-
     chunk = SegmentationChunk.from_json(payload)
-    job = context.job
-    connection = context.connection
-    runtime = context.require_runtime()
-    loads_before = runtime.load_count
-    started = time.perf_counter()
-    runtime.load()
-    if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
-        raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
-                              f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
-    if chunk.options.get("dtype") not in (None, runtime.dtype_name):
-        raise WeightsMismatch(f"the chunk expects dtype {chunk.options['dtype']}; the only worker that took it runs "
-                              f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
-    predictor = runtime.predictor_for(connection, chunk.prompts, chunk.options) if not chunk.prompts.empty else runtime.bare_predictor(chunk.options)
-    sink = context.make_sink(chunk.sink, chunk.namespace)
-    if runtime.execution_id is not None and hasattr(sink, "owner_guard"):
-        sink.owner_guard = (chunk_owner_key(job.id), runtime.execution_id)  # the write itself checks the claim
-    tasks = [task.to_json() for task in chunk.tasks]
-    options = chunk.options
-    k = int(options.get("k") or 0)  # 0: every prompt that annotates a label
-    finished = chunk_done_key(job.id)
-    already = {member.decode() for member in connection.smembers(finished)}
-    failed: dict[str, str] = {}
-    bad_input: set[str] = set()  # failed because of the task's own image: final
-    transient: dict[str, str] = {}
-    job.meta.update({"total": len(tasks), "done": len(already), "failed": 0, "worker_pid": runtime.stats()["pid"]})
-    # guarded like every later write: a run cut off before this point (a partition) comes back after the chunk was
-    # finished elsewhere, and must not overwrite what that run saved
-    save_meta_if_held(job, runtime.execution_id)
-    pending = [task for task in tasks if str(task["id"]) not in already]
-    done_before = len(already)
-    batch = max(1, int(options.get("batch_targets") or BATCH_TARGETS))
+    return ChunkRun(chunk, context).run()
 
-    def pause(delay: float) -> None:
+
+class ChunkRun:
+    """One run of a segmentation chunk, in three stages: `load` (the model, the prompts, the sink, what an earlier
+    run stored), `paint` (the forwards; each result goes to the sink as it comes) and `write` (the sink's flush,
+    the counters, the chunk's progress and its outcome). The state the stages share is held here."""
+
+    def __init__(self, chunk: SegmentationChunk, context: JobContext) -> None:
+        runtime = context.require_runtime()
+        self.chunk, self.context, self.job, self.connection, self.runtime = chunk, context, context.job, context.connection, runtime
+        self.options = chunk.options
+        self.started = time.perf_counter()
+        self.loads_before = runtime.load_count
+        self.finished = chunk_done_key(self.job.id)
+        self.predictor = None
+        self.sink = None
+        self.stored: set[str] = set()  # task ids stored, by this run or an earlier one
+        self.stored_before = 0
+        self.failed: dict[str, str] = {}
+        self.bad_input: set[str] = set()  # failed because of the task's own image: final
+        self.transient: dict[str, str] = {}
+        self.interrupted = False
+        self.cancelled = False
+        self.progress = ChunkProgress.from_meta(self.job.meta)
+
+    def run(self) -> dict:
+        self.load()
+        self.paint()
+        return self.write()
+
+    # -- load ----------------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """The model and the prompts on this worker, the sink, and the tasks an earlier run already stored."""
+        chunk, runtime, connection = self.chunk, self.runtime, self.connection
+        runtime.load()
+        if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
+            raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
+                                  f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
+        if self.options.dtype not in (None, runtime.dtype_name):
+            raise WeightsMismatch(f"the chunk expects dtype {self.options.dtype}; the only worker that took it runs "
+                                  f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
+        self.predictor = (runtime.predictor_for(connection, chunk.prompts, self.options) if not chunk.prompts.empty
+                          else runtime.bare_predictor(self.options))
+        self.sink = self.context.make_sink(chunk.sink, chunk.namespace)
+        if runtime.execution_id is not None and hasattr(self.sink, "owner_guard"):
+            self.sink.owner_guard = (chunk_owner_key(self.job.id), runtime.execution_id)  # the write itself checks the claim
+        self.stored = {member.decode() for member in connection.smembers(self.finished)}
+        self.stored_before = len(self.stored)
+        self.progress.total, self.progress.done, self.progress.failed = len(chunk.tasks), len(self.stored), 0
+        self.progress.worker_pid = runtime.info().pid
+        # guarded like every later write: a run cut off before this point (a partition) comes back after the chunk was
+        # finished elsewhere, and must not overwrite what that run saved
+        self.save_progress()
+
+    # -- paint ---------------------------------------------------------------------------------------------------
+
+    def paint(self) -> None:
+        """Tasks the annotator marked (interactive, one at a time) first, then the batched rest."""
+        for task in [task for task in self.chunk.tasks if task.marks and str(task.id) not in self.stored]:
+            self.record(str(task.id), _InlineExecutor().submit(self.from_marks, task))
+        pending = [task.to_json() for task in self.chunk.tasks if not task.marks and str(task.id) not in self.stored]
+        self.paint_batches(pending)
+
+    def paint_batches(self, pending: list[dict]) -> None:
+        """Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on
+        a batch, writer threads encode and store the previous batch (one, unless the sink says how many may write
+        at once).
+        Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
+        only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py)."""
+        batch = self.options.batch_targets or BATCH_TARGETS
+        self.cancelled = _cancelled(self.connection, self.chunk.run)
+        overlap = self.runtime.overlaps_host_work()
+        self.progress.overlapped = overlap
+        if hasattr(self.sink, "overlapped"):
+            self.sink.overlapped = overlap  # a sink may then write each result as it comes (see task_io.Sink)
+        writers = getattr(self.sink, "writers", 1)
+        with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, writers, "seggpt-write") as writer:
+            queue = deque((task, loaders.submit(self.prepare, task)) for task in ([] if self.cancelled else pending[: 2 * batch]))
+            upcoming = iter(pending[2 * batch :])
+            writes: list = []
+            while queue:
+                if self.runtime.stop_requested.is_set():
+                    self.interrupted = True  # what is stored stays; the rest runs again after the re-queue
+                    break
+                if _cancelled(self.connection, self.chunk.run):
+                    self.cancelled = True  # what is stored stays; the rest is not done
+                    break
+                self.still_ours()
+                ready = []
+                while queue and len(ready) < batch:
+                    task, future = queue.popleft()
+                    next_task = next(upcoming, None)
+                    if next_task is not None:
+                        queue.append((next_task, loaders.submit(self.prepare, next_task)))
+                    if future.exception() is not None:
+                        self.record(str(task["id"]), future)
+                    else:
+                        ready.append((task, future.result()))
+                if ready:
+                    writes.extend(self.forward(ready, writer))
+                while writes and (writes[0][1].done() or not queue):
+                    self.record(*writes.pop(0))
+                self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
+                self.save_progress()
+            while writes:
+                self.record(*writes.pop(0))
+
+    def forward(self, ready: list[tuple[dict, object]], writer) -> list[tuple[str, Future]]:
+        """One forward over prepared targets; each segmentation is handed to the writer."""
+        from seggpt_core import SegGptError
+
+        batch_started = time.perf_counter()
+        targets = [target for _, target in ready]
+        k = self.options.k  # 0: every prompt that annotates a label
+        selections = [_selection(self.runtime, self.predictor, t, self.options) for t in targets] if k else None
+        try:
+            segmentations = self.predictor.predict_prepared(targets, selections)
+        except SegGptError as exc:  # a whole batch refused (should not happen once targets are prepared)
+            for task, _ in ready:
+                self.failed[str(task["id"])] = str(exc)
+            segmentations = []
+        writes = [(str(task["id"]), writer.submit(self.store, task, segmentation)) for (task, _), segmentation in zip(ready, segmentations)]
+        observe(self.connection, "task_seconds", (time.perf_counter() - batch_started) / len(ready), len(ready))
+        return writes
+
+    def pause(self, delay: float) -> None:
         # a retry's wait ends when the worker is told to stop: its Redis may have ended with it (a killed serve)
-        if runtime.stop_requested.wait(delay):
+        if self.runtime.stop_requested.wait(delay):
             raise ChunkInterrupted("the worker is stopping: what is stored stays, the rest runs again")
 
-    def retried(action: Callable[[], T]) -> T:
-        return with_backoff(action, sleep=pause)
+    def retried(self, action: Callable[[], T]) -> T:
+        return with_backoff(action, sleep=self.pause)
 
-    def prepare(task: dict):
-        data = retried(lambda: context.load_image_bytes(task["image"]))
-        return predictor.prepare_target(data, where=f"task {task['id']}")
+    def prepare(self, task: dict):
+        data = self.retried(lambda: self.context.load_image_bytes(task["image"]))
+        return self.predictor.prepare_target(data, where=f"task {task['id']}")
 
-    def from_marks(task: TaskRef) -> None:
+    def from_marks(self, task: TaskRef) -> None:
         """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.marks`)."""
         from seggpt_core.marks import MarkError, segment_from_marks
 
-        data = retried(lambda: context.load_image_bytes(task.image))
+        data = self.retried(lambda: self.context.load_image_bytes(task.image))
         try:
-            segmentation = segment_from_marks(predictor, data, task.marks)
+            segmentation = segment_from_marks(self.predictor, data, task.marks)
         except MarkError as exc:
             raise TaskInputError(f"task {task.id}: {exc}") from None
-        write(task.to_json(), segmentation)
+        self.store(task.to_json(), segmentation)
 
-    def still_ours() -> None:
+    def still_ours(self) -> None:
         # a run whose chunk was taken over (it missed its heartbeats) writes nothing more: ChunkLost
-        ensure_held(connection, job.id, runtime.execution_id)
+        ensure_held(self.connection, self.job.id, self.runtime.execution_id)
 
-    def write(task: dict, segmentation) -> None:
-        still_ours()
-        retried(lambda: sink.write(task, segmentation, finished))
+    def store(self, task: dict, segmentation) -> None:
+        self.still_ours()
+        self.retried(lambda: self.sink.write(task, segmentation, self.finished))
 
-    def record(task_id: str, future) -> None:
+    def record(self, task_id: str, future) -> None:
+        from seggpt_core import ImageError, SegGptError
+
+        failed, bad_input, transient = self.failed, self.bad_input, self.transient
         try:
             future.result()
         except TransientError as exc:
@@ -189,87 +284,40 @@ def segment_chunk(payload: dict, context: JobContext) -> dict:
                 bad_input.add(task_id)
             log.warning("task %s failed (%s): %s", task_id, "its input" if task_id in bad_input else "system", exc)
         else:
-            already.add(task_id)
+            self.stored.add(task_id)
 
-    # tasks the annotator marked (interactive, one at a time) first, then the batched rest
-    marked = [task for task in chunk.tasks if task.marks and str(task.id) not in already]
-    for task in marked:
-        record(str(task.id), _InlineExecutor().submit(from_marks, task))
-    pending = [task for task in pending if not task.get("marks")]
+    def save_progress(self) -> None:
+        self.job.meta.update(self.progress.to_meta())
+        save_meta_if_held(self.job, self.runtime.execution_id)
 
-    # Three stages overlap: loader threads fetch and decode the next targets, this thread runs the forward on a
-    # batch, writer threads encode and store the previous batch (one, unless the sink says how many may write at once).
-    # Where the forward already keeps every core busy (a CPU worker), they run in turn instead: threads beside it
-    # only preempt torch's threads, and a parallel op waits for its slowest thread (bench/pipeline_vs_model.py).
-    interrupted = False
-    cancelled = _cancelled(connection, chunk.run)
-    overlap = runtime.overlaps_host_work()
-    job.meta["overlapped"] = overlap
-    if hasattr(sink, "overlapped"):
-        sink.overlapped = overlap  # a sink may then write each result as it comes (see task_io.Sink)
-    with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, getattr(sink, "writers", 1), "seggpt-write") as writer:
-        queue = deque((task, loaders.submit(prepare, task)) for task in ([] if cancelled else pending[: 2 * batch]))
-        upcoming = iter(pending[2 * batch :])
-        writes: list = []
-        while queue:
-            if runtime.stop_requested.is_set():
-                interrupted = True  # what is stored stays; the rest runs again after the re-queue
-                break
-            if _cancelled(connection, chunk.run):
-                cancelled = True  # what is stored stays; the rest is not done
-                break
-            still_ours()
-            ready = []
-            while queue and len(ready) < batch:
-                task, future = queue.popleft()
-                next_task = next(upcoming, None)
-                if next_task is not None:
-                    queue.append((next_task, loaders.submit(prepare, next_task)))
-                if future.exception() is not None:
-                    record(str(task["id"]), future)
-                else:
-                    ready.append((task, future.result()))
-            if ready:
-                batch_started = time.perf_counter()
-                targets = [target for _, target in ready]
-                selections = [_selection(runtime, predictor, t, options) for t in targets] if k else None
-                try:
-                    segmentations = predictor.predict_prepared(targets, selections)
-                except SegGptError as exc:  # a whole batch refused (should not happen once targets are prepared)
-                    for task, _ in ready:
-                        failed[str(task["id"])] = str(exc)
-                    segmentations = []
-                for (task, _), segmentation in zip(ready, segmentations):
-                    writes.append((str(task["id"]), writer.submit(write, task, segmentation)))
-                observe(connection, "task_seconds", (time.perf_counter() - batch_started) / len(ready), len(ready))
-            while writes and (writes[0][1].done() or not queue):
-                record(*writes.pop(0))
-            job.meta.update({"done": len(already), "failed": len(failed) + len(transient)})
-            save_meta_if_held(job, runtime.execution_id)
-        while writes:
-            record(*writes.pop(0))
-    flush = getattr(sink, "flush", None)  # sinks that write in bulk do it once per chunk
-    if flush is not None:
-        still_ours()
-        retried(flush)
-    count(connection, "tasks_done", len(already) - done_before)
-    count(connection, "tasks_failed_input", len(bad_input))
-    count(connection, "tasks_failed_system", len(failed) + len(transient) - len(bad_input))
-    still_ours()
-    job.meta.update({
-        "failed_tasks": {**failed, **transient},
-        "input_failures": sorted(bad_input),
-        "seconds": round(time.perf_counter() - started, 3),
-        "model_loads_in_job": runtime.load_count - loads_before,
-        "worker": runtime.stats(),
-        **({"cancelled": len(tasks) - len(already) - len(failed) - len(transient)} if cancelled else {}),
-    })
-    save_meta_if_held(job, runtime.execution_id)
-    runtime.release_memory()
-    if cancelled:
-        return {"total": len(tasks), "done": len(already), "failed": failed, "cancelled": job.meta["cancelled"]}
-    if interrupted:
-        raise ChunkInterrupted(f"the worker is stopping: {len(already)} of {len(tasks)} task(s) stored, the rest re-queued")
-    if transient:
-        raise ChunkIncomplete(f"{len(transient)} task(s) kept failing transiently: {transient}")
-    return {"total": len(tasks), "done": len(already), "failed": failed}
+    # -- write ---------------------------------------------------------------------------------------------------
+
+    def write(self) -> dict:
+        """The sink's bulk write, the counters and the chunk's final progress; then its outcome: a result, or the
+        exception that sends it back to its queue."""
+        connection, runtime, progress = self.connection, self.runtime, self.progress
+        flush = getattr(self.sink, "flush", None)  # sinks that write in bulk do it once per chunk
+        if flush is not None:
+            self.still_ours()
+            self.retried(flush)
+        stored, failed, transient, total = self.stored, self.failed, self.transient, len(self.chunk.tasks)
+        count(connection, "tasks_done", len(stored) - self.stored_before)
+        count(connection, "tasks_failed_input", len(self.bad_input))
+        count(connection, "tasks_failed_system", len(failed) + len(transient) - len(self.bad_input))
+        self.still_ours()
+        progress.failed_tasks = {**failed, **transient}
+        progress.input_failures = sorted(self.bad_input)
+        progress.seconds = round(time.perf_counter() - self.started, 3)
+        progress.model_loads_in_job = runtime.load_count - self.loads_before
+        progress.worker = runtime.stats()
+        if self.cancelled:
+            progress.cancelled = total - len(stored) - len(failed) - len(transient)
+        self.save_progress()
+        runtime.release_memory()
+        if self.cancelled:
+            return {"total": total, "done": len(stored), "failed": failed, "cancelled": progress.cancelled}
+        if self.interrupted:
+            raise ChunkInterrupted(f"the worker is stopping: {len(stored)} of {total} task(s) stored, the rest re-queued")
+        if transient:
+            raise ChunkIncomplete(f"{len(transient)} task(s) kept failing transiently: {transient}")
+        return {"total": total, "done": len(stored), "failed": failed}

@@ -19,16 +19,16 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, RESULT_TTL
-from .keys import chunk_done_key, run_cancelled_key, worker_info_key
+from .keys import RUN_CANCELLED_TTL, chunk_done_key, run_cancelled_key, worker_info_key
 from .metrics import counters
 from .waiting import status_ended
-from .payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
+from .payloads import ChunkProgress, PayloadError, PredictionOptions, PromptSetRef, SegmentationChunk, SinkSpec, TaskRef, WorkerInfo
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status", "read_worker_info"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -53,7 +53,7 @@ def enqueue_segmentation(
     queue: str = DEFAULT_QUEUE,
     namespace: str | None = None,
     sink: str | SinkSpec = "redis",
-    options: dict | None = None,
+    options: PredictionOptions | None = None,
     extra: dict | None = None,
     at_front: bool = False,
     weights_digest: str | None = None,
@@ -80,7 +80,7 @@ def enqueue_segmentation(
     rq_queue = get_queue(connection, queue)
     job_ids = []
     for chunk in chunked(refs, chunk_size):
-        payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or {}, weights_digest, run)
+        payload = SegmentationChunk(prompts, tuple(chunk), namespace, spec, options or PredictionOptions(), weights_digest, run)
         job = rq_queue.enqueue(
             "worker.model_jobs.segment_chunk",
             payload.to_json(),
@@ -89,7 +89,7 @@ def enqueue_segmentation(
             failure_ttl=FAILURE_TTL,
             retry=Retry(max=JOB_RETRIES),
             at_front=at_front,
-            meta={"total": len(chunk), "done": 0, "failed": 0, "namespace": namespace},
+            meta=ChunkProgress(total=len(chunk), namespace=namespace).to_meta(),
             description=f"segment {len(chunk)} task(s) of batch {namespace}",  # not the payload: keep logs small
         )
         job_ids.append(job.id)
@@ -170,10 +170,9 @@ class ProgressTracker:
             if job is None:
                 continue  # expired: it no longer counts
             part = dict.fromkeys(summary, 0)
-            meta = job.get_meta(refresh=False)
-            for key in ("total", "done", "failed"):
-                part[key] = int(meta.get(key, 0))
-            part["cancelled"] = int(meta.get("cancelled", 0))  # a chunk that stopped midway
+            progress = ChunkProgress.from_meta(job.get_meta(refresh=False))
+            part.update(total=progress.total, done=progress.done, failed=progress.failed)
+            part["cancelled"] = progress.cancelled or 0  # a chunk that stopped midway
             status = job.get_status(refresh=False)
             part["jobs_finished"] = int(status == "finished")
             part["jobs_failed"] = int(status == "failed")
@@ -202,7 +201,7 @@ def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
 def cancel_run(connection: redis.Redis, run: str, job_ids: Sequence[str]) -> dict:
     """Stop a run: its queued chunks leave their queues, its running chunks stop at their next batch (what they
     stored stays). Returns how many jobs were taken off a queue and how many were running."""
-    connection.set(run_cancelled_key(run), 1, ex=JOB_TIMEOUT + 24 * 3600)
+    connection.set(run_cancelled_key(run), 1, ex=RUN_CANCELLED_TTL)
     dequeued = running = 0
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is None:
@@ -223,7 +222,7 @@ def job_failures(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, s
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is None:
             continue
-        failures.update(job.get_meta(refresh=False).get("failed_tasks") or {})
+        failures.update(ChunkProgress.from_meta(job.get_meta(refresh=False)).failed_tasks)
         if job.get_status(refresh=False) == "failed":
             result = job.latest_result()
             lines = (result.exc_string or "").strip().splitlines() if result else []
@@ -240,7 +239,7 @@ def input_failures(connection: redis.Redis, job_ids: Sequence[str]) -> set[str]:
     ids: set[str] = set()
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is not None:
-            ids.update(job.get_meta(refresh=False).get("input_failures") or ())
+            ids.update(ChunkProgress.from_meta(job.get_meta(refresh=False)).input_failures)
     return ids
 
 
@@ -266,9 +265,9 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
             for job in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer):
                 if job is None:
                     continue
-                meta = job.get_meta(refresh=False)
-                entry = {"id": job.id, "queue": name, "description": job.description or "", "done": meta.get("done", 0),
-                         "failed": meta.get("failed", 0), "total": meta.get("total", 0)}
+                progress = ChunkProgress.from_meta(job.get_meta(refresh=False))
+                entry = {"id": job.id, "queue": name, "description": job.description or "", "done": progress.done,
+                         "failed": progress.failed, "total": progress.total}
                 if bucket == "failed":
                     entry["reason"] = (job.latest_result().exc_string.strip().splitlines() or [""])[-1] if job.latest_result() else ""
                 status[bucket].append(entry)
@@ -276,19 +275,31 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
 
     prune_dead_workers(connection)  # a dead worker is never reported live, nor waited on
     for worker in Worker.all(connection=connection):
-        info = connection.get(worker_info_key(worker.name))
-        details = json.loads(info) if info else {}
+        info = read_worker_info(connection, worker.name)
         status["workers"].append({
             "name": worker.name,
-            "role": details.get("role", "model"),  # "control": the backend's own jobs, no model
+            "role": info.role if info else "model",  # "control": the backend's own jobs, no model
             "state": worker.get_state(),
             "queues": worker.queue_names(),
-            "device": details.get("device", "?"),
-            "weights": details.get("weights", "?"),
-            "weights_digest": details.get("weights_digest"),
-            "host": details.get("host", worker.hostname),
-            "model_loads": details.get("model_loads"),
-            "prompt_cache_limit_bytes": details.get("prompt_cache_limit_bytes"),
-            "max_batch_rows": details.get("max_batch_rows"),
+            "device": info.device if info else "?",
+            "weights": info.weights if info else "?",
+            "weights_digest": info.weights_digest if info else None,
+            "host": (info.host if info else None) or worker.hostname,
+            "model_loads": info.model_loads if info else None,
+            "prompt_cache_limit_bytes": info.prompt_cache_limit_bytes if info else None,
+            "max_batch_rows": info.max_batch_rows if info else None,
         })
     return status
+
+
+def read_worker_info(connection: redis.Redis, name: str) -> WorkerInfo | None:
+    """What the live worker `name` published (see `gpu_worker`); None when it published nothing (yet) or something
+    this process cannot read."""
+    raw = connection.get(worker_info_key(name))
+    if not raw:
+        return None
+    try:
+        return WorkerInfo.from_json(json.loads(raw))
+    except (ValueError, PayloadError) as exc:
+        log.warning("worker %s: unreadable worker info: %s", name, exc)
+        return None

@@ -11,12 +11,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import redis
 
 from .defaults import PROMPT_CACHE_SIZE
-from .payloads import PromptSetRef
+from .payloads import PredictionOptions, PromptSetRef, WorkerInfo
 from .settings import ModelSettings
 
 __all__ = ["ModelSettings", "WorkerRuntime"]
@@ -90,12 +90,12 @@ class WorkerRuntime:
             return self.settings.device or "auto"
         return str(next(self.model.parameters()).device)
 
-    def predictor_for(self, connection: redis.Redis, prompts: PromptSetRef, options: Mapping | None = None) -> Any:
+    def predictor_for(self, connection: redis.Redis, prompts: PromptSetRef, options: PredictionOptions = PredictionOptions()) -> Any:
         """A predictor with the prompts `prompts` names prepared, from the cache when this worker has seen them."""
         from .prompt_sets import load_learned_prompt, load_prompt_set
 
-        options = {k: v for k, v in (options or {}).items() if k in ("embedding_type", "spatial_ensemble", "labels_per_forward", "score")}
-        key = (prompts.digest, prompts.learned, tuple(sorted(options.items())))
+        # what the predictor itself is built with; k, the strategy and the batch size are applied per chunk
+        key = (prompts.digest, prompts.learned, options.embedding_type, options.spatial_ensemble, options.labels_per_forward, options.score)
         predictor = self._predictors.get(key)
         if predictor is not None:
             self._predictors.move_to_end(key)
@@ -109,17 +109,14 @@ class WorkerRuntime:
         self.trim_prompt_cache()
         return predictor
 
-    def bare_predictor(self, options: Mapping | None = None) -> Any:
+    def bare_predictor(self, options: PredictionOptions = PredictionOptions()) -> Any:
         """A predictor with no prompts, for tasks segmented only from the annotator's marks in their own image."""
         from seggpt_core import SegGptPredictor
 
-        options = options or {}
-        return SegGptPredictor(self.load(), embedding_type=options.get("embedding_type", "instance"),
-                               spatial_ensemble=bool(options.get("spatial_ensemble", False)),
-                               # 0 or absent: the model's own limit (its config)
-                               labels_per_forward=int(options.get("labels_per_forward") or 0) or None,
-                               max_batch_rows=self.settings.max_batch_rows, score=options.get("score", "crisp"),
-                               max_pixels=self.settings.max_pixels)
+        return SegGptPredictor(self.load(), embedding_type=options.embedding_type, spatial_ensemble=options.spatial_ensemble,
+                               # 0: the model's own limit (its config)
+                               labels_per_forward=options.labels_per_forward or None,
+                               max_batch_rows=self.settings.max_batch_rows, score=options.score, max_pixels=self.settings.max_pixels)
 
     def prompt_cache_bytes(self) -> int:
         return sum(predictor.nbytes() for predictor in list(self._predictors.values()))
@@ -144,19 +141,14 @@ class WorkerRuntime:
         """The dtype this worker was configured for, as jobs name it ("auto": the device's default)."""
         return self.settings.dtype or "auto"
 
+    def info(self, **process: Any) -> WorkerInfo:
+        """What this runtime publishes about itself; `process`: the worker's name, host and queues."""
+        return WorkerInfo(pid=os.getpid(), device=self.device, weights=self.settings.weights, weights_digest=self.weights_digest,
+                          dtype=self.dtype_name, model_loads=self.load_count, model_load_seconds=round(self.load_seconds, 3),
+                          prompt_preparations=self.prompt_preparations, prompt_cache_sets=len(self._predictors),
+                          prompt_cache_bytes=self.prompt_cache_bytes(), prompt_cache_limit_bytes=self.settings.prompt_cache_bytes,
+                          max_batch_rows=self.settings.max_batch_rows, **process)
+
     def stats(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "model_loads": self.load_count,
-            "model_load_seconds": round(self.load_seconds, 3),
-            "prompt_preparations": self.prompt_preparations,
-            "prompt_cache_sets": len(self._predictors),
-            "prompt_cache_bytes": self.prompt_cache_bytes(),
-            "prompt_cache_limit_bytes": self.settings.prompt_cache_bytes,
-            "max_batch_rows": self.settings.max_batch_rows,
-            "device": self.device,
-            "weights": self.settings.weights,
-            "weights_digest": self.weights_digest,
-            "dtype": self.dtype_name,
-        }
+        return self.info().to_json()
 

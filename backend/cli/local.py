@@ -60,6 +60,8 @@ def _digest_if_local(weights: str) -> str | None:
 
 def _run_segment(args: argparse.Namespace, settings: WorkerSettings, specs, images: list[Path], out: Path, preview: bool,
                  formats: list[str], truth: Path | None = None) -> int:
+    from worker.payloads import PredictionOptions
+
     from ..folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
 
     prompts = load_prompts(specs)
@@ -73,8 +75,8 @@ def _run_segment(args: argparse.Namespace, settings: WorkerSettings, specs, imag
         connection = connect(settings)
         digest = _digest_if_local(settings.model.weights)
         workers = local_workers_if_none(connection, settings, _model_flags(settings.model), digest)
-        options = {"embedding_type": args.embedding_type, "spatial_ensemble": args.spatial_ensemble,
-                   "labels_per_forward": args.labels_per_forward, "score": score}
+        options = PredictionOptions(embedding_type=args.embedding_type, spatial_ensemble=bool(args.spatial_ensemble),
+                                    labels_per_forward=args.labels_per_forward or 0, score=score)
         try:
             report = run_on_queue(connection, prompts, images, options, weights_digest=digest)
         finally:

@@ -166,15 +166,17 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def _follow_tuning(job) -> None:
     from tqdm import tqdm
 
+    from ..prompt_training import TuningProgress
+
     with tqdm(total=None, unit="step", desc="prompt tuning", dynamic_ncols=True) as bar:
         def poll() -> str:
             job.refresh()
-            meta = job.get_meta()
-            if meta.get("total") and bar.total != meta["total"]:
-                bar.total = meta["total"]
-            bar.update(int(meta.get("done") or 0) - bar.n)
-            if "loss" in meta:
-                bar.set_postfix(loss=meta["loss"])
+            tuning = TuningProgress.from_meta(job.get_meta())
+            if tuning.total and bar.total != tuning.total:
+                bar.total = tuning.total
+            bar.update(tuning.done - bar.n)
+            if tuning.loss is not None:
+                bar.set_postfix(loss=tuning.loss)
             return job.get_status()
 
         wait_until(poll, status_ended)
