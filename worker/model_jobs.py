@@ -17,7 +17,7 @@ from rq import get_current_job
 
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
-from .errors import ChunkIncomplete, ChunkInterrupted, SystemFault, TaskInputError, TransientError, WeightsMismatch
+from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
 from .payloads import SegmentationChunk, TaskRef
@@ -186,7 +186,8 @@ def segment_chunk(payload: dict) -> dict:
             transient[task_id] = f"gave up after {TASK_ATTEMPTS} attempts: {exc}"
         except SystemFault as exc:
             failed[task_id] = str(exc)  # logged once where it was raised, not once per task
-        except (SegGptError, ValueError, KeyError) as exc:
+        except (TaskInputError, SegGptError, PluginMissing) as exc:
+            # only the project's own task errors: a bug (KeyError, TypeError, ...) fails the chunk once, loudly
             failed[task_id] = str(exc)
             if isinstance(exc, (ImageError, TaskInputError)):
                 bad_input.add(task_id)

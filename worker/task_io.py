@@ -19,7 +19,7 @@ import redis
 
 from .codec import mask_to_b64png
 from .defaults import RESULT_TTL
-from .errors import ChunkLost
+from .errors import ChunkLost, PluginMissing, TaskInputError
 from .keys import blob_key, results_key, write_log_key
 from .payloads import SinkSpec
 
@@ -69,13 +69,13 @@ def register_sink(name: str, factory: SinkFactory) -> None:
 def load_image_bytes(connection: redis.Redis, reference: dict) -> bytes:
     """The bytes of a task image. `reference` has one key naming its source, e.g. {"path": "/data/a.jpg"}."""
     if not isinstance(reference, dict) or len(reference) != 1:
-        raise ValueError(f"image reference {reference!r} must be an object with exactly one source key")
+        raise TaskInputError(f"image reference {reference!r} must be an object with exactly one source key")
     kind, value = next(iter(reference.items()))
     if kind not in _sources:
         load_plugins()
     source = _sources.get(kind)
     if source is None:
-        raise ValueError(f"unknown image source {kind!r}; known: {', '.join(sorted(_sources))}")
+        raise PluginMissing(f"unknown image source {kind!r}; known: {', '.join(sorted(_sources))}")
     return source(connection, {kind: value})
 
 
@@ -85,7 +85,7 @@ def make_sink(connection: redis.Redis, spec: SinkSpec, namespace: str) -> Sink:
         load_plugins()
     factory = _sinks.get(spec.name)
     if factory is None:
-        raise ValueError(f"unknown result sink {spec.name!r}; known: {', '.join(sorted(_sinks))} (are the worker's plugins installed?)")
+        raise PluginMissing(f"unknown result sink {spec.name!r}; known: {', '.join(sorted(_sinks))} (are the worker's plugins installed?)")
     return factory(connection, {"namespace": namespace, **spec.params})
 
 
@@ -106,6 +106,10 @@ def _path_source(connection: redis.Redis, reference: dict) -> bytes:
         from seggpt_core import ImageError
 
         raise ImageError(f"{path}: no such file") from None
+    except ValueError as exc:  # a path with a NUL byte: the task's own input
+        from seggpt_core import ImageError
+
+        raise ImageError(f"{str(path)[:80]!r}: not a usable path ({exc})") from None
 
 
 def _blob_source(connection: redis.Redis, reference: dict) -> bytes:
