@@ -21,7 +21,7 @@ from worker import enqueue_segmentation, input_failures, job_failures
 from worker.metrics import count
 from worker.waiting import wait_for_jobs
 
-from .label_config import Control, LabelConfigError, parse_label_config
+from .label_config import Control, parse_label_config
 from .calibration import project_settings
 from .prompt_pool import PromptPool
 from .settings import Settings
@@ -30,9 +30,14 @@ from .keys import pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
 from .label_studio_io import label_studio_sink
 
-__all__ = ["LabelConfigConflict", "model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
+__all__ = ["RequestError", "LabelConfigConflict", "model_version", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
 
 log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """What a request asks for cannot be done as sent: a project id that is not one, no label config to predict
+    with, a task without the image field its marks are on (answered 422, see `http_errors`)."""
 
 
 def project_id(value: object) -> int:
@@ -40,7 +45,7 @@ def project_id(value: object) -> int:
     try:
         return int(str(value).split(".", 1)[0])
     except ValueError:
-        raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
+        raise RequestError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
 
 
 def model_version(settings: Settings, pool_version: str, weights_digest: str | None = None, controls: Sequence[Control] = ()) -> str:
@@ -86,7 +91,7 @@ def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
                 f"(controls {_describe(controls)} against {_describe(saved[0])}); send it to /setup first")
         return saved[0]
     if saved is None:
-        raise ValueError("no label config: neither in the request nor saved by an earlier /setup")
+        raise RequestError("no label config: neither in the request nor saved by an earlier /setup")
     return saved[0]
 
 
@@ -109,8 +114,8 @@ def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
 def predict_interactive(connection: redis.Redis, settings: Settings, task: dict, project: object, label_config: str | None,
                         context: dict) -> tuple[list, str]:
     """The open task segmented from what the annotator marked in it (see `context_marks`), together with the pool's
-    prompts for those labels: one suggestion with a region per instance found. Raises ContextError (or ValueError
-    without a label config) for a context it cannot read."""
+    prompts for those labels: one suggestion with a region per instance found. Raises ContextError for a context it
+    cannot read, RequestError without a label config."""
     from .context_marks import marks_from_context
 
     pid = project_id(project)
@@ -124,7 +129,7 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
     for data_key, marks in sorted(marks_from_context(context, controls).items()):
         value = (task.get("data") or {}).get(data_key)
         if value is None:
-            raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
+            raise RequestError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
         field_controls = [c for c in controls if c.data_key == data_key]
         prompts = pool.prompt_set(data_key, field_controls, settings.candidates_per_label, settings.excluded_prompts)
         _, ids = enqueue_segmentation(
@@ -157,10 +162,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     pool = PromptPool(connection, pid)
     digest = backend_digest(settings, connection)
     try:
-        controls = _controls_for(pool, label_config)
-    except (LabelConfigConflict, LabelConfigError):
-        raise  # the request's own fault: the route answers 4xx, nothing is stored
-    except ValueError as exc:
+        controls = _controls_for(pool, label_config)  # a LabelConfigError or a conflict: the route answers 4xx
+    except RequestError as exc:  # no label config yet: an empty answer, as Label Studio stores nothing for it
         version = model_version(settings, pool.version(), digest)
         log.error("project %s: cannot predict: %s", pid, exc)
         return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks], version
