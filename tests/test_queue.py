@@ -172,6 +172,21 @@ def test_retries_are_decided_by_the_exception_type_not_its_text():
     assert left(RuntimeError("ChunkInterrupted, WeightsMismatch, KeyError")) == 2  # names in a message decide nothing
 
 
+def test_a_stop_signal_knows_when_it_lands_inside_a_chunk():
+    """A stop that the chunk does not reach in time interrupts it only where the chunk's own code runs (see
+    `SegGptWorker._interrupt_chunk`): recognised by the code object, which no renaming of its file changes."""
+    from worker.gpu_worker import _inside_chunk
+    from worker.model_jobs import segment_chunk
+
+    with pytest.raises(Exception) as raised:
+        segment_chunk({})  # fails at once, reading its payload: the innermost frame is called from the chunk's
+    innermost = raised.tb
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    assert _inside_chunk(innermost.tb_frame)
+    assert not _inside_chunk(sys._getframe())
+
+
 @pytest.mark.fault
 def test_fault_worker_sigkill_mid_job_finishes_elsewhere_exactly_once(redis_conn, model_dir, queue_name, tmp_path):
     digest = store_prompt_set(redis_conn, [scene_prompt(5)])

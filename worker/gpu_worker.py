@@ -26,6 +26,7 @@ from rq.serializers import JSONSerializer
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT
 from .errors import PROGRAMMING_ERRORS, ChunkInterrupted, WeightsMismatch
 from .keys import worker_info_key
+from .model_jobs import segment_chunk
 from .ownership import claim, holds
 from .runtime import ModelSettings, WorkerRuntime, set_runtime
 from .task_io import load_plugins
@@ -76,7 +77,7 @@ def retry_by_type(job: Job, exc_type: type[BaseException] | None, exc: BaseExcep
 def _inside_chunk(frame) -> bool:
     """Whether a signal arrived while a segmentation chunk's own code ran."""
     while frame is not None:
-        if frame.f_code.co_name == "segment_chunk" and frame.f_code.co_filename.endswith("tasks.py"):
+        if frame.f_code is segment_chunk.__code__:  # by identity: the file's name ("tasks.py") once changed under it
             return True
         frame = frame.f_back
     return False
