@@ -6,16 +6,15 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from worker import get_connection
 
+from .http_errors import install_error_answers
 from .redis_outage import RedisWatch, install_redis_errors
 from .routers import health, metrics, predict, setup, train, versions, webhook
 from .request_guard import RequestGuard
 from .settings import Settings
-from .weights_identity import WeightsUnknown
 
 __all__ = ["create_app"]
 
@@ -44,12 +43,7 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
     app = FastAPI(title="seggpt-ls", lifespan=lifespan)
     app.state.settings = settings
 
-    @app.exception_handler(WeightsUnknown)
-    async def weights_unknown(request: Request, exc: WeightsUnknown) -> JSONResponse:
-        # no version can be named yet (a web process without the weights, before any worker reports them):
-        # say so, rather than predict under a version that may not describe the weights
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
+    install_error_answers(app)  # one mapping of the backend's errors to HTTP answers, the same on every route
     install_redis_errors(app)  # a request that Redis failed: 503 naming Redis, never a bare 500
     for module in (health, setup, predict, train, webhook, metrics, versions):
         app.include_router(module.router)

@@ -12,11 +12,15 @@ import time
 
 import httpx
 
-__all__ = ["MIN_LABEL_STUDIO", "parse_release", "too_old_reason"]
+__all__ = ["MIN_LABEL_STUDIO", "LabelStudioTooOld", "parse_release", "too_old_reason"]
 
 MIN_LABEL_STUDIO = "1.20.0"
 _CHECK_EVERY = 600.0  # seconds a version read is trusted: an upgrade shows within this
 _seen: dict[str, tuple[float, str | None]] = {}
+
+
+class LabelStudioTooOld(RuntimeError):
+    """The Label Studio that calls `/setup` is older than `MIN_LABEL_STUDIO` (answered 400, see `http_errors`)."""
 
 
 def parse_release(text: str) -> tuple[int, ...] | None:

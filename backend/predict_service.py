@@ -22,7 +22,7 @@ from worker.metrics import count
 from worker.payloads import PredictionOptions
 from worker.waiting import wait_for_jobs
 
-from .label_config import Control, LabelConfigError, parse_label_config
+from .label_config import Control, parse_label_config
 from .calibration import project_settings
 from .field_plan import plan_fields
 from .prompt_pool import PromptPool
@@ -33,9 +33,15 @@ from .keys import REQUEST_TTL, pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
 from .label_studio_io import label_studio_sink
 
-__all__ = ["LabelConfigConflict", "model_version", "version_of", "project_id", "predict_tasks", "predict_interactive", "current_model_version"]
+__all__ = ["RequestError", "LabelConfigConflict", "model_version", "version_of", "project_id", "predict_tasks", "predict_interactive",
+           "current_model_version"]
 
 log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """What a request asks for cannot be done as sent: a project id that is not one, no label config to predict
+    with, a task without the image field its marks are on (answered 422, see `http_errors`)."""
 
 
 def project_id(value: object) -> int:
@@ -43,7 +49,7 @@ def project_id(value: object) -> int:
     try:
         return int(str(value).split(".", 1)[0])
     except ValueError:
-        raise ValueError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
+        raise RequestError(f"project {value!r} is not '<id>' or '<id>.<timestamp>'") from None
 
 
 def version_of(options: PredictionOptions, weights: str, pool_version: str, regions: RegionFilter = RegionFilter(),
@@ -101,7 +107,7 @@ def _controls_for(pool: PromptPool, label_config: str | None) -> list[Control]:
                 f"(controls {_describe(controls)} against {_describe(saved[0])}); send it to /setup first")
         return saved[0]
     if saved is None:
-        raise ValueError("no label config: neither in the request nor saved by an earlier /setup")
+        raise RequestError("no label config: neither in the request nor saved by an earlier /setup")
     return saved[0]
 
 
@@ -124,8 +130,8 @@ def _close_request(connection: redis.Redis, request: str) -> dict[str, dict]:
 def predict_interactive(connection: redis.Redis, settings: Settings, task: dict, project: object, label_config: str | None,
                         context: dict) -> tuple[list, str]:
     """The open task segmented from what the annotator marked in it (see `context_marks`), together with the pool's
-    prompts for those labels: one suggestion with a region per instance found. Raises ContextError (or ValueError
-    without a label config) for a context it cannot read."""
+    prompts for those labels: one suggestion with a region per instance found. Raises ContextError for a context it
+    cannot read, RequestError without a label config."""
     from .context_marks import marks_from_context
 
     pid = project_id(project)
@@ -141,7 +147,7 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
         data_key = plan.data_key
         ref = plan.task_ref(task, marks=marked[data_key])
         if ref is None:
-            raise ValueError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
+            raise RequestError(f"task {task.get('id')} has no data field {data_key!r}, which the marked image shows")
         _, ids = enqueue_segmentation(
             connection, plan.prompts, [ref],
             queue=settings.interactive_queue, namespace=f"{request}:{data_key}", options=settings.prediction_options,
@@ -172,10 +178,8 @@ def predict_tasks(connection: redis.Redis, settings: Settings, tasks: Sequence[d
     pool = PromptPool(connection, pid)
     digest = backend_digest(settings, connection)
     try:
-        controls = _controls_for(pool, label_config)
-    except (LabelConfigConflict, LabelConfigError):
-        raise  # the request's own fault: the route answers 4xx, nothing is stored
-    except ValueError as exc:
+        controls = _controls_for(pool, label_config)  # a LabelConfigError or a conflict: the route answers 4xx
+    except RequestError as exc:  # no label config yet: an empty answer, as Label Studio stores nothing for it
         version = model_version(settings, pool.version(), digest)
         log.error("project %s: cannot predict: %s", pid, exc)
         return [{"result": [], "score": 0.0, "model_version": version} for _ in tasks], version

@@ -21,6 +21,7 @@ from seggpt_core.limits import DEFAULT_MAX_PIXELS
 
 from worker import PromptRef, SystemFault, store_blob, store_prompt_refs
 from worker.codec import b64_to_bytes, mask_to_png, png_to_mask
+from worker.errors import NotInRedis
 from worker.payloads import PromptSetRef
 
 from .keys import POOL_BLOB_TTL, pool_keys
@@ -181,7 +182,7 @@ class PromptPool:
         for label, value in entry["masks"].items():
             data = self.connection.get(value["blob"]) if isinstance(value, dict) else b64_to_bytes(value)
             if data is None:
-                raise KeyError(f"mask {label!r} of task {entry['task']} is gone from Redis")
+                raise NotInRedis(f"mask {label!r} of task {entry['task']} is gone from Redis")
             masks[label] = png_to_mask(data)
         return masks
 

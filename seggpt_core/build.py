@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import SegGptConfig
+from .errors import WeightsError
 from .model import SegGpt
 
 __all__ = ["VARIANTS", "build_model", "variant_config"]
@@ -38,7 +39,7 @@ def variant_config(name: str) -> SegGptConfig:
     try:
         return SegGptConfig(**VARIANTS[name])
     except KeyError:
-        raise KeyError(f"unknown SegGPT variant {name!r}; known: {', '.join(VARIANTS)}") from None
+        raise WeightsError(f"unknown SegGPT variant {name!r}; known: {', '.join(VARIANTS)}") from None
 
 
 def _init_weights(model: SegGpt, std: float) -> None:

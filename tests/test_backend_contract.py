@@ -124,8 +124,25 @@ def test_setup_replay_returns_a_stable_model_version(stack):
 def test_setup_refuses_a_config_without_brush_or_polygon(stack):
     body = {**recorded("setup.json"), "schema": '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'}
     response = stack["client"].post("/setup", json=body)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "no BrushLabels or PolygonLabels" in response.json()["detail"] and "Choices 'c'" in response.json()["detail"]
+
+
+def test_an_unusable_label_config_gets_the_same_answer_on_every_route(stack):
+    """One mapping of errors to answers (`backend.http_errors`): /setup answered 400 where the interactive /predict
+    answered 422 for the same label config."""
+    bad = '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'
+    task = {"id": 1, "data": {"image": "http://127.0.0.1:9/x.png"}}
+    context = {"result": [{"from_name": "kp", "to_name": "i", "type": "keypointlabels",
+                           "value": {"x": 50, "y": 50, "keypointlabels": ["a"]}}]}
+    answers = {
+        "setup": stack["client"].post("/setup", json={**recorded("setup.json"), "project": "7301.1", "schema": bad}),
+        "predict": stack["client"].post("/predict", json={"tasks": [task], "project": "7302.1", "label_config": bad}),
+        "interactive": stack["client"].post("/predict", json={"tasks": [task], "project": "7303.1", "label_config": bad,
+                                                              "params": {"context": context}}),
+    }
+    assert {route: answer.status_code for route, answer in answers.items()} == dict.fromkeys(answers, 422)
+    assert all("no BrushLabels or PolygonLabels" in answer.json()["detail"] for answer in answers.values())
 
 
 def test_malformed_bodies_get_422_naming_the_field(stack):

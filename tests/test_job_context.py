@@ -29,7 +29,7 @@ from worker.codec import b64png_to_mask
 from worker.context import NoModelHere
 from worker.keys import results_key
 from worker.model_jobs import noop, segment_chunk
-from worker.payloads import PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
+from worker.payloads import PredictionOptions, PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 from worker.prompt_sets import PromptRecord
 from worker.runtime import ModelSettings, WorkerRuntime
 
@@ -115,7 +115,7 @@ def test_a_control_job_runs_directly_with_a_context_built_here(label_studio_stan
     assert outcome["tasks"] == {"12": ["Cat", "Dog"]} and len(ls.requests("GET", "/api/tasks?")) == before + 1
     # a job that needs the model says so in a control worker's context, rather than loading one
     with pytest.raises(NoModelHere):
-        segment_chunk(SegmentationChunk(PromptSetRef(None), (), "ns", SinkSpec("redis"), {}, None, None).to_json(), context)
+        segment_chunk(SegmentationChunk(PromptSetRef(None), (), "ns", SinkSpec("redis"), PredictionOptions(), None, None).to_json(), context)
 
 
 def _sample(name: str) -> bytes:
@@ -135,7 +135,7 @@ def test_segment_chunk_runs_directly_and_paints_the_marked_class_where_it_is(red
     prompt = PromptRecord(_sample("prompt.png"), {"dotted": _mask("prompt_dotted.png"), "striped": _mask("prompt_striped.png")})
     digest = store_prompt_set(connection, [prompt])
     chunk = SegmentationChunk(PromptSetRef(digest), (TaskRef("t1", {"path": str(SAMPLES / "target_1.png")}),), "direct",
-                              SinkSpec("redis"), {}, None, None)
+                              SinkSpec("redis"), PredictionOptions(), None, None)
     job = Job.create("worker.model_jobs.segment_chunk", args=[chunk.to_json()], connection=connection, serializer=JSONSerializer)
     assert segment_chunk(chunk.to_json(), context.for_job(job)) == {"total": 1, "done": 1, "failed": {}}
     stored = __import__("json").loads(connection.hget(results_key("direct"), "t1"))

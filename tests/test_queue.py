@@ -116,16 +116,75 @@ def test_fault_corrupt_image_in_a_chunk(redis_conn, model_dir, queue_name, torch
     tasks = [{"id": f"t{i}", "image": store_blob(redis_conn, target_bytes(40 + i))} for i in range(3)]
     tasks.insert(1, {"id": "corrupt", "image": store_blob(redis_conn, target_bytes(44)[:300])})
     tasks.append({"id": "missing", "image": {"path": "/nonexistent/image.png"}})
+    tasks.append({"id": "nul", "image": {"path": "/tmp/a\x00b.png"}})  # a ValueError from the OS layer: the input's fault
     namespace, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=10, queue=queue_name)
     assert run_burst_worker(model_dir, queue_name, env={"OMP_NUM_THREADS": str(torch_threads)}).returncode == 0
     job = fetch_job(redis_conn, job_id)
     assert job.get_status() == "finished"
     meta = job.get_meta()
     assert meta["overlapped"] is (torch_threads == 1 or torch_threads < CORES)
-    assert (meta["done"], meta["failed"], meta["total"]) == (3, 2, 5)
+    assert (meta["done"], meta["failed"], meta["total"]) == (3, 3, 6)
     assert "task corrupt: corrupt or truncated image" in meta["failed_tasks"]["corrupt"]
     assert "no such file" in meta["failed_tasks"]["missing"]
+    assert "not a usable path" in meta["failed_tasks"]["nul"] and set(meta["input_failures"]) == {"corrupt", "missing", "nul"}
     assert set(_results(redis_conn, namespace)) == {"t0", "t1", "t2"}
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("reference,error", [({"label_studio": {"task": 7}}, "KeyError: 'value'"), ({"path": 5}, "TypeError")])
+def test_fault_a_programming_error_in_a_chunk_fails_the_job_once(redis_conn, model_dir, queue_name, reference, error):
+    """A bug met while doing one task (an image reference its source cannot read: a payload no backend code writes)
+    fails the chunk once, loudly, with its traceback: it is neither recorded task by task as a "system" failure
+    (a KeyError was) nor retried (a TypeError ran four times)."""
+    digest = store_prompt_set(redis_conn, [scene_prompt(8)])
+    tasks = [{"id": "fine", "image": store_blob(redis_conn, target_bytes(80))}, {"id": "bug", "image": reference}]
+    _, (job_id,) = enqueue_segmentation(redis_conn, digest, tasks, chunk_size=10, queue=queue_name)
+    result = run_burst_worker(model_dir, queue_name)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    job = fetch_job(redis_conn, job_id)
+    assert job.get_status() == "failed"
+    assert error in job.latest_result().exc_string and "Traceback" in output
+    assert output.count("exception raised while executing") == 1, output  # ran once: a re-run meets the same bug
+    assert "failed on a programming error" in output
+    meta = job.get_meta()
+    assert "failed_tasks" not in meta and meta.get("failed", 0) == 0  # no task marked failed as "system"
+
+
+def test_retries_are_decided_by_the_exception_type_not_its_text():
+    from types import SimpleNamespace
+
+    from worker import ChunkIncomplete, ChunkInterrupted, WeightsMismatch
+    from worker.errors import NotInRedis
+    from worker.gpu_worker import retry_by_type
+
+    def left(exc: BaseException, retries: int | None = 2) -> int | None:
+        job = SimpleNamespace(id="j", retries_left=retries)
+        retry_by_type(job, type(exc), exc, None)
+        return job.retries_left
+
+    assert left(ChunkInterrupted("stopping")) == 3  # a stop uses no retry
+    assert left(ChunkInterrupted("stopping"), retries=None) is None
+    assert left(WeightsMismatch("other weights")) == 0
+    assert left(KeyError("value")) == left(TypeError("x")) == left(AttributeError("x")) == 0  # bugs: once
+    assert left(ChunkIncomplete("2 tasks kept failing")) == left(TransientError("503")) == 2
+    assert left(NotInRedis("prompt set expired")) == 2  # the project's own lookups are not bugs
+    assert left(RuntimeError("ChunkInterrupted, WeightsMismatch, KeyError")) == 2  # names in a message decide nothing
+
+
+def test_a_stop_signal_knows_when_it_lands_inside_a_chunk():
+    """A stop that the chunk does not reach in time interrupts it only where the chunk's own code runs (see
+    `SegGptWorker._interrupt_chunk`): recognised by the code object, which no renaming of its file changes."""
+    from worker.gpu_worker import _inside_chunk
+    from worker.model_jobs import segment_chunk
+
+    with pytest.raises(Exception) as raised:
+        segment_chunk({})  # fails at once, reading its payload: the innermost frame is called from the chunk's
+    innermost = raised.tb
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    assert _inside_chunk(innermost.tb_frame)
+    assert not _inside_chunk(sys._getframe())
 
 
 @pytest.mark.fault

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import redis
 from rq.job import Job
 
+from .errors import PluginMissing, TaskInputError
 from .task_io import BUILTIN_SINKS, BUILTIN_SOURCES, Sink, SinkFactory, Source
 
 if TYPE_CHECKING:
@@ -52,18 +53,18 @@ class JobContext:
     def load_image_bytes(self, reference: dict) -> bytes:
         """The bytes of a task image. `reference` has one key naming its source, e.g. {"path": "/data/a.jpg"}."""
         if not isinstance(reference, dict) or len(reference) != 1:
-            raise ValueError(f"image reference {reference!r} must be an object with exactly one source key")
+            raise TaskInputError(f"image reference {reference!r} must be an object with exactly one source key")
         kind, value = next(iter(reference.items()))
         source = self.sources.get(kind)
         if source is None:
-            raise ValueError(f"unknown image source {kind!r}; this worker knows: {', '.join(sorted(self.sources))}")
+            raise PluginMissing(f"unknown image source {kind!r}; this worker knows: {', '.join(sorted(self.sources))}")
         return source(self, {kind: value})
 
     def make_sink(self, spec: SinkSpec, namespace: str) -> Sink:
         """The sink `spec` names, given its params and the chunk's namespace (under `"namespace"`)."""
         factory = self.sinks.get(spec.name)
         if factory is None:
-            raise ValueError(f"unknown result sink {spec.name!r}; this worker knows: {', '.join(sorted(self.sinks))}")
+            raise PluginMissing(f"unknown result sink {spec.name!r}; this worker knows: {', '.join(sorted(self.sinks))}")
         return factory(self, {"namespace": namespace, **spec.params})
 
 

@@ -1,6 +1,11 @@
 """Exceptions of the job layer."""
 
-__all__ = ["DataDirUnusable", "QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch", "TaskInputError", "SystemFault"]
+__all__ = ["DataDirUnusable", "QueueUnavailable", "TransientError", "ChunkIncomplete", "ChunkInterrupted", "ChunkLost", "WeightsMismatch",
+           "TaskInputError", "SystemFault", "PluginMissing", "NotInRedis", "PROGRAMMING_ERRORS"]
+
+# A job that raises one of these has a bug, not a fault of its input or of the system: it fails once, loudly, with
+# its traceback; it is never retried, nor recorded task by task. The project's own errors never derive from them.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (AttributeError, KeyError, IndexError, NameError, TypeError, AssertionError)
 
 
 class QueueUnavailable(RuntimeError):
@@ -42,3 +47,13 @@ class SystemFault(RuntimeError):
     """The system cannot do this task now, and retrying at once will not help: a rejected credential, a service
     that kept failing past its deadline. The task fails without a result (a later run retries it) and without
     retries inside the chunk; whoever raised it has already logged why, once, so it is not logged per task."""
+
+
+class PluginMissing(LookupError):
+    """An image source or result sink that no installed worker plugin provides (a worker started without the
+    package that registers it): its tasks fail without a result, and a worker that has it can do them later."""
+
+
+class NotInRedis(LookupError):
+    """Something a job needs is not (or no longer) in Redis: a prompt set, a learned prompt, a pool mask (expired,
+    or never stored). The job fails, and can run again once it is stored again (`seggpt-ls retry-failed`)."""

@@ -30,13 +30,14 @@ from rq.serializers import JSONSerializer
 
 from .context import ContextJob, JobContext
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT, YIELD_WAIT
-from .errors import ChunkInterrupted
+from .errors import PROGRAMMING_ERRORS, ChunkInterrupted, WeightsMismatch
 from .keys import WORKER_INFO_GRACE, worker_info_key
+from .model_jobs import segment_chunk
 from .payloads import ChunkProgress, PayloadError, PredictionOptions, WorkerInfo
 from .ownership import claim, holds
 from .runtime import WorkerRuntime
 
-__all__ = ["SegGptWorker", "run_worker", "expected_digest"]
+__all__ = ["SegGptWorker", "run_worker", "expected_digest", "retry_by_type"]
 
 log = logging.getLogger(__name__)
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -64,10 +65,25 @@ _outage = _OncePerOutage()
 logging.getLogger("rq.worker").addFilter(_outage)
 
 
+def retry_by_type(job: Job, exc_type: type[BaseException] | None, exc: BaseException | None, traceback) -> None:
+    """An RQ exception handler: the failure's type decides what is left of the job's retries, before RQ's
+    `handle_job_failure` uses them. A stop is not the chunk's failure (it goes back without using a retry); other
+    weights or a bug fail for good at once, with the reason."""
+    if isinstance(exc, ChunkInterrupted):
+        if job.retries_left is not None:
+            job.retries_left += 1
+    elif isinstance(exc, WeightsMismatch):
+        job.retries_left = 0  # no worker with these weights came
+    elif isinstance(exc, PROGRAMMING_ERRORS):
+        job.retries_left = 0  # a re-run meets the same bug: once, loudly (RQ has logged the traceback just before)
+        log.error("job %s failed on a programming error (%s: %s): not retried; its traceback is above and in the "
+                  "failed job registry", job.id, type(exc).__name__, exc)
+
+
 def _inside_chunk(frame) -> bool:
     """Whether a signal arrived while a segmentation chunk's own code ran."""
     while frame is not None:
-        if frame.f_code.co_name == "segment_chunk" and frame.f_code.co_filename.endswith("model_jobs.py"):
+        if frame.f_code is segment_chunk.__code__:  # by identity: the file's name ("tasks.py") once changed under it
             return True
         frame = frame.f_back
     return False
@@ -108,6 +124,10 @@ class SegGptWorker(SimpleWorker):
     @property
     def stop_requested(self) -> threading.Event | None:
         return self.runtime.stop_requested if self.runtime is not None else getattr(self, "_stop_event", None)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.push_exc_handler(retry_by_type)  # RQ hands it the exception itself, before handle_job_failure
 
     def request_stop(self, signum, frame):
         if self.stop_requested is not None:
@@ -179,10 +199,6 @@ class SegGptWorker(SimpleWorker):
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
         if self._taken_over(job, execution):
             return
-        if "ChunkInterrupted" in exc_string and job.retries_left is not None:
-            job.retries_left += 1  # a stop is not the chunk's failure: it goes back without using a retry
-        elif "WeightsMismatch" in exc_string:
-            job.retries_left = 0  # no worker with these weights came: fail for good, with the reason
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:

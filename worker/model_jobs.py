@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
-from .errors import ChunkIncomplete, ChunkInterrupted, SystemFault, TaskInputError, TransientError, WeightsMismatch
+from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
 from .payloads import ChunkProgress, PredictionOptions, SegmentationChunk, TaskRef
@@ -278,7 +278,8 @@ class ChunkRun:
             transient[task_id] = f"gave up after {TASK_ATTEMPTS} attempts: {exc}"
         except SystemFault as exc:
             failed[task_id] = str(exc)  # logged once where it was raised, not once per task
-        except (SegGptError, ValueError, KeyError) as exc:
+        except (TaskInputError, SegGptError, PluginMissing) as exc:
+            # only the project's own task errors: a bug (KeyError, TypeError, ...) fails the chunk once, loudly
             failed[task_id] = str(exc)
             if isinstance(exc, (ImageError, TaskInputError)):
                 bad_input.add(task_id)

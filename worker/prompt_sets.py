@@ -15,6 +15,7 @@ import redis
 
 from .codec import b64_to_bytes, bytes_to_b64, mask_to_b64png, png_to_mask
 from .defaults import PROMPT_SET_TTL
+from .errors import NotInRedis
 from .keys import learned_prompt_key, prompt_set_key
 
 __all__ = ["PromptRecord", "PromptRef", "store_prompt_refs", "store_prompt_set", "load_prompt_set", "prompt_set_key", "store_learned_prompt", "load_learned_prompt"]
@@ -78,22 +79,22 @@ def store_learned_prompt(connection: redis.Redis, data: bytes) -> str:
 
 
 def load_learned_prompt(connection: redis.Redis, digest: str):
-    """The `LearnedPrompt` stored under `digest`; KeyError if it is not in Redis."""
+    """The `LearnedPrompt` stored under `digest`; NotInRedis if it is not in Redis."""
     from seggpt_core.prompt_tuning import LearnedPrompt
 
     data = connection.get(learned_prompt_key(digest))
     if data is None:
-        raise KeyError(f"learned prompt {digest[:12]} is not in Redis")
+        raise NotInRedis(f"learned prompt {digest[:12]} is not in Redis")
     return LearnedPrompt.from_bytes(data, where=f"learned prompt {digest[:12]}")
 
 
 def load_prompt_set(connection: redis.Redis, digest: str) -> list:
-    """The `seggpt_core.Prompt`s of a stored set; KeyError if it is not (or no longer) stored."""
+    """The `seggpt_core.Prompt`s of a stored set; NotInRedis if it is not (or no longer) stored."""
     from seggpt_core import Prompt
 
     body = connection.get(prompt_set_key(digest))
     if body is None:
-        raise KeyError(f"prompt set {digest[:12]} is not in Redis (expired, or never stored)")
+        raise NotInRedis(f"prompt set {digest[:12]} is not in Redis (expired, or never stored)")
     connection.expire(prompt_set_key(digest), PROMPT_SET_TTL)
     document = json.loads(body)
 
@@ -102,7 +103,7 @@ def load_prompt_set(connection: redis.Redis, digest: str) -> list:
             return b64_to_bytes(value)  # stored inline
         data = connection.get(value["blob"])
         if data is None:
-            raise KeyError(f"prompt set {digest[:12]}: blob {value['blob']} is not in Redis")
+            raise NotInRedis(f"prompt set {digest[:12]}: blob {value['blob']} is not in Redis")
         return data
 
     return [Prompt(blob(p["image"]), {label: png_to_mask(blob(m)) for label, m in p["masks"].items()}) for p in document["prompts"]]

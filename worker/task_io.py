@@ -19,7 +19,7 @@ import redis
 
 from .codec import mask_to_b64png
 from .defaults import RESULT_TTL
-from .errors import ChunkLost
+from .errors import ChunkLost, PluginMissing, TaskInputError
 from .keys import blob_key, results_key, write_log_key
 
 if TYPE_CHECKING:
@@ -58,6 +58,10 @@ def _path_source(context: JobContext, reference: dict) -> bytes:
         from seggpt_core import ImageError
 
         raise ImageError(f"{path}: no such file") from None
+    except ValueError as exc:  # a path with a NUL byte: the task's own input
+        from seggpt_core import ImageError
+
+        raise ImageError(f"{str(path)[:80]!r}: not a usable path ({exc})") from None
 
 
 def _blob_source(context: JobContext, reference: dict) -> bytes:

@@ -5,13 +5,11 @@ import time
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..metrics import count, observe
-from ..context_marks import ContextError
-from ..label_config import LabelConfigError
-from ..predict_service import LabelConfigConflict, predict_interactive, predict_tasks, project_id
+from ..predict_service import RequestError, predict_interactive, predict_tasks, project_id
 from ..schemas import PredictRequest
 
 router = APIRouter(dependencies=[Depends(require_basic_auth)])
@@ -24,13 +22,8 @@ def predict(request: Annotated[PredictRequest, Depends(parsed_body(PredictReques
     if project is None:
         project = next((t.project for t in request.tasks if t.project is not None), None)
     if project is None:
-        raise HTTPException(422, "body.project is missing and no task names its project")
-    try:
-        return _predict(request, project, settings, connection)
-    except LabelConfigConflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except LabelConfigError as exc:
-        raise HTTPException(400, f"body.label_config: {exc}") from None
+        raise RequestError("body.project is missing and no task names its project")
+    return _predict(request, project, settings, connection)  # errors answer through `http_errors`
 
 
 def _predict(request: PredictRequest, project, settings, connection) -> dict:
@@ -39,14 +32,9 @@ def _predict(request: PredictRequest, project, settings, connection) -> dict:
     context = (request.params or {}).get("context")
     if context and (context.get("result") if isinstance(context, dict) else True):
         if len(tasks) != 1:
-            raise HTTPException(422, f"an interactive /predict (params.context) is for one task, got {len(tasks)}")
+            raise RequestError(f"an interactive /predict (params.context) is for one task, got {len(tasks)}")
         # a region drawn with a smart tool: find the other instances like it in the open task (results[0] is read)
-        try:
-            results, version = predict_interactive(connection, settings, tasks[0], project, request.label_config, context)
-        except LabelConfigConflict:
-            raise
-        except (ContextError, ValueError) as exc:
-            raise HTTPException(422, str(exc)) from None
+        results, version = predict_interactive(connection, settings, tasks[0], project, request.label_config, context)
         observe(connection, "interactive_request_seconds", time.perf_counter() - started)
         found = len(results[0]["result"]) if isinstance(results[0], dict) else "no"
         log.info("project %s: interactive /predict for task %s: %s region(s) in %.2f s, model version %s", project_id(project),

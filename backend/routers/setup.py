@@ -8,14 +8,14 @@ import logging
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
 from worker import enqueue_call
 
 from ..control_jobs import SYNC_FUNCTION
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
-from ..label_config import LabelConfigError, parse_label_config
-from ..ls_version import too_old_reason
+from ..label_config import parse_label_config
+from ..ls_version import LabelStudioTooOld, too_old_reason
 from ..keys import pool_sync_due_key
 from ..metrics import count
 from ..version_log import record_version
@@ -45,14 +45,11 @@ def schedule_sync(connection, settings, project: int, label_config: str, force: 
 
 @router.post("/setup")
 def setup(body: Annotated[SetupRequest, Depends(parsed_body(SetupRequest))], settings: SettingsDep, connection: RedisDep) -> dict:
-    try:
-        project = project_id(body.project)
-        controls = parse_label_config(body.schema_)
-    except (LabelConfigError, ValueError) as exc:
-        raise HTTPException(400, str(exc)) from None
+    project = project_id(body.project)
+    controls = parse_label_config(body.schema_)  # errors answer through `http_errors`, as on every route
     too_old = too_old_reason(settings.label_studio_url or (body.hostname or "").rstrip("/"), settings.label_studio_api_key)
     if too_old:
-        raise HTTPException(400, too_old)
+        raise LabelStudioTooOld(too_old)
     pool = PromptPool(connection, project)
     saved = pool.load_controls()
     changed = saved is None or saved[1] != body.schema_

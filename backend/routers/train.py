@@ -3,7 +3,7 @@ webhook flow is switched off. It starts the same prompt-tuning job as the START_
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
 from ..dependencies import RedisDep, SettingsDep, require_basic_auth, parsed_body
 from ..metrics import count
@@ -16,10 +16,7 @@ router = APIRouter(dependencies=[Depends(require_basic_auth)])
 
 @router.post("/train")
 def train(body: Annotated[TrainRequest, Depends(parsed_body(TrainRequest))], settings: SettingsDep, connection: RedisDep) -> dict:
-    try:
-        project = project_id(body.project)
-    except ValueError as exc:
-        raise HTTPException(422, f"body.project: {exc}") from None
+    project = project_id(body.project)  # errors answer through `http_errors`
     count(connection, "train_requests")
     job_id, queued = enqueue_prompt_tuning(connection, settings, project, body.label_config, coalesce=True)
     return {"status": "queued" if queued else "coalesced", "job": job_id}
