@@ -179,7 +179,7 @@ def test_a_stop_signal_knows_when_it_lands_inside_a_chunk():
     from worker.model_jobs import segment_chunk
 
     with pytest.raises(Exception) as raised:
-        segment_chunk({})  # fails at once, reading its payload: the innermost frame is called from the chunk's
+        segment_chunk({}, None)  # fails at once, reading its payload: the innermost frame is called from the chunk's
     innermost = raised.tb
     while innermost.tb_next is not None:
         innermost = innermost.tb_next
