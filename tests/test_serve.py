@@ -38,7 +38,7 @@ def test_serve_starts_workers_and_stays_responsive_while_they_work(tmp_path):
         assert workers[0]["device"] == "cpu"
         # and its control worker, for the backend's own jobs, without the model
         controls = wait_for(lambda: [w for w in status()["workers"] if w["role"] == "control"], 60, interval=0.5, what="the control worker")
-        assert controls[0]["queues"] == ["seggpt-control"] and controls[0]["device"] == "?"
+        assert controls[0]["queues"] == ["seggpt-control"] and controls[0]["device"] == "none"
         # keep every worker busy
         digest = store_prompt_set(connection, [scene_prompt(1)])
         blob = store_blob(connection, target_bytes(3, size=(200, 200)))
