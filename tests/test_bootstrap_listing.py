@@ -3,14 +3,11 @@ that one listing (a stand-in Label Studio counts the reads; a real Redis holds t
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from backend.bootstrap import start_bootstrap
 from backend.prompt_pool import PromptPool
@@ -20,6 +17,7 @@ from seggpt_core.research.shapes import make_scene
 from worker import EmbeddedRedis
 
 from .ls_standin import StandInLabelStudio
+from .standin_scenes import brush_annotation, png_bytes
 from .media_server import MediaServer
 
 SETUP = json.loads((Path(__file__).parent / "recorded" / "setup.json").read_text())["body"]
@@ -27,33 +25,18 @@ PROJECT = 41
 TASKS = 230  # three pages of the task list
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _annotation(seed: int) -> list[dict]:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    scene = make_scene(seed, size=(60, 80), must_include=("disc", "star"))
-    return [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": f"r{seed}{label}",
-             "value": {"format": "rle", "rle": mask2rle(scene.masks[shape].astype(np.uint8) * 255), "brushlabels": [label]}}
-            for label, shape in (("Cat", "disc"), ("Dog", "star"))]
-
-
 @pytest.fixture()
 def stack(tmp_path):
     media_dir = tmp_path / "media"
     media_dir.mkdir()
     for seed in (1, 2):
-        (media_dir / f"scene{seed}.png").write_bytes(_png(make_scene(seed, size=(60, 80), must_include=("disc", "star")).image))
+        (media_dir / f"scene{seed}.png").write_bytes(png_bytes(make_scene(seed, size=(60, 80), must_include=("disc", "star")).image))
     media = MediaServer(media_dir)
     ls = StandInLabelStudio(media_dir)
     ls.projects[PROJECT] = {"id": PROJECT, "label_config": SETUP["schema"]}
     for task_id in range(1, TASKS + 1):
         seed = 1 + task_id % 2
-        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png", _annotation(seed) if task_id <= 2 else None)
+        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png", brush_annotation(seed) if task_id <= 2 else None)
     server = EmbeddedRedis(tmp_path / "redis")
     try:
         settings = Settings(weights="random:tiny", redis_url=server.url, label_studio_url=ls.url,

@@ -7,7 +7,6 @@ Bodies are bounded and authenticated before they are parsed; every malformed inp
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -24,10 +23,10 @@ from PIL import Image
 from backend.app import create_app
 from backend.prompt_pool import PromptPool
 from backend.settings import Settings
-from seggpt_core.research.shapes import make_scene
 from worker import EmbeddedRedis, enqueue_noop, fetch_job, get_queue
 
 from .ls_standin import StandInLabelStudio
+from .standin_scenes import add_scene_project, png_bytes, scene
 from .media_server import MediaServer
 from .queue_helpers import start_worker, wait_for
 
@@ -38,21 +37,6 @@ AUTH = ("u", "p")
 PROJECT = 31  # every test here works on this project unless it says otherwise
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _annotation(seed: int) -> list[dict]:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    scene = make_scene(seed, size=(60, 80), must_include=("disc", "star"))
-    return [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": f"r{seed}{label}",
-             "value": {"format": "rle", "rle": mask2rle(scene.masks[shape].astype(np.uint8) * 255), "brushlabels": [label]}}
-            for label, shape in (("Cat", "disc"), ("Dog", "star"))]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Embedded Redis, one model worker (both queues) and one control worker that read the stand-in Label Studio, a
@@ -61,16 +45,12 @@ def stack(tmp_path_factory):
     media_dir = root / "media"
     media_dir.mkdir()
     for seed in (1, 2, 3, 4):
-        (media_dir / f"scene{seed}.png").write_bytes(_png(make_scene(seed, size=(60, 80), must_include=("disc", "star")).image))
-    (media_dir / "large.png").write_bytes(_png(Image.new("RGB", (400, 300), (10, 20, 30))))  # 120,000 pixels
-    (media_dir / "target.png").write_bytes(_png(make_scene(5, size=(60, 80), must_include=("disc", "star")).image))
+        (media_dir / f"scene{seed}.png").write_bytes(png_bytes(scene(seed).image))
+    (media_dir / "large.png").write_bytes(png_bytes(Image.new("RGB", (400, 300), (10, 20, 30))))  # 120,000 pixels
+    (media_dir / "target.png").write_bytes(png_bytes(scene(5).image))
     media = MediaServer(media_dir)
     ls = StandInLabelStudio(media_dir)
-    ls.projects[PROJECT] = {"id": PROJECT, "label_config": CONFIG}
-    for task_id, seed in ((11, 1), (12, 2)):
-        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png", _annotation(seed))
-    for task_id, seed in ((13, 3), (14, 4)):
-        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png")
+    add_scene_project(ls, PROJECT, CONFIG, media.url)
     server = EmbeddedRedis(root / "redis")
     connection = server.connect()
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",

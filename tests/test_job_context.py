@@ -3,9 +3,7 @@ Redis; and the split of work between model workers and the torch-free control wo
 
 from __future__ import annotations
 
-import io
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from backend.job_context import build_job_context
 from backend.prompt_pool import PromptPool
 from backend.settings import Settings
 from backend.webhook_hints import apply_pool_hints, note_hints
-from seggpt_core.research.shapes import make_scene
 from worker import EmbeddedRedis, JobContext, enqueue_call, enqueue_noop, fetch_job, get_queue, store_prompt_set
 from worker.codec import b64png_to_mask
 from worker.context import NoModelHere
@@ -34,6 +31,7 @@ from worker.prompt_sets import PromptRecord
 from worker.runtime import ModelSettings, WorkerRuntime
 
 from .ls_standin import StandInLabelStudio
+from .standin_scenes import add_scene_project, png_bytes, scene
 from .media_server import MediaServer
 from .queue_helpers import wait_for, worker_env
 from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
@@ -45,39 +43,16 @@ CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toN
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _scene(seed: int):
-    return make_scene(seed, size=(60, 80), must_include=("disc", "star"))
-
-
-def _annotation(seed: int) -> list[dict]:
-    from label_studio_sdk.converter.brush import mask2rle
-
-    scene = _scene(seed)
-    return [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "id": f"r{seed}{label}",
-             "value": {"format": "rle", "rle": mask2rle(scene.masks[shape].astype(np.uint8) * 255), "brushlabels": [label]}}
-            for label, shape in (("Cat", "disc"), ("Dog", "star"))]
-
-
 @pytest.fixture(scope="module")
 def label_studio_stand_in(tmp_path_factory):
     """A stand-in Label Studio with project PROJECT: tasks 11 and 12 annotated (Cat: the disc, Dog: the star), 13 and
     14 not; their images on a media server."""
     root = tmp_path_factory.mktemp("context-media")
     for seed in (1, 2, 3, 4):
-        (root / f"scene{seed}.png").write_bytes(_png(_scene(seed).image))
+        (root / f"scene{seed}.png").write_bytes(png_bytes(scene(seed).image))
     media = MediaServer(root)
     ls = StandInLabelStudio(root)
-    ls.projects[PROJECT] = {"id": PROJECT, "label_config": CONFIG}
-    for task_id, seed in ((11, 1), (12, 2)):
-        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png", _annotation(seed))
-    for task_id, seed in ((13, 3), (14, 4)):
-        ls.add_task(PROJECT, task_id, f"{media.url}/scene{seed}.png")
+    add_scene_project(ls, PROJECT, CONFIG, media.url)
     yield ls, media
     ls.stop()
     media.stop()
@@ -106,8 +81,8 @@ def test_a_control_job_runs_directly_with_a_context_built_here(label_studio_stan
     assert set(by_task) == {11, 12}
     for task_id, seed in ((11, 1), (12, 2)):  # the masks are the annotated shapes, read back from Label Studio's RLE
         masks = pool.entry_masks(by_task[task_id])
-        assert np.array_equal(masks["tag\x1fCat"], _scene(seed).masks["disc"])
-        assert np.array_equal(masks["tag\x1fDog"], _scene(seed).masks["star"])
+        assert np.array_equal(masks["tag\x1fCat"], scene(seed).masks["disc"])
+        assert np.array_equal(masks["tag\x1fDog"], scene(seed).masks["star"])
     # a webhook's job, given the hints an event left: re-reads exactly the hinted task through the context's client
     before = len(ls.requests("GET", "/api/tasks?"))
     note_hints(connection, PROJECT, "pool", [12])
