@@ -1,4 +1,4 @@
-"""Time to recover or to give up, per Label Studio fault, against a stand-in Label Studio (tests/standin_label_studio.py).
+"""Time to recover or to give up, per Label Studio fault, against a stand-in Label Studio (tests/ls_standin.py).
 
 Each case runs through the backend's one client policy (`backend/ls_client.py`) with the default deadline
 (SEGGPT_LS_DEADLINE, 60 s) unless `--deadline` says otherwise, and prints: the outcome (recovered / gave up and
@@ -20,19 +20,19 @@ sys.path.insert(0, str(ROOT))
 
 from backend.ls_client import LabelStudioClient, LabelStudioError, RetryPolicy  # noqa: E402
 from backend.media import MediaFetcher  # noqa: E402
-from tests.standin_label_studio import StandInLabelStudio  # noqa: E402
+from tests.ls_standin import StandInLabelStudio  # noqa: E402
 
 
 def run(name: str, baseline: str, action, standin: StandInLabelStudio) -> None:
-    before = len(standin.requests)
+    before = len(standin.log)
     started = time.monotonic()
     try:
         outcome = f"recovered: {action()}"
     except LabelStudioError as exc:
         outcome = f"gave up: {exc}"
     seconds = time.monotonic() - started
-    stores = [r for r in standin.requests[before:] if r[1] in ("POST", "PATCH")]
-    print(f"{name:<34} {seconds:6.1f} s  {len(standin.requests) - before:3d} request(s)  stored {len(stores)}  | {outcome[:150]}")
+    stores = [r for r in standin.log[before:] if r[1] in ("POST", "PATCH")]
+    print(f"{name:<34} {seconds:6.1f} s  {len(standin.log) - before:3d} request(s)  stored {len(stores)}  | {outcome[:150]}")
     print(f"{'':<34} baseline (issue 29): {baseline}")
 
 

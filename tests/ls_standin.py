@@ -1,7 +1,15 @@
-"""A stand-in Label Studio API that a test controls: its projects, tasks and annotations are plain dicts, and every
-request is logged with its time. For what the real server cannot be made to do on demand (forged events against a
-known state, tasks deleted between two reads, a presign answer pointing anywhere). The real server stays the judge
-of the protocol (tests/test_e2e_*.py)."""
+"""A stand-in Label Studio API that a test controls, for what the real server cannot be made to do on demand. The
+real server stays the judge of the protocol (tests/test_e2e_*.py).
+
+- State: its projects, tasks, annotations and predictions are plain dicts, served as the API serves them (forged
+  events against a known state, tasks deleted between two reads, a presign answer pointing anywhere).
+- Scripts: `script(method, path_prefix, *answers)` queues answers for the requests whose path starts with the prefix,
+  ahead of the state: each answer is used once, and the last one stays. An answer is `(status, body)` or `(status,
+  body, headers)`, or a callable(query) giving one; a body that is not bytes or str is sent as JSON (429 with
+  Retry-After, runs of 5xx, malformed JSON, endless pages, a rejected token on the API and on media).
+
+Every request is logged with its time and its Authorization header.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
+
+Answer = tuple  # (status, body) or (status, body, headers), or a callable(query) -> such a tuple
 
 
 class StandInLabelStudio:
@@ -21,16 +32,44 @@ class StandInLabelStudio:
         self.predictions: list[dict] = []
         self.presign_target = ""  # where /tasks/N/presign/ redirects
         self.media_dir = media_dir
-        self.log: list[tuple[float, str, str]] = []  # (monotonic time, method, path with query)
+        self.log: list[tuple[float, str, str, str | None]] = []  # (monotonic time, method, path with query, Authorization)
+        self.routes: list[tuple[str, str, list]] = []
+        self.legacy_token = "0123456789abcdef0123456789abcdef01234567"
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args) -> None:
                 pass
 
+            def _scripted(self) -> bool:
+                """Answer from a script, if one matches (the request is logged either way)."""
+                with server._lock:
+                    server.log.append((time.monotonic(), self.command, self.path, self.headers.get("Authorization")))
+                    answer = server._scripted_answer(self.command, self.path)
+                if answer is None:
+                    return False
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                if callable(answer):
+                    answer = answer(parse_qs(urlsplit(self.path).query))
+                status, body, headers = (*answer, {})[:3] if len(answer) == 2 else answer
+                if not isinstance(body, (bytes, str)):
+                    body, headers = json.dumps(body), {"Content-Type": "application/json", **headers}
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return True
+
             def _send(self, status: int, body: object = None, headers: dict | None = None, raw: bytes | None = None) -> None:
-                data = raw if raw is not None else json.dumps(body).encode()
+                data = b"" if status == 204 else raw if raw is not None else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json" if raw is None else "image/png")
                 self.send_header("Content-Length", str(len(data)))
@@ -40,12 +79,12 @@ class StandInLabelStudio:
                 self.wfile.write(data)
 
             def _record(self) -> tuple[str, list[str], dict]:
-                with server._lock:
-                    server.log.append((time.monotonic(), self.command, self.path))
                 parts = urlsplit(self.path)
                 return parts.path, [p for p in parts.path.split("/") if p], parse_qs(parts.query)
 
             def do_GET(self) -> None:
+                if self._scripted():
+                    return None
                 path, segments, query = self._record()
                 if path.startswith("/data/") and server.media_dir is not None:
                     file = server.media_dir / segments[-1]
@@ -82,6 +121,8 @@ class StandInLabelStudio:
                 return json.loads(self.rfile.read(length) or b"null")
 
             def do_POST(self) -> None:
+                if self._scripted():
+                    return None
                 path, segments, _ = self._record()
                 body = self._body()
                 if segments == ["api", "predictions"]:
@@ -96,16 +137,19 @@ class StandInLabelStudio:
                 return self._send(404, {"detail": "Not found."})
 
             def do_PATCH(self) -> None:
-                self._record()
+                if self._scripted():
+                    return None
                 self._body()
                 return self._send(200, {})
 
             def do_DELETE(self) -> None:
-                self._record()
+                if self._scripted():
+                    return None
                 return self._send(204, {})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{self.host}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -120,9 +164,26 @@ class StandInLabelStudio:
             self.annotations[task_id] = [{"id": task_id * 10, "task": task_id, "result": annotation, "was_cancelled": False,
                                           "updated_at": f"2026-01-01T00:00:{task_id % 60:02d}Z"}]
 
-    def requests(self, method: str = "GET", prefix: str = "") -> list[str]:
+    def script(self, method: str, prefix: str, *answers: Answer | Callable) -> None:
+        """Answer `method` requests whose path starts with `prefix` with `answers`, in turn (the last one stays)."""
         with self._lock:
-            return [path for _, m, path in self.log if m == method and path.startswith(prefix)]
+            self.routes.insert(0, (method, prefix, list(answers)))
+
+    def _scripted_answer(self, method: str, path: str) -> Answer | Callable | None:
+        for route_method, prefix, answers in self.routes:
+            if route_method == method and urlsplit(path).path.startswith(prefix):
+                return answers.pop(0) if len(answers) > 1 else answers[0]
+        return None
+
+    def requests(self, method: str = "GET", prefix: str = "") -> list[str]:
+        """The paths (with their queries) of the `method` requests that start with `prefix`."""
+        with self._lock:
+            return [path for _, m, path, _ in self.log if m == method and path.startswith(prefix)]
+
+    def hits(self, method: str, prefix: str) -> list[tuple[float, str, str, str | None]]:
+        """The log records of the `method` requests whose path (without its query) starts with `prefix`."""
+        with self._lock:
+            return [r for r in self.log if r[1] == method and urlsplit(r[2]).path.startswith(prefix)]
 
     def stop(self) -> None:
         self.httpd.shutdown()

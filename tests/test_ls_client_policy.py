@@ -12,7 +12,7 @@ import pytest
 from backend.ls_client import LabelStudioAuthError, LabelStudioClient, LabelStudioError, RetryPolicy
 from backend.media import MediaError, MediaFetcher
 
-from .standin_label_studio import StandInLabelStudio
+from .ls_standin import StandInLabelStudio
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from seggpt_core.research.shapes import make_scene
 
 from .ls_harness import brush_result, start_backend
 from .queue_helpers import png_bytes, wait_for
-from .standin_label_studio import StandInLabelStudio
+from .ls_standin import StandInLabelStudio
 from worker.lifecycle import exec_child_preexec
 
 CONFIG = """<View>
