@@ -1,4 +1,7 @@
-"""The Label Studio ML backend web app. It never loads a model: inference runs on the workers."""
+"""The Label Studio ML backend web app. It never loads a model (nor torch): inference runs on the workers.
+
+`label_config` imports Label Studio's LabelInterface at its top, so the first /setup pays no imports.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ def create_app(settings: Settings | None = None, on_shutdown: Callable[[], None]
     async def lifespan(app: FastAPI):
         app.state.redis = get_connection(settings.redis_url, settings.data_dir)
         watch = RedisWatch(app.state.redis, settings=settings).start()  # /health: Redis, the token, the weights
-        import label_studio_sdk.label_interface  # noqa: F401  (warm: the first /setup must not pay 0.5 s of imports)
         logging.getLogger(__name__).info(
             "seggpt-ls backend: Label Studio %s, weights %s, K=%d, budget %.0f s",
             settings.label_studio_url or "(not set)", settings.weights, settings.num_prompts, settings.predict_budget,

@@ -15,6 +15,7 @@ from typing import Sequence
 import redis
 
 from .region_filter import parse_label_thresholds
+from .review_store import load_summary
 from .settings import Settings
 
 __all__ = ["edits_at", "calibrate", "project_settings"]
@@ -48,7 +49,6 @@ def project_settings(connection: redis.Redis, settings: Settings, project: int) 
     SEGGPT_LABEL_THRESHOLDS (whose own entries win), so they are part of the model version like any threshold."""
     if not settings.auto_thresholds:
         return settings
-    from .review_store import load_summary
 
     try:
         summary = load_summary(connection, project) or {}

@@ -17,7 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from seggpt_core.errors import ImageError
+from worker import PromptRecord, enqueue_segmentation, job_failures, results_key, store_blob, store_prompt_set
+from worker.codec import b64png_to_mask
 from worker.payloads import PredictionOptions
+from worker.waiting import wait_for_jobs
 
 from . import coco_rle
 from .label_config import Control
@@ -99,7 +103,7 @@ def _safe_name(text: str) -> str:
 
 
 def run_in_process(predictor, prompts: dict[Path, dict[str, np.ndarray]], images: Sequence[Path], images_per_step: int = 8) -> SegmentReport:
-    from seggpt_core import ImageError, Prompt
+    from seggpt_core import Prompt  # torch: not at the top (see backend/__init__.py)
 
     predictor.set_prompts([Prompt(str(image), masks) for image, masks in prompts.items()])
     report = SegmentReport()
@@ -129,10 +133,6 @@ def run_on_queue(
 ) -> SegmentReport:
     """Through Redis: images travel as blobs, so workers on other machines can take part (those holding the
     weights `weights_digest`, when given)."""
-    from worker import PromptRecord, enqueue_segmentation, job_failures, results_key, store_blob, store_prompt_set
-    from worker.waiting import wait_for_jobs
-    from worker.codec import b64png_to_mask
-
     digest = store_prompt_set(connection, [PromptRecord(path.read_bytes(), masks) for path, masks in prompts.items()])
     by_id = {str(index): path for index, path in enumerate(images)}
     tasks = [{"id": task_id, "image": store_blob(connection, path.read_bytes())} for task_id, path in by_id.items()]
@@ -169,7 +169,7 @@ def write_outputs(
     `image_prefix` is prepended to file names in the Label Studio JSON (e.g. an URL where the images are served);
     by default the files are referenced through Label Studio's local-files storage (`/data/local-files/?d=`).
     """
-    from seggpt_core.transforms import open_image
+    from seggpt_core.transforms import open_image  # torch: not at the top (see backend/__init__.py)
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:

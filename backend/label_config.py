@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from label_studio_sdk.label_interface import LabelInterface
+
 __all__ = ["Control", "LabelConfigError", "parse_label_config"]
 
 SUPPORTED = {"BrushLabels": "brushlabels", "PolygonLabels": "polygonlabels"}
@@ -48,8 +50,6 @@ def parse_label_config(config: str) -> list[Control]:
 
 @lru_cache(maxsize=256)
 def _parse_cached(config: str) -> tuple[Control, ...]:
-    from label_studio_sdk.label_interface import LabelInterface
-
     if not config or not config.strip():
         raise LabelConfigError("the label config is empty")
     try:

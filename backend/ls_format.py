@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Mapping, Sequence
 
+import cv2
 import numpy as np
+from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image, ImageDraw
 
 from .label_config import Control
@@ -56,8 +58,6 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str, score: float
                     component_scores=None) -> list[dict]:
     """Outer contours of the mask's components, simplified to about one pixel, in percent coordinates. With
     `component_scores`, each polygon carries its own component's score."""
-    import cv2
-
     height, width = mask.shape
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     regions = []
@@ -92,8 +92,6 @@ def brush_instance_regions(mask: np.ndarray, control: Control, label: str, score
                            component_scores=None) -> list[dict]:
     """One brush region per connected component (an instance), largest first, each with its own score (the
     region filter's minimum area has been applied to `mask` before)."""
-    import cv2
-
     count, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, dtype=np.uint8), connectivity=8)
     order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])
     regions = []
@@ -180,8 +178,6 @@ def region_masks(result: Iterable[dict], controls: Sequence[Control], size: tupl
     Regions of other controls or types are ignored; a region whose geometry does not fit `size` raises
     AnnotationError.
     """
-    from label_studio_sdk.converter.brush import decode_rle
-
     height, width = size
     by_name = {c.name: c for c in controls}
     found = []

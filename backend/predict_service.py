@@ -32,6 +32,7 @@ from .version_log import record_version
 from .keys import REQUEST_TTL, pool_sync_failed_key, request_keys
 from .weights_identity import backend_digest
 from .label_studio_io import label_studio_sink
+from .context_marks import marks_from_context
 
 __all__ = ["RequestError", "LabelConfigConflict", "model_version", "version_of", "project_id", "predict_tasks", "predict_interactive",
            "current_model_version"]
@@ -132,8 +133,6 @@ def predict_interactive(connection: redis.Redis, settings: Settings, task: dict,
     """The open task segmented from what the annotator marked in it (see `context_marks`), together with the pool's
     prompts for those labels: one suggestion with a region per instance found. Raises ContextError for a context it
     cannot read, RequestError without a label config."""
-    from .context_marks import marks_from_context
-
     pid = project_id(project)
     settings = project_settings(connection, settings, pid)
     pool = PromptPool(connection, pid)

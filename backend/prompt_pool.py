@@ -8,13 +8,16 @@ exactly when the prompts do.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Iterable, Sequence
 
 import numpy as np
 import redis
+from PIL import Image
 
 from seggpt_core.images import open_image, resize_as_network
 from seggpt_core.limits import DEFAULT_MAX_PIXELS
@@ -52,10 +55,6 @@ def _bounded(data: bytes, image, masks: dict[str, np.ndarray]):
     """The prompt image (file bytes and image) and its masks at most POOL_IMAGE_SIDE on each axis. A resized image
     is re-encoded upright (EXIF orientation applied) as the smaller of JPEG (quality 90, 4:4:4) and PNG: flat synthetic
     images stay lossless, noisy textured ones take under half their PNG bytes (64 against 148 KB)."""
-    import io
-
-    from PIL import Image
-
     size = (min(image.width, POOL_IMAGE_SIDE), min(image.height, POOL_IMAGE_SIDE))
     if size == image.size:
         return data, image, masks
@@ -273,8 +272,6 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
                            tasks: Iterable[dict] | None = None) -> dict:
     """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts and
     per-task errors. `tasks`: the project's task list (fields=all) when the caller reads it anyway; default, read here."""
-    from concurrent.futures import ThreadPoolExecutor
-
     seen, errors, stored = set(), {}, 0
 
     def settle(task_id, future) -> None:

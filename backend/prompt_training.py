@@ -94,7 +94,7 @@ def learned_prompt_path(project: int, data_key: str) -> Path:
 
 
 def _examples(pool: PromptPool, data_key: str, excluded_by_settings: frozenset[int]) -> list:
-    from seggpt_core import Prompt
+    from seggpt_core import Prompt  # torch: not at the top (see backend/__init__.py)
 
     examples = []
     # a prompt left out (SEGGPT_EXCLUDE_PROMPTS, `seggpt-ls prompts --exclude`) teaches the tuned one nothing either
@@ -113,7 +113,7 @@ def _examples(pool: PromptPool, data_key: str, excluded_by_settings: frozenset[i
 def train_prompt(payload: dict, context: JobContext) -> dict:
     """Model job: `{"project": id, "label_config": "<View>..." (optional), "steps": N, "excluded": [annotation ids]}`
     -> per-field report. Reads the pool from Redis only."""
-    from seggpt_core.prompt_tuning import TuneSettings, tune_prompt
+    from seggpt_core.prompt_tuning import TuneSettings, tune_prompt  # torch: not at the top (see backend/__init__.py)
 
     model = context.require_runtime().load()
     job = context.job

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 
 __all__ = ["RegionFilter", "parse_label_thresholds", "parse_min_area"]
@@ -71,7 +72,6 @@ class RegionFilter:
             return mask
         if self.min_area_share >= 1:
             return np.zeros_like(mask, dtype=bool)  # nothing is as large as the whole image and more
-        import cv2
 
         count, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, dtype=np.uint8), connectivity=8)
         keep = np.zeros(count, dtype=bool)

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 from seggpt_core.ranking import spearman
 
 from .calibration import calibrate
+from .review_store import load_summary, reviewed_projects
 
 __all__ = ["summarize"]
 
@@ -97,8 +98,6 @@ def summarize(project: int, records: Iterable[dict], labels: Sequence[str], min_
 def review_metrics(connection) -> dict[str, tuple[list[str], dict[tuple, float]]]:
     """/metrics gauges from each reviewed project's stored summary: review IoU, edits per task and the accepted
     share, per project and label. The label values come from the project's config (the summary holds no other)."""
-    from .review_store import load_summary, reviewed_projects
-
     iou, edits, accepted = {}, {}, {}
     for project in reviewed_projects(connection):
         summary = load_summary(connection, project) or {}

@@ -7,8 +7,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
+from .folder_mode import IMAGE_SUFFIXES
 from .local_label_studio import LabelStudioApi, brush_result
 from .sample_scenes import LABELS, draw_scene
 
@@ -79,8 +81,6 @@ def create_sample_project(api: LabelStudioApi, count: int, say=print) -> int:
 
 def create_folder_project(api: LabelStudioApi, images: Path, labels: tuple[str, ...], say=print) -> int:
     """A project with the user's own images (for the real weights): nothing is annotated yet."""
-    from .folder_mode import IMAGE_SUFFIXES
-
     files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise SystemExit(f"--images {images}: no images found")
@@ -92,8 +92,6 @@ def create_folder_project(api: LabelStudioApi, images: Path, labels: tuple[str, 
 
 
 def _union(prediction: dict, label: str, shape: tuple[int, int]) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle
-
     mask = np.zeros(shape, dtype=bool)
     for region in prediction.get("result", []):
         value = region.get("value", {})
@@ -105,7 +103,7 @@ def _union(prediction: dict, label: str, shape: tuple[int, int]) -> np.ndarray:
 def prelabel_miou(api: LabelStudioApi, project: int, model_version: str | None = None) -> tuple[float, dict[str, float], int]:
     """Mean IoU of the pre-labels (the prediction of `model_version`, else the newest) against the generator's
     truth over the unannotated sample tasks: (mIoU, per label, tasks counted)."""
-    from seggpt_core.research.evaluation import EvalReport, iou
+    from seggpt_core.research.evaluation import EvalReport, iou  # torch: not at the top (see backend/__init__.py)
 
     scores = EvalReport()
     counted = 0

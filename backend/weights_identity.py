@@ -11,6 +11,7 @@ import json
 import logging
 
 import redis
+from rq import Worker
 
 from seggpt_core.errors import WeightsError
 from seggpt_core.weights_digest import weights_digest
@@ -33,8 +34,6 @@ class WeightsUnknown(RuntimeError):
 def _announced(connection: redis.Redis, weights: str) -> set[str]:
     """The digests live workers serving `weights` report: one lookup per registered worker, not a keyspace scan
     (this runs on every /predict of a web process without the weights)."""
-    from rq import Worker
-
     names = [worker.name for worker in Worker.all(connection=connection)]
     infos = [_worker_info(raw) for raw in connection.mget([worker_info_key(n) for n in names]) if raw] if names else []
     return {info.weights_digest for info in infos if info is not None and info.weights == weights and info.weights_digest}

@@ -7,6 +7,7 @@ label's color second-nearest) within two model pixels of it. With one component 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .upsampled_mask import nearest_source_indices
@@ -31,7 +32,6 @@ class ComponentScores:
         """Model-sized: each pixel of a component holds that component's score, 0 elsewhere."""
         if self._map is not None:
             return self._map
-        import cv2
 
         inside = self.indices == self.value
         count, labels = cv2.connectedComponents(inside.astype(np.uint8), connectivity=8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
 
 __all__ = ["Mark", "MarkError", "marked_instances", "appearance_region", "segment_from_marks"]
@@ -62,8 +63,6 @@ def _box_pixels(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, 
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray]:
-    import cv2
-
     return cv2.connectedComponents(np.asarray(mask, dtype=np.uint8), connectivity=8)
 
 
@@ -72,8 +71,6 @@ def appearance_region(image: np.ndarray, mark: Mark) -> np.ndarray:
     of the image's shorter side around the point), the component at the center of the pixels whose smoothed
     color is nearer the center's than the border's. Smoothing over about a twelfth of the window lets striped or
     checkered instances read as one color."""
-    import cv2
-
     height, width = image.shape[:2]
     if mark.box is not None:
         x0, y0, x1, y1 = _box_pixels(mark.box, (height, width))
@@ -167,6 +164,7 @@ def segment_from_marks(predictor: Any, image: Any, marks: Sequence[Mark], pool_p
 
     `predictor`: a `SegGptPredictor`, with the other prompts set (or none: `prompts_for` answers [] then). Returns
     a `Segmentation` holding only the marked labels (the marked instances always included)."""
+    # torch: marks are read by the web process, which never imports it (see backend/__init__.py)
     from .predictor import Prompt, Segmentation
     from .transforms import open_image
 

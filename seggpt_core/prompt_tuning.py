@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 
 from .errors import PromptError
 from .loss import balanced_loss
@@ -50,16 +51,12 @@ class LearnedPrompt:
         return hasher.hexdigest()[:16]
 
     def to_bytes(self) -> bytes:
-        from safetensors.torch import save
-
         metadata = {"labels": json.dumps(list(self.labels)), "info": json.dumps(self.info, sort_keys=True)}
         tensors = {"image": self.image.detach().to("cpu", torch.float32).contiguous(), "mask": self.mask.detach().to("cpu", torch.float32).contiguous()}
         return save(tensors, metadata=metadata)
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "learned prompt") -> "LearnedPrompt":
-        from safetensors.torch import load
-
         try:
             tensors = load(data)
             # safetensors' loaders return no metadata from bytes; its header is an 8-byte length then JSON.

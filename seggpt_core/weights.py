@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from .build import build_model, variant_config
 from .config import SegGptConfig
@@ -184,9 +186,6 @@ def load_state_dict(
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], SegGptConfig | None]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -251,8 +250,6 @@ def load_model(
 
 def save_model(model: SegGpt, directory: str | Path) -> Path:
     """Write `config.json` and `model.safetensors` (fp32 unless the model is in another float type)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()

@@ -23,6 +23,8 @@ OFFLINE_CHOICES = ("without the hub, set SEGGPT_WEIGHTS (or --weights) to a loca
 
 
 def _download(repo_id: str, local_only: bool = False) -> Path:
+    # imported here, not at the top: huggingface_hub reads HF_HOME and HF_HUB_OFFLINE once, when it is imported, so
+    # the environment at the first download counts (the offline tests set it after the web app is imported)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 

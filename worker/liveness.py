@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 import redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -70,23 +70,19 @@ def _expire_its_chunk(connection: redis.Redis, worker: Worker) -> None:
 
 def requeue_abandoned(connection: redis.Redis, queues: Sequence[str]) -> None:
     """Put back on their queues the jobs whose worker stopped heartbeating (what a worker's sweep does, done now)."""
-    from .queue import get_queue
-
     for name in queues:
-        StartedJobRegistry(queue=get_queue(connection, name)).cleanup()
+        StartedJobRegistry(queue=Queue(name, connection=connection, serializer=JSONSerializer)).cleanup()
 
 
 def requeue_lost(connection: redis.Redis, job_ids: Sequence[str]) -> list[str]:
     """Jobs marked queued that neither their queue, nor its intermediate queue, nor its started registry holds (a
     worker killed between taking a job and starting it, whose intermediate entry was then dropped): pushed back on
     their queue. The places are read in the order a job moves through them, so a job moving on is never missed."""
-    from .queue import get_queue
-
     lost = []
     for job in Job.fetch_many(list(job_ids), connection=connection, serializer=JSONSerializer):
         if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:
             continue
-        queue = get_queue(connection, job.origin)
+        queue = Queue(job.origin, connection=connection, serializer=JSONSerializer)
         if connection.lpos(queue.key, job.id) is not None or connection.lpos(queue.intermediate_queue_key, job.id) is not None:
             continue
         if job.id in queue.started_job_registry or job.get_status(refresh=True) != JobStatus.QUEUED:

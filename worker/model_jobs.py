@@ -12,6 +12,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+from PIL import Image
+
+from seggpt_core.embedding import image_embedding
+from seggpt_core.errors import ImageError, SegGptError
+from seggpt_core.marks import MarkError, segment_from_marks
+
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
@@ -19,6 +25,7 @@ from .ownership import ensure_held, save_meta_if_held
 from .metrics import count, observe
 from .payloads import ChunkProgress, PredictionOptions, SegmentationChunk, TaskRef
 from .context import JobContext
+from .selection import select
 
 __all__ = ["segment_chunk", "ChunkRun", "noop", "with_backoff"]
 
@@ -51,14 +58,10 @@ def _cancelled(connection, run: str | None) -> bool:
 
 
 def _selection(runtime, predictor, target, options: PredictionOptions) -> dict:
-    from .selection import select
-
     strategy = options.strategy
     target_embedding = None
     prompt_embeddings = None
     if strategy == "similar":
-        from seggpt_core.embedding import image_embedding
-
         prompt_embeddings = runtime.prompt_embeddings(predictor)
         target_embedding = image_embedding(_tensor_image(target.tensor))
     return select(predictor.annotated_by(), options.k, strategy, prompt_embeddings, target_embedding)
@@ -66,8 +69,7 @@ def _selection(runtime, predictor, target, options: PredictionOptions) -> dict:
 
 def _tensor_image(tensor):
     """The model-size RGB image back from a prepared (normalized) target tensor."""
-    from PIL import Image
-
+    # torch: the control worker imports this module (through gpu_worker) and never loads it (see backend/__init__.py)
     from seggpt_core.transforms import denormalize
 
     return Image.fromarray(denormalize(tensor[None])[0].astype("uint8"))
@@ -221,8 +223,6 @@ class ChunkRun:
 
     def forward(self, ready: list[tuple[dict, object]], writer) -> list[tuple[str, Future]]:
         """One forward over prepared targets; each segmentation is handed to the writer."""
-        from seggpt_core import SegGptError
-
         batch_started = time.perf_counter()
         targets = [target for _, target in ready]
         k = self.options.k  # 0: every prompt that annotates a label
@@ -251,8 +251,6 @@ class ChunkRun:
 
     def from_marks(self, task: TaskRef) -> None:
         """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.marks`)."""
-        from seggpt_core.marks import MarkError, segment_from_marks
-
         data = self.retried(lambda: self.context.load_image_bytes(task.image))
         try:
             segmentation = segment_from_marks(self.predictor, data, task.marks)
@@ -269,8 +267,6 @@ class ChunkRun:
         self.retried(lambda: self.sink.write(task, segmentation, self.finished))
 
     def record(self, task_id: str, future) -> None:
-        from seggpt_core import ImageError, SegGptError
-
         failed, bad_input, transient = self.failed, self.bad_input, self.transient
         try:
             future.result()

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from seggpt_core.marks import Mark, MarkError
+
+from .codec import b64png_to_mask, mask_to_b64png
+
 __all__ = ["PayloadError", "TaskRef", "PromptSetRef", "SinkSpec", "PredictionOptions", "SegmentationChunk", "ChunkProgress",
            "WorkerInfo", "mark_to_json", "mark_from_json", "DTYPES"]
 
@@ -29,8 +33,6 @@ def _require(data: Any, key: str, kind: type | tuple, where: str) -> Any:
 
 def mark_to_json(mark: Any) -> dict:
     """A `seggpt_core.marks.Mark` as JSON (a mask as base64 PNG)."""
-    from .codec import mask_to_b64png
-
     data: dict[str, Any] = {"label": mark.label, "positive": mark.positive}
     if mark.point is not None:
         data["point"] = list(mark.point)
@@ -42,10 +44,6 @@ def mark_to_json(mark: Any) -> dict:
 
 
 def mark_from_json(data: Any, where: str) -> Any:
-    from seggpt_core.marks import Mark, MarkError
-
-    from .codec import b64png_to_mask
-
     if not isinstance(data, Mapping) or not isinstance(data.get("label"), str):
         raise PayloadError(f"{where}: a mark needs a 'label' string")
     try:

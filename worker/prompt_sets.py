@@ -80,7 +80,7 @@ def store_learned_prompt(connection: redis.Redis, data: bytes) -> str:
 
 def load_learned_prompt(connection: redis.Redis, digest: str):
     """The `LearnedPrompt` stored under `digest`; NotInRedis if it is not in Redis."""
-    from seggpt_core.prompt_tuning import LearnedPrompt
+    from seggpt_core.prompt_tuning import LearnedPrompt  # torch: not at the top (see backend/__init__.py)
 
     data = connection.get(learned_prompt_key(digest))
     if data is None:
@@ -90,7 +90,7 @@ def load_learned_prompt(connection: redis.Redis, digest: str):
 
 def load_prompt_set(connection: redis.Redis, digest: str) -> list:
     """The `seggpt_core.Prompt`s of a stored set; NotInRedis if it is not (or no longer) stored."""
-    from seggpt_core import Prompt
+    from seggpt_core import Prompt  # torch: not at the top (see backend/__init__.py)
 
     body = connection.get(prompt_set_key(digest))
     if body is None:

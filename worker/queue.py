@@ -20,15 +20,15 @@ from rq.serializers import JSONSerializer
 
 from .defaults import CHUNK_SIZE, DEFAULT_QUEUE, FAILURE_TTL, JOB_RETRIES, JOB_TIMEOUT, RESULT_TTL
 from .keys import RUN_CANCELLED_TTL, chunk_done_key, run_cancelled_key, worker_info_key
+from .liveness import prune_dead_workers
 from .metrics import counters
-from .waiting import status_ended
 from .payloads import ChunkProgress, PayloadError, PredictionOptions, PromptSetRef, SegmentationChunk, SinkSpec, TaskRef, WorkerInfo
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_progress", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status", "read_worker_info"]
+__all__ = ["get_queue", "chunked", "enqueue_call", "enqueue_segmentation", "enqueue_noop", "fetch_job", "job_failures", "input_failures", "cancel_run", "retry_failed", "queue_status", "read_worker_info"]
 
 
 def get_queue(connection: redis.Redis, name: str = DEFAULT_QUEUE) -> Queue:
@@ -132,72 +132,6 @@ def fetch_job(connection: redis.Redis, job_id: str) -> Job:
     return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
 
 
-class ProgressTracker:
-    """`job_progress` over many polls: a job that has ended is read one last time and then never again, so a poll
-    of a 10,000-task bootstrap reads only its running and queued chunks."""
-
-    def __init__(self, connection: redis.Redis, job_ids: Sequence[str]) -> None:
-        self.connection = connection
-        self.jobs = len(job_ids)
-        self.pending = list(job_ids)
-        self.ended = {"total": 0, "done": 0, "failed": 0, "jobs_finished": 0, "jobs_failed": 0, "cancelled": 0, "jobs_cancelled": 0}
-        self.last: dict | None = None
-        self.outage = False
-
-    def poll(self) -> dict:
-        """Summed progress over the jobs: total, done, failed tasks, and jobs finished / failed; once any was
-        cancelled (`cancel_run`), also the tasks left undone by it and the jobs taken off their queue. While Redis
-        cannot be reached (a restart), the last summary again: the jobs are safe in Redis, and the waiter waits on."""
-        try:
-            summary = self._poll()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if self.last is None:
-                raise
-            if not self.outage:
-                log.warning("cannot reach Redis (%s): waiting for it to come back; the queued jobs are kept there", exc)
-                self.outage = True
-            return dict(self.last)
-        if self.outage:
-            log.warning("Redis is reachable again")
-            self.outage = False
-        self.last = summary
-        return summary
-
-    def _poll(self) -> dict:
-        summary = dict(self.ended)
-        still = []
-        for job_id, job in zip(self.pending, Job.fetch_many(self.pending, connection=self.connection, serializer=JSONSerializer)):
-            if job is None:
-                continue  # expired: it no longer counts
-            part = dict.fromkeys(summary, 0)
-            progress = ChunkProgress.from_meta(job.get_meta(refresh=False))
-            part.update(total=progress.total, done=progress.done, failed=progress.failed)
-            part["cancelled"] = progress.cancelled or 0  # a chunk that stopped midway
-            status = job.get_status(refresh=False)
-            part["jobs_finished"] = int(status == "finished")
-            part["jobs_failed"] = int(status == "failed")
-            if status in ("canceled", "stopped"):  # taken off its queue before it ran
-                part["jobs_cancelled"] = 1
-                part["cancelled"] += part["total"] - part["done"] - part["failed"]
-            for key, value in part.items():
-                summary[key] += value
-            if status_ended(status):
-                for key, value in part.items():
-                    self.ended[key] += value
-            else:
-                still.append(job_id)
-        self.pending = still
-        summary["jobs"] = self.jobs
-        if not (summary["cancelled"] or summary["jobs_cancelled"]):
-            del summary["cancelled"], summary["jobs_cancelled"]
-        return summary
-
-
-def job_progress(connection: redis.Redis, job_ids: Sequence[str]) -> dict:
-    """Summed progress over jobs, read once (see `ProgressTracker`)."""
-    return ProgressTracker(connection, job_ids).poll()
-
-
 def cancel_run(connection: redis.Redis, run: str, job_ids: Sequence[str]) -> dict:
     """Stop a run: its queued chunks leave their queues, its running chunks stop at their next batch (what they
     stored stays). Returns how many jobs were taken off a queue and how many were running."""
@@ -271,8 +205,6 @@ def queue_status(connection: redis.Redis, queues: Sequence[str] | None = None) -
                 if bucket == "failed":
                     entry["reason"] = (job.latest_result().exc_string.strip().splitlines() or [""])[-1] if job.latest_result() else ""
                 status[bucket].append(entry)
-    from .liveness import prune_dead_workers
-
     prune_dead_workers(connection)  # a dead worker is never reported live, nor waited on
     for worker in Worker.all(connection=connection):
         info = read_worker_info(connection, worker.name)

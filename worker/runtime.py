@@ -15,8 +15,13 @@ from typing import Any
 
 import redis
 
+from seggpt_core.embedding import image_embedding
+from seggpt_core.host_memory import pin_mmap_threshold, release_free_heap
+from seggpt_core.weights_digest import weights_digest
+
 from .defaults import PROMPT_CACHE_SIZE
 from .payloads import PredictionOptions, PromptSetRef, WorkerInfo
+from .prompt_sets import load_learned_prompt, load_prompt_set
 from .settings import ModelSettings
 
 __all__ = ["ModelSettings", "WorkerRuntime"]
@@ -41,15 +46,13 @@ class WorkerRuntime:
         """Load the model if this process has not yet; returns it."""
         with self._lock:
             if self.model is None:
+                # torch: the control worker and the CLI that `serve` runs from import this module (see backend/__init__.py)
                 import torch
 
                 from seggpt_core import load_model
-                from seggpt_core.weights_digest import weights_digest
+                from seggpt_core.model import limit_cpu_activations
 
                 if self.settings.low_memory:
-                    from seggpt_core.host_memory import pin_mmap_threshold
-                    from seggpt_core.model import limit_cpu_activations
-
                     pin_mmap_threshold()  # before any forward
                     limit_cpu_activations(4)
                 started = time.perf_counter()
@@ -64,8 +67,6 @@ class WorkerRuntime:
     def release_memory(self) -> None:
         """With `low_memory`, give the heap's free pages back to the OS (after loading, and after every job)."""
         if self.settings.low_memory:
-            from seggpt_core.host_memory import release_free_heap
-
             release_free_heap()
 
     def overlaps_host_work(self) -> bool:
@@ -78,7 +79,7 @@ class WorkerRuntime:
         (bench/multihost.py)."""
         if not self.device.startswith("cpu"):
             return True
-        import torch
+        import torch  # torch: see `load`
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = torch.get_num_threads()
@@ -92,8 +93,6 @@ class WorkerRuntime:
 
     def predictor_for(self, connection: redis.Redis, prompts: PromptSetRef, options: PredictionOptions = PredictionOptions()) -> Any:
         """A predictor with the prompts `prompts` names prepared, from the cache when this worker has seen them."""
-        from .prompt_sets import load_learned_prompt, load_prompt_set
-
         # what the predictor itself is built with; k, the strategy and the batch size are applied per chunk
         key = (prompts.digest, prompts.learned, options.embedding_type, options.spatial_ensemble, options.labels_per_forward, options.score)
         predictor = self._predictors.get(key)
@@ -111,7 +110,7 @@ class WorkerRuntime:
 
     def bare_predictor(self, options: PredictionOptions = PredictionOptions()) -> Any:
         """A predictor with no prompts, for tasks segmented only from the annotator's marks in their own image."""
-        from seggpt_core import SegGptPredictor
+        from seggpt_core import SegGptPredictor  # torch: see `load`
 
         return SegGptPredictor(self.load(), embedding_type=options.embedding_type, spatial_ensemble=options.spatial_ensemble,
                                # 0: the model's own limit (its config)
@@ -131,8 +130,6 @@ class WorkerRuntime:
     def prompt_embeddings(predictor: Any) -> list:
         """Embeddings of a predictor's prompts, computed once per prepared prompt set."""
         if predictor.embeddings is None:
-            from seggpt_core.embedding import image_embedding
-
             predictor.embeddings = [image_embedding(predictor.prompt_image(i)) for i in range(predictor.prompt_count)]
         return predictor.embeddings
 

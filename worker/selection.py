@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seggpt_core.embedding import most_similar
+
 STRATEGIES = ("similar", "recent")
 
 __all__ = ["STRATEGIES", "select"]
@@ -22,8 +24,6 @@ def select(
     prompt_embeddings: Sequence[np.ndarray] | None = None,
     target_embedding: np.ndarray | None = None,
 ) -> dict[str, list[int]]:
-    from seggpt_core.embedding import most_similar
-
     if strategy not in STRATEGIES:
         raise ValueError(f"prompt strategy must be one of {STRATEGIES}, got {strategy!r}")
     chosen = {}

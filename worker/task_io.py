@@ -9,6 +9,7 @@ and sink), so the job layer never imports the packages that provide them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import redis
+
+from seggpt_core.errors import ImageError
 
 from .codec import mask_to_b64png
 from .defaults import RESULT_TTL
@@ -43,8 +46,6 @@ class Sink(Protocol):
 
 def store_blob(connection: redis.Redis, data: bytes, ttl: int = RESULT_TTL) -> dict:
     """Put image bytes in Redis for workers on other machines; returns the task's image reference."""
-    import hashlib
-
     key = blob_key(hashlib.sha256(data).hexdigest())
     connection.set(key, data, ex=ttl)
     return {"blob": key}
@@ -55,20 +56,14 @@ def _path_source(context: JobContext, reference: dict) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        from seggpt_core import ImageError
-
         raise ImageError(f"{path}: no such file") from None
     except ValueError as exc:  # a path with a NUL byte: the task's own input
-        from seggpt_core import ImageError
-
         raise ImageError(f"{str(path)[:80]!r}: not a usable path ({exc})") from None
 
 
 def _blob_source(context: JobContext, reference: dict) -> bytes:
     data = context.connection.get(reference["blob"])
     if data is None:
-        from seggpt_core import ImageError
-
         raise ImageError(f"image blob {reference['blob']} is not in Redis (expired, or never stored)")
     return data
 

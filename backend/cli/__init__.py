@@ -7,9 +7,14 @@ import logging
 import sys
 from typing import Sequence
 
+from seggpt_core.errors import SegGptError  # light: does not load torch
+
 from . import local, project, queue_commands, review, serve, tryout
 from .common import release_embedded_redis
 from .local import DEMO_WEIGHTS, SAMPLES, demo_labels
+from .startup_errors import report
+from ..settings import Settings
+from ..weights_identity import WeightsUnknown
 
 __all__ = ["DEMO_WEIGHTS", "SAMPLES", "build_parser", "demo_labels", "main"]
 
@@ -42,16 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..settings import Settings
-
     args = build_parser().parse_args(argv)
     args.log_level = args.log_level or Settings.from_env(only=("log_level",)).log_level  # passed on to its children
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns what matters
-    from seggpt_core.errors import SegGptError  # light: does not load torch
-
-    from ..weights_identity import WeightsUnknown
-    from .startup_errors import report
 
     try:
         return args.handler(args)

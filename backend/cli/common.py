@@ -7,11 +7,15 @@ over the defaults (`command_settings`, or backend.settings.Settings.from_env), a
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from worker.settings import DEFAULT_WEIGHTS, DTYPES, ModelSettings, WorkerSettings
+from worker import EmbeddedRedis, data_dir, get_connection, queue_status
+from worker.lifecycle import start_child
+from worker.redis_supervisor import RedisSupervisor
+from worker.settings import DEFAULT_WEIGHTS, DTYPES, ModelSettings, WorkerSettings, inherited_environment
 
 if TYPE_CHECKING:
     import subprocess
@@ -58,8 +62,6 @@ def command_settings(args: argparse.Namespace, **flags: Any) -> WorkerSettings:
 def connect(settings: WorkerSettings) -> redis.Redis:
     """Redis for a command: its settings' Redis URL, else the embedded one under its data directory, which this
     command starts and owns (it ends with the command) when no process of the installation runs it yet."""
-    from worker import get_connection
-
     if not settings.redis_url:
         _own_embedded_redis(settings.data_dir)
     return get_connection(settings.redis_url, settings.data_dir)
@@ -69,11 +71,6 @@ _owned_redis: list = []
 
 
 def _own_embedded_redis(directory: Path) -> None:
-    import atexit
-
-    from worker import EmbeddedRedis, data_dir
-    from worker.redis_supervisor import RedisSupervisor
-
     if not _owned_redis:
         # restarts it whenever it dies while this command runs (not where someone shut it down on purpose)
         supervisor = RedisSupervisor(EmbeddedRedis(data_dir(directory) / "redis"), restart_after_shutdown=False).start()
@@ -96,10 +93,6 @@ def local_workers_if_none(connection: redis.Redis, settings: WorkerSettings, fla
     """With the embedded Redis and no live worker (none with `weights_digest`, when given), run one for this
     command (it quits when the queue is empty). It is told this command's data directory, and `env` (the backend
     settings its jobs need), in its environment; its model in its `flags`."""
-    from worker import queue_status
-    from worker.lifecycle import start_child
-    from worker.settings import inherited_environment
-
     live = [w for w in queue_status(connection)["workers"] if w["role"] != "control"]  # a control worker runs no chunk
     if weights_digest is not None:
         live = [w for w in live if w.get("weights_digest") in (None, weights_digest)]

@@ -6,8 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from seggpt_core.errors import WeightsError
+from seggpt_core.research.tasks import TASKS
+from seggpt_core.weights_digest import weights_digest
+from worker.payloads import PredictionOptions
 from worker.settings import DEFAULT_WEIGHTS, ModelSettings, WorkerSettings
 
+from ..folder_mode import FORMATS, IMAGE_SUFFIXES, PromptSpec, load_prompts, parse_prompt_spec, prompts_from_dir, run_in_process, run_on_queue, write_outputs
+from ..settings import Settings
 from .common import add_model_options, command_settings, connect, local_workers_if_none
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -18,12 +27,11 @@ DEMO_WEIGHTS = "tiny-appearance"
 
 def _score(args: argparse.Namespace) -> str:
     """`--score`, else SEGGPT_SCORE, else crisp."""
-    from ..settings import Settings
-
     return Settings.from_env(only=("score",), score=args.score).score
 
 
 def _build_predictor(args: argparse.Namespace, model_settings: ModelSettings, score: str):
+    # torch: `serve` runs from this CLI, and the web process never imports it (see backend/__init__.py)
     import torch
 
     from seggpt_core import SegGptPredictor, load_model
@@ -39,8 +47,6 @@ def _build_predictor(args: argparse.Namespace, model_settings: ModelSettings, sc
 
 
 def _list_images(directory: Path) -> list[Path]:
-    from ..folder_mode import IMAGE_SUFFIXES
-
     if not directory.is_dir():
         raise SystemExit(f"--images {directory}: not a directory")
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -49,9 +55,6 @@ def _list_images(directory: Path) -> list[Path]:
 def _digest_if_local(weights: str) -> str | None:
     """The digest the jobs of this run expect, so that only workers with these weights run them; None (any
     worker) when the weights are not on this machine yet (a hub id the worker will download)."""
-    from seggpt_core.errors import WeightsError
-    from seggpt_core.weights_digest import weights_digest
-
     try:
         return weights_digest(weights)
     except WeightsError:
@@ -60,10 +63,6 @@ def _digest_if_local(weights: str) -> str | None:
 
 def _run_segment(args: argparse.Namespace, settings: WorkerSettings, specs, images: list[Path], out: Path, preview: bool,
                  formats: list[str], truth: Path | None = None) -> int:
-    from worker.payloads import PredictionOptions
-
-    from ..folder_mode import load_prompts, run_in_process, run_on_queue, write_outputs
-
     prompts = load_prompts(specs)
     labels = list(dict.fromkeys(label for masks in prompts.values() for label in masks))
     score = _score(args)
@@ -97,10 +96,7 @@ def _run_segment(args: argparse.Namespace, settings: WorkerSettings, specs, imag
 
 def _print_truth_iou(report, labels: list[str], truth: Path) -> None:
     """IoU of every mask against `truth/<image stem>_<label>.png` (the bundled images come with their truth)."""
-    import numpy as np
-    from PIL import Image
-
-    from seggpt_core.research.evaluation import EvalReport, iou
+    from seggpt_core.research.evaluation import EvalReport, iou  # torch: see _build_predictor
 
     scores = EvalReport()
     for result in report.results:
@@ -121,8 +117,6 @@ def _model_flags(model: ModelSettings) -> list[str]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..folder_mode import FORMATS, parse_prompt_spec, prompts_from_dir
-
     try:
         specs = [parse_prompt_spec(text) for text in args.prompt or []]
         if args.prompts_dir:
@@ -147,8 +141,6 @@ def demo_labels() -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..folder_mode import PromptSpec
-
     prompt = SAMPLES / "prompt.png"
     labels = demo_labels()
     specs = [PromptSpec(prompt, SAMPLES / f"prompt_{label}.png", label) for label in labels]
@@ -170,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from seggpt_core.research.evaluation import evaluate_folder, evaluate_synthetic
+    from seggpt_core.research.evaluation import evaluate_folder, evaluate_synthetic  # torch: see _build_predictor
 
     if bool(args.dataset) == bool(args.synthetic):
         raise SystemExit("give exactly one of --synthetic or --dataset DIR")
@@ -204,7 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # torch: see _build_predictor
 
     from seggpt_core.research.training import TrainSettings, train
 
@@ -247,8 +239,6 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_tiny(commands: argparse._SubParsersAction) -> None:
-    from seggpt_core.research.tasks import TASKS
-
     trainer = commands.add_parser("train-tiny", help="train the small SegGPT on synthetic in-context episodes (2 CPU cores, < 2 h)")
     trainer.add_argument("--out", required=True, help="directory for config.json + model.safetensors (best checkpoint)")
     trainer.add_argument("--task", choices=TASKS, default="appearance", help="appearance classes with paired labels (the shipped recipe) or shape categories (default: %(default)s)")
@@ -267,8 +257,6 @@ def add_train_tiny(commands: argparse._SubParsersAction) -> None:
 
 
 def add_eval(commands: argparse._SubParsersAction) -> None:
-    from seggpt_core.research.tasks import TASKS
-
     evaluate = commands.add_parser("eval", help="mIoU on held-out synthetic episodes or an FSS-1000 style folder")
     evaluate.add_argument("--synthetic", action="store_true", help="generated episodes (seeds never used in training)")
     evaluate.add_argument("--task", choices=TASKS, default="appearance", help="synthetic episodes of appearance classes or of shape categories (default: %(default)s)")

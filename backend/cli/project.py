@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import TYPE_CHECKING
+import time
 
+import redis
+from tqdm import tqdm
+
+from ..bootstrap import BootstrapBatch, BootstrapError, batch_failures, batch_progress, load_batch, project_controls, start_bootstrap
+from ..ls_client import LabelStudioAuthError, LabelStudioError
+from ..ls_faults import report_token_rejected
+from ..predict_service import model_version
+from ..prompt_pool import PromptPool, sync_from_label_studio
+from ..prompt_training import TuningProgress, enqueue_prompt_tuning
+from ..services import build_services
+from ..settings import Settings
+from ..weights_identity import WeightsUnknown, backend_digest
 from .common import add_redis_option, command_settings, connect, local_workers_if_none
-from worker.waiting import jobs_ended, status_ended, wait_until
-
-if TYPE_CHECKING:
-    import redis
-
-    from ..bootstrap import BootstrapBatch
-    from ..settings import Settings
+from worker import cancel_run, fetch_job, get_queue, queue_status
+from worker.liveness import prune_dead_workers, requeue_abandoned, requeue_lost
+from worker.waiting import ProgressTracker, jobs_ended, status_ended, wait_for_jobs, wait_until
 
 
 def print_batch(connection: redis.Redis, batch: BootstrapBatch) -> int:
     """A bootstrap's state, counts and failed tasks; 1 when any task failed."""
-    from ..bootstrap import batch_failures, batch_progress
-
     progress = batch_progress(connection, batch)
     failures = batch_failures(connection, batch)
     cancelled = progress.get("cancelled", 0)
@@ -42,9 +48,6 @@ def _supervise(connection: redis.Redis, settings: Settings, workers: list, queue
     """Keep the run served: dead workers leave the registry, chunks they held go back to their queue, and when no
     live worker is left while chunks are queued, a local one starts (embedded Redis only; with REDIS_URL, the
     operator's workers serve it)."""
-    from worker import get_queue
-    from worker.liveness import requeue_abandoned, requeue_lost
-
     requeue_lost(connection, pending)  # a chunk whose worker died as it took it, held by no queue
     if any(process.poll() is None for process in workers):
         return
@@ -54,13 +57,6 @@ def _supervise(connection: redis.Redis, settings: Settings, workers: list, queue
 
 
 def _wait_with_progress(connection: redis.Redis, batch: BootstrapBatch, settings: Settings, workers: list, queues: list[str]) -> None:
-    import time
-
-    import redis
-    from tqdm import tqdm
-
-    from worker.queue import ProgressTracker
-
     tracker = ProgressTracker(connection, batch.all_job_ids)
     total = batch.queued + batch.skipped_inflight
     with tqdm(total=total, unit="task", desc="pre-labeling", dynamic_ncols=True) as bar:
@@ -89,8 +85,6 @@ def _local_workers(connection: redis.Redis, settings: Settings) -> list:
 
 def _announce_workers(connection: redis.Redis, settings: Settings) -> list:
     """Start a local worker if no live one serves the run, or name the live ones that will."""
-    from worker import queue_status
-
     live = [w for w in queue_status(connection)["workers"] if w["role"] != "control"]  # dead ones pruned first
     if live:
         names = ", ".join(w["name"] for w in live[:3]) + (f" and {len(live) - 3} more" if len(live) > 3 else "")
@@ -112,12 +106,6 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from ..bootstrap import BootstrapError, start_bootstrap
-    from ..ls_client import LabelStudioAuthError, LabelStudioError
-    from ..ls_faults import report_token_rejected
-    from ..services import build_services
-    from ..settings import Settings
-
     settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, redis_url=args.redis_url)
     services = build_services(settings)
     connection = connect(settings.worker_settings())
@@ -143,8 +131,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if batch.all_job_ids:
-            from worker.liveness import prune_dead_workers, requeue_abandoned
-
             prune_dead_workers(connection)
             requeue_abandoned(connection, queues)  # chunks of a worker that died mid-run: back to the queue
             workers.extend(_announce_workers(connection, settings))
@@ -164,10 +150,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _follow_tuning(job) -> None:
-    from tqdm import tqdm
-
-    from ..prompt_training import TuningProgress
-
     with tqdm(total=None, unit="step", desc="prompt tuning", dynamic_ncols=True) as bar:
         def poll() -> str:
             job.refresh()
@@ -184,9 +166,6 @@ def _follow_tuning(job) -> None:
 
 def _version(settings, pool_version: str, connection) -> str:
     """The model version these prompts give, or why it cannot be told here (the weights are elsewhere)."""
-    from ..predict_service import model_version
-    from ..weights_identity import WeightsUnknown, backend_digest
-
     try:
         return model_version(settings, pool_version, backend_digest(settings, connection))
     except WeightsUnknown as exc:
@@ -194,11 +173,6 @@ def _version(settings, pool_version: str, connection) -> str:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from worker import cancel_run
-    from worker.waiting import wait_for_jobs
-
-    from ..bootstrap import load_batch
-
     connection = connect(command_settings(args))
     batch = load_batch(connection, args.project)
     if batch is None:
@@ -228,14 +202,6 @@ def add_cancel(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_prompt(args: argparse.Namespace) -> int:
-    from ..bootstrap import project_controls
-    from ..prompt_pool import PromptPool, sync_from_label_studio
-    from worker import fetch_job
-
-    from ..prompt_training import enqueue_prompt_tuning
-    from ..services import build_services
-    from ..settings import Settings
-
     settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, tune_steps=args.steps,
                                  redis_url=args.redis_url)
     connection = connect(settings.worker_settings())

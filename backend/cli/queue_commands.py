@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from worker import queue_status, retry_failed
+from worker.defaults import DEFAULT_QUEUE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, WEIGHTS_WAIT
+from worker.gpu_worker import run_worker
+from worker.lifecycle import die_with_parent
+from worker.runtime import WorkerRuntime
 
 from worker.settings import WorkerSettings
 
+from ..bootstrap import load_batch
+from ..job_context import build_job_context
+from ..ls_faults import token_problem
+from ..settings import Settings
 from .common import add_model_options, add_redis_option, command_settings, connect
 from .project import print_batch
 
@@ -22,13 +33,6 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.gpu_worker import run_worker
-    from worker.lifecycle import die_with_parent
-    from worker.runtime import WorkerRuntime
-
-    from ..job_context import build_job_context
-    from ..settings import Settings
-
     settings = worker_settings(args)  # built once, here
     die_with_parent(settings.parent_pid)  # a worker that `serve` or another command started ends with it
     timing = {"burst": args.burst, "heartbeat_interval": args.heartbeat_interval, "maintenance_interval": args.maintenance_interval}
@@ -51,17 +55,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
-    from worker import queue_status
-
-    from ..ls_faults import token_problem
-
     connection = connect(command_settings(args))
     problem = token_problem(connection)
     if args.project is not None:
-        from ..bootstrap import load_batch
-
         if problem:
             print(f"problem: {problem}")
         batch = load_batch(connection, args.project)
@@ -99,9 +95,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from worker import retry_failed
-    from worker.defaults import DEFAULT_QUEUE
-
     total = 0
     connection = connect(command_settings(args))
     for name in args.queue or [DEFAULT_QUEUE]:
@@ -114,8 +107,6 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
 
 def add_worker(commands: argparse._SubParsersAction) -> None:
-    from worker.defaults import HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, WEIGHTS_WAIT
-
     worker = commands.add_parser("worker", help="run a worker: load the model once, then process queued jobs")
     add_redis_option(worker)
     add_model_options(worker, prediction=False)

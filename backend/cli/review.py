@@ -4,26 +4,30 @@ per pool entry; leave a harmful one out)."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from ..prompt_pool import PromptPool
+from ..review_html import MatplotlibMissing, write_report_html
+from ..review_jobs import project_controls, project_labels, rebuild_reviews
+from ..review_report import summarize
+from ..review_store import load_records
+from ..services import build_services
+from ..settings import Settings
 from .common import add_redis_option, connect
 
 
 def _context(args: argparse.Namespace):
-    from ..services import build_services
-    from ..settings import Settings
-
     settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, redis_url=args.redis_url)
     return settings, build_services(settings).client, connect(settings.worker_settings())
 
 
 def _report(args: argparse.Namespace, settings, client, connection) -> tuple[dict, list, list] | None:
-    from ..review_jobs import project_controls, project_labels, rebuild_reviews
-    from ..review_report import summarize
-    from ..review_store import load_records
-
     records = load_records(connection, args.project)
     if getattr(args, "rebuild", False) or not records:
         if client is None:
@@ -58,12 +62,6 @@ def _print_text(summary: dict) -> None:
 
 def _prompt_picture(connection, project: int, controls):
     """annotation id -> (image, mask of its first label) of its pool entry, for the report's thumbnails."""
-    import io
-
-    from PIL import Image
-
-    from ..prompt_pool import PromptPool
-
     pool = PromptPool(connection, project)
     entries = {str(e["annotation"]): e for e in pool.entries()}
 
@@ -72,8 +70,6 @@ def _prompt_picture(connection, project: int, controls):
         data = connection.get(entry["image"]["blob"]) if entry else None
         if data is None:
             return None
-        import numpy as np
-
         masks = pool.entry_masks(entry)
         first = masks[sorted(masks)[0]] if masks else None
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), first
@@ -88,8 +84,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     summary, records, controls = made
     if args.out:
-        from ..review_html import MatplotlibMissing, write_report_html
-
         try:
             path = write_report_html(summary, records, Path(args.out), _prompt_picture(connection, args.project, controls))
         except MatplotlibMissing as exc:
@@ -105,8 +99,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from ..prompt_pool import PromptPool
-
     settings, client, connection = _context(args)
     pool = PromptPool(connection, args.project)
     if args.exclude or args.include:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 
+import uvicorn
+
+from worker import EmbeddedRedis, data_dir, get_connection
+from worker.lifecycle import start_child, stop_children
+from worker.redis_supervisor import RedisSupervisor
+from worker.settings import inherited_environment
+from worker.waiting import STOPPING
+
+from ..app import create_app
+from ..health_state import HEALTH
+from ..settings import ENVIRONMENT, Settings
 from .common import CLI_COMMAND
+from .startup_errors import EXIT_IN_USE, StartupError
 
 # A stopping serve ends within 10 s whatever is in flight: requests get GRACE seconds to answer (their waits end at
 # once), the workers WORKER_STOP seconds to hand their chunks back, and the embedded Redis, stopped last, REDIS_STOP.
@@ -15,8 +27,6 @@ REDIS_STOP = 1.5
 
 
 def _refuse_a_redis_of_another_serve(server, share: bool) -> None:
-    from .startup_errors import EXIT_IN_USE, StartupError
-
     owner = server.owner()
     if share or owner is None or "serve" not in owner[1] or owner[0] == os.getpid():
         return
@@ -26,18 +36,6 @@ def _refuse_a_redis_of_another_serve(server, share: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from worker import EmbeddedRedis, data_dir, get_connection
-    from worker.lifecycle import start_child, stop_children
-    from worker.redis_supervisor import RedisSupervisor
-    from worker.settings import inherited_environment
-    from worker.waiting import STOPPING
-
-    from ..app import create_app
-    from ..health_state import HEALTH
-    from ..settings import ENVIRONMENT, Settings
-
     # built once, here: the flags over the environment over the defaults; passed to the app and the workers
     overrides = {name: getattr(args, name, None) for name in ENVIRONMENT}
     settings = Settings.from_env(**{k: v for k, v in overrides.items() if v not in (None, "")})
@@ -85,8 +83,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve(commands: argparse._SubParsersAction) -> None:
-    from ..settings import ENVIRONMENT
-
     serve = commands.add_parser("serve", help="run the Label Studio ML backend (and local workers with the embedded Redis)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface, "

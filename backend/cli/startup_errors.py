@@ -9,6 +9,12 @@ import logging
 import sys
 import traceback
 
+import redis
+
+from worker.errors import DataDirUnusable, QueueUnavailable
+
+from ..settings import SettingError
+
 __all__ = ["EXIT_SETTING", "EXIT_REDIS", "EXIT_MODEL_DIR", "EXIT_IN_USE", "StartupError", "startup_failure", "report"]
 
 EXIT_SETTING = 78  # EX_CONFIG: a setting has a bad value
@@ -27,12 +33,6 @@ class StartupError(Exception):
 
 def startup_failure(exc: BaseException) -> StartupError | None:
     """The one-line report of `exc` where it is a known misconfiguration; None for anything else."""
-    import redis
-
-    from worker.errors import DataDirUnusable, QueueUnavailable
-
-    from ..settings import SettingError
-
     if isinstance(exc, StartupError):
         return exc
     if isinstance(exc, SettingError):

@@ -17,6 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+from worker.lifecycle import exec_child_preexec
+from worker.settings import inherited_environment
+
+from ..local_label_studio import LS_VERSION, LabelStudioApi, access_token, free_port, ls_venv, start_process, wait_http
+from ..settings import LocalLabelStudioSettings
+from ..tryout_project import ANNOTATED, TITLE, create_folder_project, create_sample_project, find_project, prelabel_miou
 from .common import CLI_COMMAND
 
 TRYOUT_USER = "tryout@example.com"
@@ -52,12 +58,6 @@ def _stop(process: subprocess.Popen | None, timeout: float) -> None:
 
 
 def cmd_tryout(args: argparse.Namespace) -> int:
-    from ..local_label_studio import LS_VERSION, LabelStudioApi, free_port, ls_venv, start_process, wait_http
-    from ..settings import LocalLabelStudioSettings
-    from ..tryout_project import ANNOTATED, TITLE, create_folder_project, create_sample_project, find_project, prelabel_miou
-    from worker.lifecycle import exec_child_preexec
-    from worker.settings import inherited_environment
-
     started = time.monotonic()
     if bool(args.real_weights) != bool(args.images):
         raise SystemExit("--real-weights DIR and --images DIR go together: the real SegGPT on your own images")
@@ -170,8 +170,6 @@ def cmd_tryout(args: argparse.Namespace) -> int:
 
 def _external_api(url: str, token: str):
     """A client for a Label Studio the user runs: the token as a legacy token, else as a personal access token."""
-    from ..local_label_studio import LabelStudioApi, access_token
-
     api = LabelStudioApi(url, token)
     if api.http.get("/api/current-user/whoami").status_code == 200:
         return api

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
+from ..embedding import image_embedding
 from ..model import SegGpt
 from ..predictor import Prompt, SegGptPredictor
+from ..prompt_tuning import TuneSettings, tune_prompt
 from .appearance import apply_condition, make_appearance_episode, make_project
 from .episodes import HELD_OUT_SEED, Episode, Scene
 from ..ranking import spearman  # noqa: F401  (re-exported: evaluation reports it)
@@ -139,8 +142,6 @@ def evaluate_synthetic(predictor: SegGptPredictor, episodes: int, shots: int = 1
 def evaluate_folder(predictor: SegGptPredictor, directory: Path, shots: int = 1) -> EvalReport:
     """FSS-1000 layout: one folder per class holding `name.jpg` images and `name.png` masks. For each class the
     first `shots` images (sorted by name) are the prompts and every other image is a target."""
-    from PIL import Image
-
     report = EvalReport()
     for folder in sorted(p for p in Path(directory).iterdir() if p.is_dir()):
         pairs = []
@@ -176,8 +177,6 @@ def evaluate_prompt_strategies(predictor: SegGptPredictor, episodes: int, select
     whose images come from two cameras or two times of day. Both strategies pick K from the same pool for the
     same target. Returns a report per (strategy, K), and per (strategy, K) the share of chosen prompts that were
     under the target's light."""
-    from ..embedding import image_embedding
-
     size = predictor.size
     reports = {(strategy, k): EvalReport() for strategy in ("similar", "recent") for k in ks}
     same_light: dict[tuple[str, int], list[float]] = {key: [] for key in reports}
@@ -210,8 +209,6 @@ def evaluate_prompt_tuning(model: SegGpt, projects: int, examples: int = 16, tar
     the K-shot ensemble, on
     the held-out scenes of synthetic projects (see `make_project`), SegGPT frozen. Returns a report per method,
     grouped by project."""
-    from ..prompt_tuning import TuneSettings, tune_prompt
-
     predictor = SegGptPredictor(model)
     reports = {name: EvalReport() for name in ("one-shot", "start", f"{k}-shot", "tuned")}
     for index in range(projects):
