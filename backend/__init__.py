@@ -12,7 +12,9 @@ and `seggpt_core.research.{training, evaluation}`.
 
 Imports sit at the top of each file, except where a torch-free module calls into the torch side: that import sits
 inside the function that needs it, marked `# torch:`. (Also inside functions: matplotlib, the optional `report`
-extra, and huggingface_hub, which reads its environment when it is imported.) `tests/test_structure.py` starts the
+extra, and huggingface_hub, which reads its environment when it is imported; and label_studio_sdk's
+`LabelInterface` and brush converter, marked `# slow import:`: they take 0.45 s of CPU to import (the converter
+pulls in nltk), which every `seggpt-ls` command and worker would pay at its start, used or not.) `tests/test_structure.py` starts the
 web app and serves those routes in a fresh process, and fails if torch was imported; `tests/test_job_context.py`
 checks the control worker's process.
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from label_studio_sdk.label_interface import LabelInterface
 
 __all__ = ["Control", "LabelConfigError", "parse_label_config"]
 
@@ -53,6 +52,7 @@ def _parse_cached(config: str) -> tuple[Control, ...]:
     if not config or not config.strip():
         raise LabelConfigError("the label config is empty")
     try:
+        from label_studio_sdk.label_interface import LabelInterface  # slow import: see backend/__init__.py
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises several types for malformed XML
         raise LabelConfigError(f"the label config cannot be parsed: {exc}") from None

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import httpx
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
 
 from worker.lifecycle import exec_child_preexec
 from worker.settings import inherited_environment
@@ -122,6 +121,8 @@ def access_token(url: str, pat: str) -> str:
 
 def brush_result(mask, label: str, rid: str, from_name: str, to_name: str) -> dict:
     """A brush region as the labeling UI saves it, for annotations made through the API."""
+    from label_studio_sdk.converter.brush import mask2rle  # slow import: see backend/__init__.py
+
     height, width = mask.shape
     return {"id": rid, "from_name": from_name, "to_name": to_name, "type": "brushlabels", "original_width": width,
             "original_height": height, "image_rotation": 0,

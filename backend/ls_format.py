@@ -11,7 +11,6 @@ from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image, ImageDraw
 
 from .label_config import Control
@@ -178,6 +177,8 @@ def region_masks(result: Iterable[dict], controls: Sequence[Control], size: tupl
     Regions of other controls or types are ignored; a region whose geometry does not fit `size` raises
     AnnotationError.
     """
+    from label_studio_sdk.converter.brush import decode_rle  # slow import: see backend/__init__.py
+
     height, width = size
     by_name = {c.name: c for c in controls}
     found = []

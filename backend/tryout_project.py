@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
 from .folder_mode import IMAGE_SUFFIXES
@@ -92,6 +91,8 @@ def create_folder_project(api: LabelStudioApi, images: Path, labels: tuple[str, 
 
 
 def _union(prediction: dict, label: str, shape: tuple[int, int]) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle  # slow import: see backend/__init__.py
+
     mask = np.zeros(shape, dtype=bool)
     for region in prediction.get("result", []):
         value = region.get("value", {})
