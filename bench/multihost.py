@@ -8,7 +8,7 @@ docs/deployment.md word for word. Weights: the shipped `tiny-appearance`; images
 1. Throughput. One worker host (w1) alone: `seggpt-ls bootstrap` of `--tasks` tasks whose first `--prompts` are
    annotated, against model-only throughput with the same worker settings (one thread, the worker's batch, K=5),
    pinned to the same CPU 1, images decoded beforehand (bench/scale.py's baseline process). Prints
-   throughput_ratio= (goal >= 0.9).
+   throughput_ratio= (goal >= 0.9), and how much CPU w1's processes used per task and how busy CPU 1 was.
 2. A partition. A second project of `--fault-tasks` tasks with w1 and w2 both up: w1's link is cut for `--cut`
    seconds while it runs a chunk. Prints the time from the cut until the chunk is re-queued and until w2 takes it,
    the time until the run finishes, the zombie's refused writes, and missing/duplicate predictions (Label Studio API).
