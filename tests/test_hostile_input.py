@@ -173,7 +173,7 @@ def test_repeated_events_are_one_job_per_project_and_kind_and_wait_behind_predic
         if kind == "prelabel":  # the bootstrap reads the task list: 99999 is no task of the project
             assert outcome["queued"] == 2
     # nothing asked Label Studio anything before /predict's image was fetched: the hint jobs waited behind it
-    assert min(t for t, _, _ in ls.log if t > paused_at) > predict_fetch[0]
+    assert min(t for t, *_ in ls.log if t > paused_at) > predict_fetch[0]
     # the 500 events cost one re-read of the task, and the tuning ran once
     reads = [unquote(p) for p in ls.requests("GET", "/api/tasks?")[reads_before:]]
     assert len([p for p in reads if '"included": [12]' in p]) == 1, reads
@@ -192,7 +192,7 @@ def test_fan_out_is_bounded_by_the_project_not_by_the_body(stack):
     assert answer["tasks"] == 3000
     outcome = _finished(stack, answer["job"])
     assert outcome["full"] is True and outcome["entries"] == 2 and pool.size() == 2
-    paths = [p for _, m, p in ls.log[start:] if m == "GET"]
+    paths = [p for _, m, p, _ in ls.log[start:] if m == "GET"]
     # one page of the project's task list, not a read (or a selection) of the 3,000 named tasks
     assert [p for p in paths if p.startswith("/api/tasks")] == [f"/api/tasks?project={PROJECT}&page=1&page_size=100&fields=all"]
 
