@@ -54,6 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _refuse_a_redis_of_another_serve(server, settings.share_redis)
         # started here (or adopted where another process runs it), restarted whenever it dies, /health told
         supervisor = RedisSupervisor(server, on_change=lambda reason: HEALTH.update("embedded_redis", reason)).start()
+        # the children reach serve's Redis by its address and never start one of their own: while it restarts, or
+        # while a serve sharing the MODEL_DIR takes it over, one of them would otherwise own it and end it on exit
+        env = {**env, "REDIS_URL": server.url}
         for _ in range(args.workers):  # model workers: with REDIS_URL, the operator runs them where the GPUs are
             children.append(start_child(worker_command, env=env))
     for _ in range(args.control_workers):
