@@ -194,3 +194,41 @@ def test_the_dtype_of_the_model_version_travels_with_the_job_and_other_workers_d
         assert connection.hlen(results_key(namespace)) == 1
     finally:
         EmbeddedRedis(tmp_path / "redis").stop()
+
+
+def test_auto_means_one_dtype_per_weights_so_one_version_never_holds_two(tmp_path):
+    """SEGGPT_DTYPE=auto (the default) is each device's default: bf16 on CUDA, fp32 on the CPU. The first worker that
+    runs an "auto" job for some weights records its dtype; a worker of another dtype then leaves "auto" jobs for those
+    weights alone, and without a matching worker their tasks fail naming both, nothing written. (No GPU here: the
+    record a bf16 GPU worker would have left is written by the test.)"""
+    from worker import enqueue_segmentation, fetch_job, job_failures, queue_status, results_key, store_blob, store_prompt_set
+    from worker.keys import auto_dtype_key
+    from worker.payloads import PredictionOptions
+
+    from .queue_helpers import scene_prompt, target_bytes
+
+    try:
+        connection = EmbeddedRedis(tmp_path / "redis").connect()
+        digest = store_prompt_set(connection, [scene_prompt(1)])
+        blob = store_blob(connection, target_bytes(4, size=(60, 60)))
+        worker = start_worker(tmp_path, "auto-dtype", "--weights-wait", "3", log=tmp_path / "auto.log")  # no --dtype: auto
+        try:
+            loaded = wait_for(lambda: [w for w in queue_status(connection)["workers"] if w["model_loads"]], 90, interval=0.3, what="the worker")
+            weights = loaded[0]["weights_digest"]
+            auto = PredictionOptions(dtype="auto")
+            namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": "x", "image": blob}], queue="auto-dtype", options=auto)
+            wait_for(lambda: fetch_job(connection, job_id).get_status() == "finished", 90, interval=0.3, what="the first auto job")
+            assert connection.hlen(results_key(namespace)) == 1
+            assert connection.get(auto_dtype_key(weights)) == b"float32"  # what this CPU worker runs for "auto"
+            connection.set(auto_dtype_key(weights), "bfloat16")  # as if a bf16 GPU worker had run the first one
+            namespace, (job_id,) = enqueue_segmentation(connection, digest, [{"id": "y", "image": blob}], queue="auto-dtype", options=auto)
+            wait_for(lambda: fetch_job(connection, job_id).get_status() == "failed", 90, interval=0.3, what="the job to fail")
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        reason = job_failures(connection, [job_id])["y"]
+        assert "bfloat16" in reason and "float32" in reason and "SEGGPT_DTYPE" in reason, reason
+        assert connection.hlen(results_key(namespace)) == 0
+        assert "left for a matching worker" in (tmp_path / "auto.log").read_text()
+    finally:
+        EmbeddedRedis(tmp_path / "redis").stop()

@@ -28,6 +28,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from .auto_dtype import required_dtype
 from .context import ContextJob, JobContext
 from .defaults import HEARTBEAT_GRACE, HEARTBEAT_INTERVAL, MAINTENANCE_INTERVAL, REDIS_BACKOFF_CAP, STOP_GRACE, WEIGHTS_WAIT, YIELD_WAIT
 from .errors import PROGRAMMING_ERRORS, ChunkInterrupted, WeightsMismatch
@@ -95,7 +96,7 @@ def expected_digest(job: Job) -> str | None:
 
 
 def expected_dtype(job: Job) -> str | None:
-    """The dtype a segmentation chunk was queued for ("auto": each device's default; None: any)."""
+    """The dtype a segmentation chunk was queued for ("auto": see `auto_dtype`; None: any)."""
     try:
         return PredictionOptions.from_json(_payload(job).get("options")).dtype
     except PayloadError:
@@ -245,7 +246,8 @@ class SegGptWorker(SimpleWorker):
         expected, mine = expected_digest(job), self.runtime.weights_digest
         if expected is None or mine is None or expected == mine:
             # the dtype is part of the model version too: a bf16 worker leaves an fp32 chunk to an fp32 worker
-            expected, mine = expected_dtype(job), self.runtime.dtype_name
+            mine = self.runtime.dtype_name
+            expected = required_dtype(self.connection, expected_dtype(job), self.runtime.weights_digest, mine)
             if expected is None or expected == mine:
                 return False
         progress = ChunkProgress.from_meta(job.get_meta())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .defaults import HEARTBEAT_GRACE, JOB_TIMEOUT, KEY_PREFIX
 
-__all__ = ["RUN_CANCELLED_TTL", "WORKER_INFO_GRACE", "worker_info_key", "counters_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
+__all__ = ["RUN_CANCELLED_TTL", "WORKER_INFO_GRACE", "AUTO_DTYPE_TTL", "worker_info_key", "auto_dtype_key", "counters_key", "chunk_done_key", "chunk_owner_key", "run_cancelled_key", "histogram_key", "results_key", "write_log_key", "blob_key", "prompt_set_key", "learned_prompt_key"]
 
 
 RUN_CANCELLED_TTL = JOB_TIMEOUT + 24 * 3600
@@ -13,11 +13,20 @@ RUN_CANCELLED_TTL = JOB_TIMEOUT + 24 * 3600
 WORKER_INFO_GRACE = HEARTBEAT_GRACE
 """Seconds a worker's info outlives its heartbeat interval: it is gone soon after the worker."""
 
+AUTO_DTYPE_TTL = 7 * 24 * 3600
+"""Seconds what SEGGPT_DTYPE=auto means for some weights is kept after the last job that relied on it."""
+
 
 def worker_info_key(name: str) -> str:
     """JSON `payloads.WorkerInfo`: a live worker's pid, device, weights and digest. TTL: heartbeat interval +
     WORKER_INFO_GRACE (gone with it)."""
     return f"{KEY_PREFIX}:worker:{name}"
+
+
+def auto_dtype_key(weights_digest: str) -> str:
+    """String: the dtype jobs queued with dtype "auto" run in, for the weights `weights_digest` (see `auto_dtype`).
+    TTL: AUTO_DTYPE_TTL, renewed by each such job."""
+    return f"{KEY_PREFIX}:auto-dtype:{weights_digest}"
 
 
 def chunk_done_key(job_id: str) -> str:

@@ -18,6 +18,7 @@ from seggpt_core.embedding import image_embedding
 from seggpt_core.errors import ImageError, SegGptError
 from seggpt_core.marks import MarkError, segment_from_marks
 
+from .auto_dtype import required_dtype
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
@@ -152,9 +153,12 @@ class ChunkRun:
         if chunk.weights_digest is not None and chunk.weights_digest != runtime.weights_digest:
             raise WeightsMismatch(f"the chunk expects weights {chunk.weights_digest}; the only worker that took it has "
                                   f"{runtime.weights_digest} ({runtime.settings.weights}): start a worker with the backend's weights")
-        if self.options.dtype not in (None, runtime.dtype_name):
-            raise WeightsMismatch(f"the chunk expects dtype {self.options.dtype}; the only worker that took it runs "
-                                  f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE")
+        dtype = required_dtype(connection, self.options.dtype, runtime.weights_digest, runtime.dtype_name)
+        if dtype not in (None, runtime.dtype_name):
+            meaning = f" (what SEGGPT_DTYPE=auto means for these weights, since a {dtype} worker ran them)" if self.options.dtype == "auto" else ""
+            raise WeightsMismatch(f"the chunk expects dtype {dtype}{meaning}; the only worker that took it runs "
+                                  f"{runtime.dtype_name}: start a worker with the backend's SEGGPT_DTYPE, or set SEGGPT_DTYPE "
+                                  "for a fleet that mixes devices")
         self.predictor = (runtime.predictor_for(connection, chunk.prompts, self.options) if not chunk.prompts.empty
                           else runtime.bare_predictor(self.options))
         self.sink = self.context.make_sink(chunk.sink, chunk.namespace)

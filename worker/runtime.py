@@ -135,8 +135,13 @@ class WorkerRuntime:
 
     @property
     def dtype_name(self) -> str:
-        """The dtype this worker was configured for, as jobs name it ("auto": the device's default)."""
-        return self.settings.dtype or "auto"
+        """The dtype this worker runs, as jobs name it: its setting, else (SEGGPT_DTYPE=auto) its device's default
+        once the model is loaded ("bfloat16" on CUDA, "float32" on the CPU), "auto" before."""
+        if self.settings.dtype:
+            return self.settings.dtype
+        if self.model is None:
+            return "auto"
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def info(self, **process: Any) -> WorkerInfo:
         """What this runtime publishes about itself; `process`: the worker's name, host and queues."""
