@@ -123,11 +123,12 @@ def test_a_worker_context_names_its_sinks_and_the_backend_adds_the_label_studio_
     from backend.label_studio_io import LabelStudioSink
     from backend.settings import Settings
     from worker import JobContext
+    from worker.errors import PluginMissing
     from worker.payloads import SinkSpec
 
     params = {"project": 1, "model_version": "v", "controls": [{"name": "tag", "data_key": "image", "kind": "brush", "labels": ["Cat"], "to_name": "image"}]}
     spec = SinkSpec("label_studio", params)
-    with pytest.raises(ValueError, match="unknown result sink 'label_studio'; this worker knows: redis"):
+    with pytest.raises(PluginMissing, match="unknown result sink 'label_studio'; this worker knows: redis"):
         JobContext(redis.Redis()).make_sink(spec, "ns")  # the job layer alone knows only its own
     sink = build_job_context(redis.Redis(), Settings(label_studio_url="http://ls.example")).make_sink(spec, "ns")
     assert isinstance(sink, LabelStudioSink) and sink.services.client.base_url.startswith("http://ls.example")
