@@ -23,7 +23,7 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from worker import EmbeddedRedis, enqueue_noop, fetch_job
+from worker import EmbeddedRedis, enqueue_noop, fetch_job, queue_status
 
 from .ls_harness import free_port, wait_http
 from .process_check import alive, command_line, live_descendants
@@ -81,6 +81,9 @@ def test_serve_restarts_a_killed_redis_reaps_it_and_loses_nothing(tmp_path):
         assert os.getpgid(old) == old != os.getpgid(serve.pid)
         parked = [enqueue_noop(connection, queue="parked", echo=i).id for i in range(5)]
         wait_for(lambda: [p for p in live_descendants(serve.pid) if "worker" in command_line(p)], 60, what="the worker")
+        # connected and registered before Redis dies: a worker that starts during the outage is another case
+        wait_for(lambda: [w for w in queue_status(connection)["workers"] if w["role"] == "model" and w["model_loads"]], 90,
+                 interval=0.3, what="the worker to register")
         statuses: list[tuple[int, str]] = []
         stop = threading.Event()
 
