@@ -64,7 +64,7 @@ class LabelStudioSinkParams:
     model_version: str
     controls: tuple[Control, ...]
     request: str | None = None  # the /predict request waiting for these results, if any
-    bulk: bool = False  # buffer, and import once per chunk
+    bulk: bool = False  # buffer, and import once per chunk (or write each as it comes, when overlapped)
     replace_older: bool = False  # delete this backend's older predictions of the tasks
     region_filter: RegionFilter = RegionFilter()
     interactive: bool = False  # a suggestion for an open labeling page: one region per instance, never stored late
@@ -94,7 +94,8 @@ def label_studio_sink(project: int, model_version: str, controls: Sequence[Contr
 
 
 class LabelStudioSink:
-    """Bulk work (`bulk`) is buffered and imported into Label Studio once per chunk, by `flush`."""
+    """Bulk work (`bulk`) is buffered and imported into Label Studio once per chunk, by `flush`; when the job runs
+    the writes beside the forward (`overlapped`), each prediction is written as it comes instead."""
 
     def __init__(self, context: JobContext, params: Mapping[str, Any]) -> None:
         target = LabelStudioSinkParams.from_params(params)
