@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import redis
 
@@ -24,7 +24,7 @@ from .field_plan import FieldPlan, plan_fields
 from .keys import BOOTSTRAP_BATCH_TTL, INFLIGHT_TTL, bootstrap_batch_key, current_version_key, inflight_key
 from .label_config import Control, parse_label_config
 from .predict_service import model_version
-from .prompt_pool import PromptPool, sync_from_label_studio
+from .prompt_pool import PromptPool, newest_annotation, sync_from_label_studio
 from .services import Services
 from .version_log import record_version
 from .weights_identity import backend_digest
@@ -126,29 +126,31 @@ class _Listed:
                    frozenset(_prediction_versions(task)), _is_unlabeled(task), _holds_results(task))
 
 
-def _listing(services: Services, pool: PromptPool, controls: list[Control], sync: bool) -> Iterable[_Listed]:
-    """The project's tasks, listed from Label Studio once. With `sync`, that one listing also rebuilds the prompt
-    pool, and the tasks come after it (as their short `_Listed` records: the model version, which decides what
-    is skipped, needs the whole pool); without, they come page by page as they are read."""
+def _listing(services: Services, pool: PromptPool, controls: list[Control], sync: bool) -> Iterator[_Listed]:
+    """The project's tasks, as their short `_Listed` records, page by page as they are read. With `sync`, the
+    prompt pool is rebuilt first, from the annotated tasks alone (the model version, which decides what is
+    skipped, needs the whole pool): one page of a project's listing, so that chunks are queued while the rest
+    of the list is still being read."""
     client = services.require_client()
     data_keys = sorted({c.data_key for c in controls})
-    if not sync:
-        return (_Listed.of(task, data_keys) for task in client.iter_tasks(pool.project))
-    listed: list[_Listed] = []
+    annotated: set[int] = set()
+    if sync:
+        outcome = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels)
+        errors, annotated = outcome["errors"], outcome["annotated"]
+        for task_id, reason in errors.items():
+            log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
+        if pool.size() == 0:
+            detail = "; ".join(f"task {t}: {r}" for t, r in list(errors.items())[:5])
+            raise BootstrapError(f"project {pool.project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
+    return _listed(client.iter_tasks(pool.project), data_keys, annotated if sync else None)
 
-    def noted(tasks: Iterable[dict]) -> Iterable[dict]:
-        for task in tasks:
-            listed.append(_Listed.of(task, data_keys))
-            yield task
 
-    errors = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels,
-                                    tasks=noted(client.iter_tasks(pool.project)))["errors"]
-    for task_id, reason in errors.items():
-        log.warning("task %s: its annotation is not used as a prompt: %s", task_id, reason)
-    if pool.size() == 0:
-        detail = "; ".join(f"task {t}: {r}" for t, r in list(errors.items())[:5])
-        raise BootstrapError(f"project {pool.project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
-    return listed
+def _listed(tasks: Iterable[dict], data_keys: list[str], annotated: set[int] | None) -> Iterator[_Listed]:
+    for task in tasks:
+        if annotated is not None and task["id"] not in annotated and newest_annotation(task.get("annotations")) is not None:
+            # annotated since the pool's listing (or counted stale by Label Studio): as if it came just after this run
+            log.warning("task %s: annotated after this run read its prompts; the next pool sync uses it", task["id"])
+        yield _Listed.of(task, data_keys)
 
 
 class _Queuer:
@@ -225,19 +227,23 @@ def start_bootstrap(
         if plan.prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, plan.data_key)
     queuer = _Queuer(connection, settings, batch, plans, digest, chunk_size or settings.chunk_size, replace_older)
-    statuses = _choose(connection, batch, queuer, listing, only, limit, set(task_ids) if task_ids is not None else None)
-    batch.resumed_job_ids = sorted(job_id for job_id, unfinished in statuses.items() if unfinished)
-    connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=BOOTSTRAP_BATCH_TTL)
+    statuses: dict[str, bool] = {}
+    try:
+        _choose(connection, batch, queuer, listing, only, limit, set(task_ids) if task_ids is not None else None, statuses)
+    finally:
+        # chunks queued before a failure (Label Studio's, while later pages were read) run: status and a re-run see them
+        if batch.job_ids or statuses:
+            batch.resumed_job_ids = sorted(job_id for job_id, unfinished in statuses.items() if unfinished)
+            connection.set(bootstrap_batch_key(project), json.dumps(asdict(batch)), ex=BOOTSTRAP_BATCH_TTL)
     return batch
 
 
 def _choose(connection: redis.Redis, batch: BootstrapBatch, queuer: _Queuer, listing: Iterable[_Listed], only: str,
-            limit: int | None, wanted: set | None) -> dict[str, bool]:
+            limit: int | None, wanted: set | None, statuses: dict[str, bool]) -> None:
     """Hand the listed tasks that need a prediction to `queuer`, a page at a time, so that workers start on the
-    first whole chunks while later pages are read; count what is skipped. Returns the earlier runs' jobs met
-    (job id -> still unfinished)."""
+    first whole chunks while later pages are read; count what is skipped. Notes in `statuses` the earlier runs'
+    jobs met (job id -> still unfinished)."""
     selected = 0
-    statuses: dict[str, bool] = {}
     for page in chunked(listing, 100):
         queuer.holding += sum(t.holds_results for t in page)
         # a task with an annotation is never re-predicted unless the user asks for all (human work comes first)
@@ -259,7 +265,6 @@ def _choose(connection: redis.Redis, batch: BootstrapBatch, queuer: _Queuer, lis
         if limit is not None and selected >= limit:
             break
     queuer.queue(whole_chunks_only=False)
-    return statuses
 
 
 def batch_progress(connection: redis.Redis, batch: BootstrapBatch) -> dict:

@@ -30,6 +30,11 @@ __all__ = ["LabelStudioAuth", "LabelStudioAuthError", "LabelStudioClient", "Labe
 
 log = logging.getLogger(__name__)
 
+# The data manager's query for tasks holding an annotation that was not cancelled (Label Studio 1.23.2 reads
+# `query` on /api/tasks; tests/test_e2e_bootstrap.py checks it against the real server).
+ANNOTATED_ONLY = {"filters": {"conjunction": "and", "items": [
+    {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}}
+
 
 class LabelStudioError(SystemFault):
     """Label Studio answered with an error, an unreadable body, or could not be reached. The message is one line
@@ -264,14 +269,19 @@ class LabelStudioClient:
     def get_json(self, path: str, **params) -> object:
         return self.json_of(self.request("GET", path, params=params or None))
 
-    def iter_tasks(self, project: int, page_size: int = 100, fields: str = "all") -> Iterator[dict]:
+    def iter_tasks(self, project: int, page_size: int = 100, fields: str = "all", annotated_only: bool = False) -> Iterator[dict]:
         """Every task of a project, page by page, each once. The list ends at its last page, and also (logged) at a
         page that brings no task not seen already, or after `total / page_size + 1` pages: a server whose pages
-        never end cannot hold a bootstrap or a worker."""
+        never end cannot hold a bootstrap or a worker.
+
+        `annotated_only`: the tasks with an annotation that was not cancelled (the data manager's filter on
+        total_annotations), where the prompts come from. A server that ignores the filter lists every task: a
+        caller must not take a task's presence here as proof that it is annotated."""
+        query = {"query": json.dumps(ANNOTATED_ONLY)} if annotated_only else {}
         page, seen = 1, set()
         while True:
             try:
-                body = self.get_json("/api/tasks", project=project, page=page, page_size=page_size, fields=fields)
+                body = self.get_json("/api/tasks", project=project, page=page, page_size=page_size, fields=fields, **query)
             except LabelStudioError as exc:
                 if exc.status == 404 and page > 1:
                     return  # past the last page

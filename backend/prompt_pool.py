@@ -270,8 +270,9 @@ class PromptPool:
 
 def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS,
                            tasks: Iterable[dict] | None = None) -> dict:
-    """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts and
-    per-task errors. `tasks`: the project's task list (fields=all) when the caller reads it anyway; default, read here."""
+    """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts,
+    per-task errors and the ids of the tasks whose annotation was read (`annotated`). `tasks`: a listing (fields=all)
+    that holds every annotated task; default, the project's annotated tasks, read here."""
     seen, errors, stored = set(), {}, 0
 
     def settle(task_id, future) -> None:
@@ -289,7 +290,7 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
     # the 100-annotation sync of bench/scale.py is the bootstrap's first step, before any task is queued.
     with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pool-sync") as threads:
         running = []
-        for task in client.iter_tasks(pool.project) if tasks is None else tasks:
+        for task in client.iter_tasks(pool.project, annotated_only=True) if tasks is None else tasks:
             annotation = newest_annotation(task.get("annotations") or [])
             if annotation is None:
                 continue
@@ -302,4 +303,4 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
     for entry in pool.entries():
         if entry["task"] not in seen:
             pool.remove_task(entry["task"])
-    return {"entries": stored, "errors": errors}
+    return {"entries": stored, "errors": errors, "annotated": seen}

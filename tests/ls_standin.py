@@ -5,10 +5,10 @@ real server stays the judge of the protocol (tests/test_e2e_*.py).
   events against a known state, tasks deleted between two reads, a presign answer pointing anywhere).
 - Scripts: `script(method, path_prefix, *answers)` queues answers for the requests whose path starts with the prefix,
   ahead of the state: each answer is used once, and the last one stays. An answer is `(status, body)` or `(status,
-  body, headers)`, or a callable(query) giving one; a body that is not bytes or str is sent as JSON (429 with
+  body, headers)`, or a callable(query) giving one or None (served from the state); a body that is not bytes or str is sent as JSON (429 with
   Retry-After, runs of 5xx, malformed JSON, endless pages, a rejected token on the API and on media).
 
-Every request is logged with its time and its Authorization header.
+Every request is logged with its time and its Authorization header; `watchers` see each one as it arrives.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ class StandInLabelStudio:
         self.annotations: dict[int, list[dict]] = {}
         self.predictions: list[dict] = []
         self.presign_target = ""  # where /tasks/N/presign/ redirects
+        self.filters = True  # False: the task list ignores the data manager's filters, as an older server might
         self.media_dir = media_dir
         self.log: list[tuple[float, str, str, str | None]] = []  # (monotonic time, method, path with query, Authorization)
         self.routes: list[tuple[str, str, list]] = []
+        self.watchers: list[Callable[[str, str], None]] = []  # called with (method, path) as a request arrives
         self.legacy_token = "0123456789abcdef0123456789abcdef01234567"
         self._lock = threading.Lock()
         server = self
@@ -49,13 +51,15 @@ class StandInLabelStudio:
                 with server._lock:
                     server.log.append((time.monotonic(), self.command, self.path, self.headers.get("Authorization")))
                     answer = server._scripted_answer(self.command, self.path)
+                for watcher in list(server.watchers):  # what the system under test did before this request
+                    watcher(self.command, self.path)
+                if callable(answer):
+                    answer = answer(parse_qs(urlsplit(self.path).query))  # None: this one is served from the state
                 if answer is None:
                     return False
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                if callable(answer):
-                    answer = answer(parse_qs(urlsplit(self.path).query))
                 status, body, headers = (*answer, {})[:3] if len(answer) == 2 else answer
                 if not isinstance(body, (bytes, str)):
                     body, headers = json.dumps(body), {"Content-Type": "application/json", **headers}
@@ -99,9 +103,14 @@ class StandInLabelStudio:
                     page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["100"])[0])
                     tasks = [server.full_task(t) for t in sorted(server.tasks) if server.tasks[t]["project"] == project]
                     if "query" in query:  # the data manager's selection: {"selectedItems": {"all": false, "included": [...]}}
-                        selected = json.loads(query["query"][0]).get("selectedItems", {"all": True})
+                        prepared = json.loads(query["query"][0])
+                        selected = prepared.get("selectedItems", {"all": True})
                         if not selected.get("all", True):
                             tasks = [t for t in tasks if t["id"] in selected.get("included", [])]
+                        for item in (prepared.get("filters") or {}).get("items", []) if server.filters else []:
+                            # the one filter the backend sends (ls_client.ANNOTATED_ONLY), as Label Studio 1.23.2 applies it
+                            assert (item["filter"], item["operator"], item["value"]) == ("filter:tasks:total_annotations", "greater", 0), item
+                            tasks = [t for t in tasks if t["total_annotations"] > 0]
                     return self._send(200, {"tasks": tasks[(page - 1) * size: page * size], "total": len(tasks)})
                 if segments[:2] == ["api", "tasks"] and len(segments) == 3:
                     task = server.tasks.get(int(segments[2]))
@@ -155,7 +164,8 @@ class StandInLabelStudio:
 
     def full_task(self, task_id: int) -> dict:
         """A task as the task list gives it (fields=all): with its annotations and predictions."""
-        return {**self.tasks[task_id], "annotations": self.annotations.get(task_id, []),
+        annotations = self.annotations.get(task_id, [])
+        return {**self.tasks[task_id], "annotations": annotations, "total_annotations": sum(not a.get("was_cancelled") for a in annotations),
                 "predictions": [p for p in self.predictions if p.get("task") == task_id]}
 
     def add_task(self, project: int, task_id: int, image: str, annotation: list[dict] | None = None) -> None:

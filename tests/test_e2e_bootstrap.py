@@ -14,6 +14,8 @@ import pytest
 
 from seggpt_core.research.shapes import make_scene
 
+from backend.ls_client import LabelStudioClient
+
 from .ls_harness import brush_result, start_backend
 from .media_server import MediaServer
 from .queue_helpers import png_bytes as _png
@@ -76,6 +78,22 @@ def _predictions_by_task(label_studio, project: int) -> dict[int, list[dict]]:
     for prediction in label_studio.api("GET", "/api/predictions/", params={"project": project}).json():
         grouped.setdefault(prediction["task"], []).append(prediction)
     return grouped
+
+
+def test_the_annotated_listing_holds_exactly_the_tasks_with_an_annotation_not_cancelled(label_studio, media):
+    """The data manager's filter that bootstrap and every pool sync read their prompts through, on the real server:
+    a page of a project's list instead of all of it (tests/test_bootstrap_listing.py for what bootstrap does with it)."""
+    project, tasks = _project(label_studio, media, "annotated listing", annotated=0)
+    for index in (20, 5, 11):
+        _annotate(label_studio, tasks[index], index)
+    label_studio.api("POST", f"/api/tasks/{tasks[7]['id']}/annotations/", json={"result": [], "was_cancelled": True})  # skipped
+    for annotation in label_studio.api("GET", f"/api/tasks/{tasks[11]['id']}/annotations/").json():
+        label_studio.api("DELETE", f"/api/annotations/{annotation['id']}/")  # annotated, then no longer
+    client = LabelStudioClient(label_studio.url, label_studio.legacy_token)
+    listed = list(client.iter_tasks(project, page_size=2, annotated_only=True))  # two pages, as the filter pages them
+    assert sorted(t["id"] for t in listed) == sorted(tasks[i]["id"] for i in (5, 20))
+    assert all(t["annotations"] and t["data"]["image"] for t in listed)  # fields=all, as the pool sync needs them
+    assert len(list(client.iter_tasks(project))) == TASKS
 
 
 @pytest.fixture

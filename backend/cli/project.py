@@ -109,6 +109,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     settings = Settings.from_env(label_studio_url=args.label_studio_url, label_studio_api_key=args.api_key, redis_url=args.redis_url)
     services = build_services(settings)
     connection = connect(settings.worker_settings())
+    asked = time.time()
     try:
         batch = start_bootstrap(connection, services, args.project, only=args.only, limit=args.limit, chunk_size=args.chunk_size)
     except BootstrapError as exc:
@@ -118,6 +119,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         if isinstance(exc, LabelStudioAuthError):
             report_token_rejected(connection, exc)  # `status` and /health say it too
         print(f"error: {exc}", file=sys.stderr)
+        partial = load_batch(connection, args.project)
+        if partial is not None and partial.started_at >= asked and partial.job_ids:  # this run's, saved as it failed
+            print(f"{partial.queued} task(s) were queued before the error and run; bootstrap again queues the rest "
+                  f"(seggpt-ls status --project {args.project})", file=sys.stderr)
         return 3
     print(f"model version {batch.model_version}: queued {batch.queued} task(s) in {len(batch.job_ids)} job(s), "
           f"skipped {batch.skipped} (already predicted {batch.skipped_predicted}, in flight {batch.skipped_inflight})")
