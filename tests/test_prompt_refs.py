@@ -41,8 +41,8 @@ class _Project:
             self.tasks.append({"id": index + 1, "data": {"image": url},
                                "annotations": [{"id": 100 + index, "result": result, "updated_at": "2026-01-01T00:00:00"}]})
 
-    def iter_tasks(self, project: int):
-        return iter(self.tasks)
+    def iter_tasks(self, project: int, annotated_only: bool = False):
+        return iter(self.tasks)  # every task is annotated
 
     def fetch(self, value: str, task_id) -> bytes:
         self.fetched.append(value)
