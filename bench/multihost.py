@@ -166,6 +166,7 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     queued = int(queued)
     batch = hosts.call(lambda: __import__("backend.bootstrap", fromlist=["load_batch"]).load_batch(hosts.redis(), project))
     queue_seconds = time.time() - batch.started_at
+    account = hosts.call(lambda: chunk_account(hosts.redis(), batch.job_ids, time.time() - seconds))
     missing, duplicates = count_predictions(label_studio, project, [t["id"] for t in tasks[args.prompts:]], version)
     rate = queued / seconds
     figures.update(w1_cpu_ms_per_task=round(1000 * w1_cpu / queued, 1), w1_busy=round(w1_cpu / seconds, 3),
@@ -181,6 +182,10 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     print(f"throughput_ratio={rate / model_rate:.3f} (goal >= 0.9); from queueing to done {queued / queue_seconds / model_rate:.3f}")
     print(f"w1's processes used {w1_cpu:.1f} core-s: {1000 * w1_cpu / queued:.1f} ms of CPU per task against "
           f"{1000 / model_rate:.1f} ms model only; CPU 1 was busy {w1_cpu / seconds:.1%} of the command's time")
+    figures.update({f"w1_{name}_s": value for name, value in account.items()})
+    print(f"w1's first chunk started {account['first_chunk']:.1f} s after the command; its chunks ran {account['in_chunks']:.1f} s, "
+          f"{account['between_chunks']:.1f} s went between them; in chunks: " +
+          ", ".join(f"{name} {account[name]:.1f} s" for name in ("load", "inputs", "forward", "writes", "write") if name in account))
     print(f"missing {missing}, duplicates {duplicates} (Label Studio API)\n", flush=True)
 
     # -- 2. a partition ---------------------------------------------------------------------------------------------------
@@ -203,6 +208,27 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
         tls(args, hosts, label_studio, media, images, labels, env, media_host, figures)
     return 0 if figures.get("missing") == 0 and figures.get("duplicates") == 0 and not figures.get("partition_missing") \
         and not figures.get("partition_duplicates") else 1
+
+
+def chunk_account(connection, job_ids: list[str], command_started: float) -> dict[str, float]:
+    """Where the worker's time went, from its chunks' own records: when the first one started, time in chunks by
+    stage (worker/model_jobs.ChunkRun.stage), and the time between chunks (the queue's bookkeeping, and waiting)."""
+    from worker.payloads import ChunkProgress
+    from worker.queue import fetch_job
+
+    jobs = [fetch_job(connection, job_id) for job_id in job_ids]
+    starts = sorted(job.started_at.timestamp() for job in jobs if job.started_at)
+    ends = sorted(job.ended_at.timestamp() for job in jobs if job.ended_at)
+    account: dict[str, float] = {"first_chunk": round(starts[0] - command_started, 1) if starts else -1.0}
+    in_chunks = 0.0
+    for job in jobs:
+        progress = ChunkProgress.from_meta(job.get_meta())
+        in_chunks += progress.seconds or 0.0
+        for name, value in progress.stages.items():
+            account[name] = round(account.get(name, 0.0) + value, 1)
+    account["in_chunks"] = round(in_chunks, 1)
+    account["between_chunks"] = round((ends[-1] - starts[0]) - in_chunks, 1) if starts and ends else -1.0
+    return account
 
 
 def partition(args, hosts, label_studio, media, images, labels, env, media_host, figures: dict) -> None:

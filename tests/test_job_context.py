@@ -26,7 +26,7 @@ from worker.codec import b64png_to_mask
 from worker.context import NoModelHere
 from worker.keys import results_key
 from worker.model_jobs import noop, segment_chunk
-from worker.payloads import PredictionOptions, PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
+from worker.payloads import ChunkProgress, PredictionOptions, PromptSetRef, SegmentationChunk, SinkSpec, TaskRef
 from worker.prompt_sets import PromptRecord
 from worker.runtime import ModelSettings, WorkerRuntime
 
@@ -121,6 +121,10 @@ def test_segment_chunk_runs_directly_and_paints_the_marked_class_where_it_is(red
         assert iou > 0.4, (label, iou)  # the README's demo: mIoU 0.70 over six images
         assert predicted[truth].mean() > 0.5  # most of the object is painted...
         assert predicted[~truth].mean() < 0.1  # ...and little of the rest (look-alikes included)
+    # where the run's time went, by stage, for bench/multihost.py and the worker's log
+    progress = ChunkProgress.from_meta(job.meta)
+    assert set(progress.stages) == {"load", "inputs", "forward", "writes"} and progress.stages["forward"] > 0
+    assert sum(progress.stages.values()) <= progress.seconds + 0.01
     assert noop({"echo": 3}, context) == {"echo": 3}
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from PIL import Image
 
@@ -140,9 +141,18 @@ class ChunkRun:
         self.progress = ChunkProgress.from_meta(self.job.meta)
 
     def run(self) -> dict:
-        self.load()
+        with self.stage("load"):
+            self.load()
         self.paint()
         return self.write()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.progress.stages[name] = round(self.progress.stages.get(name, 0.0) + time.perf_counter() - started, 4)
 
     # -- load ----------------------------------------------------------------------------------------------------
 
@@ -212,18 +222,22 @@ class ChunkRun:
                     next_task = next(upcoming, None)
                     if next_task is not None:
                         queue.append((next_task, loaders.submit(self.prepare, next_task)))
+                    with self.stage("inputs"):
+                        future.exception()  # done, failed or not
                     if future.exception() is not None:
                         self.record(str(task["id"]), future)
                     else:
                         ready.append((task, future.result()))
                 if ready:
-                    writes.extend(self.forward(ready, writer))
+                    with self.stage("forward"):
+                        writes.extend(self.forward(ready, writer))
                 while writes and (writes[0][1].done() or not queue):
                     self.record(*writes.pop(0))
                 self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
                 self.save_progress()
-            while writes:
-                self.record(*writes.pop(0))
+            with self.stage("writes"):
+                while writes:
+                    self.record(*writes.pop(0))
 
     def forward(self, ready: list[tuple[dict, object]], writer) -> list[tuple[str, Future]]:
         """One forward over prepared targets; each segmentation is handed to the writer."""
@@ -299,8 +313,9 @@ class ChunkRun:
         connection, runtime, progress = self.connection, self.runtime, self.progress
         flush = getattr(self.sink, "flush", None)  # sinks that write in bulk do it once per chunk
         if flush is not None:
-            self.still_ours()
-            self.retried(flush)
+            with self.stage("write"):
+                self.still_ours()
+                self.retried(flush)
         stored, failed, transient, total = self.stored, self.failed, self.transient, len(self.chunk.tasks)
         count(connection, "tasks_done", len(stored) - self.stored_before)
         count(connection, "tasks_failed_input", len(self.bad_input))
@@ -309,6 +324,8 @@ class ChunkRun:
         progress.failed_tasks = {**failed, **transient}
         progress.input_failures = sorted(self.bad_input)
         progress.seconds = round(time.perf_counter() - self.started, 3)
+        log.info("chunk %s: %d task(s) in %.2f s (%s)", self.job.id, total, progress.seconds,
+                 ", ".join(f"{name} {seconds:.2f} s" for name, seconds in progress.stages.items()))
         progress.model_loads_in_job = runtime.load_count - self.loads_before
         progress.worker = runtime.stats()
         if self.cancelled:

@@ -237,6 +237,9 @@ class ChunkProgress:
     failed_tasks: dict[str, str] = field(default_factory=dict)  # task id -> reason, at the end of a run
     input_failures: list[str] = field(default_factory=list)  # the ids among them that failed because of their input
     seconds: float | None = None
+    # seconds of the run by stage (load, inputs: the forward waiting for its targets, forward, writes: waiting for
+    # the last writes, write): where a worker's time went besides the model
+    stages: dict[str, float] = field(default_factory=dict)
     model_loads_in_job: int | None = None
     worker: dict | None = None  # the `WorkerInfo` of the worker that ran it, as JSON
     cancelled: int | None = None  # tasks left undone because the run was cancelled; None: not cancelled
@@ -258,7 +261,7 @@ class ChunkProgress:
         for name in ("total", "done", "failed"):
             if name in values:
                 _checked_int(values[name], name, "chunk progress", 0)
-        for name in ("failed_tasks", "declined_by"):
+        for name in ("failed_tasks", "declined_by", "stages"):
             if name in values and not isinstance(values[name], Mapping):
                 raise PayloadError(f"chunk progress: {name!r} must be an object, got {type(values[name]).__name__}")
         if "input_failures" in values:
