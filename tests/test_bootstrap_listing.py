@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from rq import Queue
 
 from backend.bootstrap import load_batch, start_bootstrap
+from backend.cli.common import CLI_COMMAND
 from backend.ls_client import LabelStudioError
 from backend.prompt_pool import PromptPool
 from backend.services import build_services
@@ -23,6 +26,7 @@ from worker import EmbeddedRedis
 from .ls_standin import StandInLabelStudio
 from .standin_scenes import brush_annotation, png_bytes
 from .media_server import MediaServer
+from worker.lifecycle import exec_child_preexec  # the kernel ends it if pytest dies
 
 SETUP = json.loads((Path(__file__).parent / "recorded" / "setup.json").read_text())["body"]
 PROJECT = 41
@@ -135,3 +139,19 @@ def test_a_list_that_fails_midway_keeps_what_was_queued_for_status_and_a_rerun(s
     ls.routes.clear()
     rerun = start_bootstrap(connection, build_services(services.settings), PROJECT, sync=True, weights_digest="d" * 64, chunk_size=10)
     assert (rerun.queued, rerun.skipped_inflight) == (TASKS - 2 - 190, 190)
+
+
+def test_the_command_says_what_it_queued_before_the_list_failed(stack, tmp_path):
+    connection, services, ls = stack
+    settings = services.settings
+    ls.script("GET", "/api/tasks", lambda query: (503, {"detail": "down"}) if query.get("page") == ["3"] and "query" not in query else None)
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "cli"), "REDIS_URL": settings.redis_url, "LABEL_STUDIO_URL": ls.url,
+           "LABEL_STUDIO_API_KEY": settings.label_studio_api_key, "ALLOWED_MEDIA_HOSTS": ",".join(settings.allowed_media_hosts),
+           "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu", "SEGGPT_LS_DEADLINE": "2"}
+    run = subprocess.run([*CLI_COMMAND, "bootstrap", "--project", str(PROJECT), "--chunk-size", "10", "--no-wait"], env=env,
+                         capture_output=True, text=True, timeout=120, preexec_fn=exec_child_preexec())
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[-2].startswith("error: Label Studio gave no usable answer: GET ") and "page=3" in lines[-2], lines
+    assert lines[-1] == f"190 task(s) were queued before the error and run; bootstrap again queues the rest (seggpt-ls status --project {PROJECT})"
+    assert _queued(connection, settings) == 19
