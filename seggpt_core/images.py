@@ -210,11 +210,15 @@ def _fixed_point_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.nd
     return first, np.trunc(np.where(weights < 0, scaled - 0.5, scaled + 0.5)).astype(np.int32), precision
 
 
-# Output indices per band: each band is one float64 matrix product over the inputs its outputs reach. Larger
-# bands waste products on zero weights, smaller ones pay numpy's per-call cost (bench/pool_sync.py measured 16 to 64).
-_BAND = 32
+# Output indices per band: each band is a float64 matrix product over the inputs its outputs reach. Larger bands
+# waste products on zero weights, smaller ones pay numpy's cost per call (bench/pool_sync.py: 16 was fastest of 8 to 64).
+_BAND = 16
 # Image rows per strip of the horizontal pass: its float64 copy (128 x 3 x 1920 x 8 bytes) stays in the caches.
 _STRIP = 128
+# Each product is kept at most this many multiply-adds (m * n * k), under which OpenBLAS runs it on the calling
+# thread: threaded, these small products spent 1.5 to 4x the CPU, idling threads spinning, and the pool syncs
+# from several threads already.
+_ONE_THREAD = 4 * 65536
 
 
 def _bands(first: np.ndarray, weights: np.ndarray, in_size: int) -> list[tuple[int, int, int, int, np.ndarray]]:
@@ -243,23 +247,33 @@ def _rounded(sums: np.ndarray, precision: int) -> np.ndarray:
 def _resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     """One pass of the resize, as banded matrix products in float64: every product and partial sum is an integer
     below 2**53 (255 x 2**15 x the taps), so the sums are the exact int32 sums of the fixed-point scheme (float32
-    would not be: they can pass 2**24). 5 to 7x faster than a gather per tap (bench/pool_sync.py)."""
+    would not be: they can pass 2**24). About 4x less CPU than a gather per tap (bench/pool_sync.py)."""
     in_size = pixels.shape[axis]
     first, weights, precision = _fixed_point_weights(in_size, out_size)
     bands = _bands(first, weights, in_size)
-    if axis == 0:  # rows: each band is (outputs x inputs) @ (inputs x the rest), on the contiguous layout
+    widest = max(matrix.size for *_, matrix in bands)
+    if axis == 0:  # rows: (outputs x inputs) @ (inputs x a strip of the rest), on the contiguous layout
         source = pixels.reshape(in_size, -1)
         out = np.empty((out_size, source.shape[1]), dtype=np.uint8)
-        for start, end, low, high, matrix in bands:
-            out[start:end] = _rounded(matrix @ source[low:high], precision)
+        step = max(1, _ONE_THREAD // widest)
+        for left in range(0, source.shape[1], step):
+            strip = source[:, left : left + step].astype(np.float64)
+            sums = np.empty((out_size, strip.shape[1]))
+            for start, end, low, high, matrix in bands:
+                np.matmul(matrix, strip[low:high], out=sums[start:end])
+            out[:, left : left + step] = _rounded(sums, precision)
         return out.reshape((out_size,) + pixels.shape[1:])
     height, width, channels = pixels.shape  # columns: strips of rows, channels moved before the columns
     out = np.empty((height, channels, out_size), dtype=np.uint8)
     for top in range(0, height, _STRIP):
         bottom = min(height, top + _STRIP)
         strip = np.array(pixels[top:bottom].transpose(0, 2, 1), dtype=np.float64, order="C").reshape(-1, width)
+        sums = np.empty((strip.shape[0], out_size))
         for start, end, low, high, matrix in bands:
-            out[top:bottom, :, start:end] = _rounded(strip[:, low:high] @ matrix.T, precision).reshape(bottom - top, channels, end - start)
+            step = max(1, _ONE_THREAD // matrix.size)
+            for row in range(0, strip.shape[0], step):
+                np.matmul(strip[row : row + step, low:high], matrix.T, out=sums[row : row + step, start:end])
+        out[top:bottom] = _rounded(sums, precision).reshape(bottom - top, channels, out_size)
     return np.ascontiguousarray(out.transpose(0, 2, 1))
 
 
