@@ -264,7 +264,7 @@ def _resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
             out[:, left : left + step] = _rounded(sums, precision)
         return out.reshape((out_size,) + pixels.shape[1:])
     height, width, channels = pixels.shape  # columns: strips of rows, channels moved before the columns
-    out = np.empty((height, channels, out_size), dtype=np.uint8)
+    out = np.empty((height, out_size, channels), dtype=np.uint8)
     for top in range(0, height, _STRIP):
         bottom = min(height, top + _STRIP)
         strip = np.array(pixels[top:bottom].transpose(0, 2, 1), dtype=np.float64, order="C").reshape(-1, width)
@@ -273,8 +273,8 @@ def _resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
             step = max(1, _ONE_THREAD // matrix.size)
             for row in range(0, strip.shape[0], step):
                 np.matmul(strip[row : row + step, low:high], matrix.T, out=sums[row : row + step, start:end])
-        out[top:bottom] = _rounded(sums, precision).reshape(bottom - top, channels, out_size)
-    return np.ascontiguousarray(out.transpose(0, 2, 1))
+        out[top:bottom] = _rounded(sums, precision).reshape(bottom - top, channels, out_size).transpose(0, 2, 1)
+    return out
 
 
 def resize_as_network(image: Image.Image, size: tuple[int, int]) -> Image.Image:
