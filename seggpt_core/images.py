@@ -211,12 +211,12 @@ def _fixed_point_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.nd
 
 
 # Output indices per band: each band is a float64 matrix product over the inputs its outputs reach. Larger bands
-# waste products on zero weights, smaller ones pay numpy's cost per call (bench/pool_sync.py: 16 was fastest of 8 to 64).
+# waste products on zero weights, smaller ones pay numpy's cost per call (of 8, 16 and 32 on bench/scale.py's images, 16).
 _BAND = 16
 # Image rows per strip of the horizontal pass: its float64 copy (128 x 3 x 1920 x 8 bytes) stays in the caches.
 _STRIP = 128
 # Each product is kept at most this many multiply-adds (m * n * k), under which OpenBLAS runs it on the calling
-# thread: threaded, these small products spent 1.5 to 4x the CPU, idling threads spinning, and the pool syncs
+# thread: threaded, these small products spent 3 to 5x the CPU, idle threads spinning, and the pool syncs
 # from several threads already.
 _ONE_THREAD = 4 * 65536
 
@@ -247,7 +247,7 @@ def _rounded(sums: np.ndarray, precision: int) -> np.ndarray:
 def _resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     """One pass of the resize, as banded matrix products in float64: every product and partial sum is an integer
     below 2**53 (255 x 2**15 x the taps), so the sums are the exact int32 sums of the fixed-point scheme (float32
-    would not be: they can pass 2**24). About 4x less CPU than a gather per tap (bench/pool_sync.py)."""
+    would not be: they can pass 2**24). 5x less CPU than a gather per tap (bench/pool_sync.py)."""
     in_size = pixels.shape[axis]
     first, weights, precision = _fixed_point_weights(in_size, out_size)
     bands = _bands(first, weights, in_size)
