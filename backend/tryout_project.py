@@ -12,6 +12,7 @@ from PIL import Image
 from .folder_mode import IMAGE_SUFFIXES
 from .local_label_studio import LabelStudioApi, brush_result
 from .sample_scenes import LABELS, draw_scene
+from .ls_rle import rle_to_flat
 
 __all__ = ["TITLE", "SEED", "SAMPLE_SIZE", "KNOWN_MIOU", "ANNOTATED", "label_config", "sample_name", "create_sample_project", "find_project",
            "create_folder_project", "task_sample_index", "prelabel_miou"]
@@ -91,13 +92,11 @@ def create_folder_project(api: LabelStudioApi, images: Path, labels: tuple[str, 
 
 
 def _union(prediction: dict, label: str, shape: tuple[int, int]) -> np.ndarray:
-    from label_studio_sdk.converter.brush import decode_rle  # slow import: see backend/__init__.py
-
     mask = np.zeros(shape, dtype=bool)
     for region in prediction.get("result", []):
         value = region.get("value", {})
         if region.get("type") == "brushlabels" and label in value.get("brushlabels", []):
-            mask |= decode_rle(value["rle"]).reshape(*shape, 4)[..., 3] > 0
+            mask |= rle_to_flat(value["rle"]).reshape(*shape, 4)[..., 3] > 0
     return mask
 
 

@@ -152,3 +152,55 @@ def test_large_prompt_images_are_kept_at_the_networks_input_size_with_their_mask
             assert not small[:80].any()
     finally:
         server.stop()
+
+
+def test_stored_entries_are_what_the_networks_resize_and_the_sdks_decoding_give(connection):
+    """The pool's own fast paths (numpy resize, RLE decoding, a PNG encoding cut short once it loses) store the
+    very bytes of the plain reference: torch's resize, the SDK's `decode_rle` (any channel drawn), both encodings
+    in full and the shorter kept (the JPEG on a tie), Pillow's nearest mask resize."""
+    import io
+
+    from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
+    from PIL import Image
+
+    from backend.ls_format import label_key
+    from backend.prompt_pool import POOL_IMAGE_SIDE
+    from seggpt_core.transforms import _resized_pixels, open_image
+    from worker.codec import mask_to_png
+
+    controls = parse_label_config(CONFIG)
+    rng = np.random.default_rng(12)
+    noisy = np.clip(rng.normal(128, 30, size=(530, 900, 3)), 0, 255).astype(np.uint8)
+    flat = np.zeros((700, 460, 3), dtype=np.uint8)
+    flat[100:400, 50:300] = (30, 200, 90)
+    for project, (pixels, kind, stored_as) in enumerate([(noisy, "JPEG", "JPEG"), (flat, "PNG", "PNG")], start=1):
+        height, width = pixels.shape[:2]
+        disc = np.zeros((height, width), dtype=bool)
+        disc[50:300, 80:400] = True
+        star_rgba = np.zeros((height, width, 4), dtype=np.uint8)  # color without alpha still marks a pixel
+        star_rgba[200:450, 10:90, 0] = 255
+        star_rgba[300:500, 60:70, 3] = 128
+        rles = {"Disc": mask2rle(disc.astype(np.uint8) * 255), "Star": encode_rle(star_rgba.reshape(-1))}
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=kind, **({"quality": 92} if kind == "JPEG" else {}))
+        original = buffer.getvalue()
+        result = [{"id": label, "from_name": "mask", "to_name": "img", "type": "brushlabels",
+                   "value": {"format": "rle", "rle": rle, "brushlabels": [label]}} for label, rle in rles.items()]
+        pool = PromptPool(connection, project)
+        pool.upsert({"id": 3, "data": {"image": "x"}}, {"id": 4, "result": result, "updated_at": "1"}, controls, lambda v, t: original)
+        [entry] = pool.entries()
+
+        size = (min(height, POOL_IMAGE_SIDE), min(width, POOL_IMAGE_SIDE))
+        small = Image.fromarray(_resized_pixels(open_image(original), size).permute(1, 2, 0).numpy())
+        encodings = []
+        for format_, options in (("JPEG", {"quality": 90, "subsampling": 0}), ("PNG", {"compress_level": 1})):
+            out = io.BytesIO()
+            small.save(out, format=format_, **options)
+            encodings.append(out.getvalue())
+        expected_image = min(encodings, key=len)
+        assert expected_image[:4] == (b"\x89PNG" if stored_as == "PNG" else b"\xff\xd8\xff\xe0")
+        assert connection.get(entry["image"]["blob"]) == expected_image and entry["size"] == list(size)
+        for label, rle in rles.items():
+            full = decode_rle(rle).reshape(height, width, 4).max(axis=2) > 0
+            shrunk = np.asarray(Image.fromarray(full).resize((size[1], size[0]), Image.NEAREST))
+            assert connection.get(entry["masks"][label_key("mask", label)]["blob"]) == mask_to_png(shrunk), label
