@@ -3,11 +3,13 @@ installation; /metrics renders them)."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import redis
 
 from .keys import counters_key, histogram_key
 
-__all__ = ["METRICS_KEY", "SECONDS_BUCKETS", "HISTOGRAMS", "count", "counters", "observe", "histogram"]
+__all__ = ["METRICS_KEY", "SECONDS_BUCKETS", "HISTOGRAMS", "count", "counters", "observe", "observe_all", "histogram"]
 
 # Upper bounds (seconds) of the latency histograms: from a GPU batch to a large model on a CPU.
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -37,11 +39,16 @@ HISTOGRAMS = {
 
 def observe(connection: redis.Redis, name: str, seconds: float, times: int = 1) -> None:
     """Count `times` observations of `seconds` in the histogram `name` (one of HISTOGRAMS)."""
-    bucket = next((str(b) for b in SECONDS_BUCKETS if seconds <= b), "+Inf")
+    observe_all(connection, name, [(seconds, times)])
+
+
+def observe_all(connection: redis.Redis, name: str, observations: Iterable[tuple[float, int]]) -> None:
+    """`observe` for each (seconds, times), in one round trip."""
     try:
         with connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(histogram_key(name), bucket, times)
-            pipe.hincrbyfloat(histogram_key(name), "sum", seconds * times)
+            for seconds, times in observations:
+                pipe.hincrby(histogram_key(name), next((str(b) for b in SECONDS_BUCKETS if seconds <= b), "+Inf"), times)
+                pipe.hincrbyfloat(histogram_key(name), "sum", seconds * times)
             pipe.execute()
     except redis.RedisError:
         pass  # metrics never break a request or a job

@@ -23,8 +23,8 @@ from .auto_dtype import required_dtype
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
 from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
-from .ownership import ensure_held, save_meta_if_held
-from .metrics import count, observe
+from .ownership import ensure_held, owned_by, save_meta_if_held, taken_over
+from .metrics import count, observe_all
 from .payloads import ChunkProgress, PredictionOptions, SegmentationChunk, TaskRef
 from .context import JobContext
 from .selection import select
@@ -139,6 +139,7 @@ class ChunkRun:
         self.interrupted = False
         self.cancelled = False
         self.progress = ChunkProgress.from_meta(self.job.meta)
+        self.observed: list[tuple[float, int]] = []  # (seconds per task, tasks) of each forward
 
     def run(self) -> dict:
         with self.stage("load"):
@@ -212,10 +213,10 @@ class ChunkRun:
                 if self.runtime.stop_requested.is_set():
                     self.interrupted = True  # what is stored stays; the rest runs again after the re-queue
                     break
-                if _cancelled(self.connection, self.chunk.run):
-                    self.cancelled = True  # what is stored stays; the rest is not done
-                    break
-                self.still_ours()
+                with self.stage("bookkeeping"):
+                    if self.cancelled_or_lost():
+                        self.cancelled = True  # what is stored stays; the rest is not done
+                        break
                 ready = []
                 while queue and len(ready) < batch:
                     task, future = queue.popleft()
@@ -231,10 +232,11 @@ class ChunkRun:
                 if ready:
                     with self.stage("forward"):
                         writes.extend(self.forward(ready, writer))
-                while writes and (writes[0][1].done() or not queue):
+                while writes and writes[0][1].done():
                     self.record(*writes.pop(0))
-                self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
-                self.save_progress()
+                with self.stage("bookkeeping"):
+                    self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
+                    self.save_progress()
             with self.stage("writes"):
                 while writes:
                     self.record(*writes.pop(0))
@@ -252,7 +254,7 @@ class ChunkRun:
                 self.failed[str(task["id"])] = str(exc)
             segmentations = []
         writes = [(str(task["id"]), writer.submit(self.store, task, segmentation)) for (task, _), segmentation in zip(ready, segmentations)]
-        observe(self.connection, "task_seconds", (time.perf_counter() - batch_started) / len(ready), len(ready))
+        self.observed.append(((time.perf_counter() - batch_started) / len(ready), len(ready)))  # sent at the chunk's end
         return writes
 
     def pause(self, delay: float) -> None:
@@ -279,6 +281,17 @@ class ChunkRun:
     def still_ours(self) -> None:
         # a run whose chunk was taken over (it missed its heartbeats) writes nothing more: ChunkLost
         ensure_held(self.connection, self.job.id, self.runtime.execution_id)
+
+    def cancelled_or_lost(self) -> bool:
+        """Whether the chunk's run was cancelled; ChunkLost if it was taken over. One round trip, between batches."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.get(chunk_owner_key(self.job.id))
+            if self.chunk.run is not None:
+                pipe.exists(run_cancelled_key(self.chunk.run))
+            owner, *cancelled = pipe.execute()
+        if not owned_by(owner, self.runtime.execution_id):
+            raise taken_over(self.job.id)
+        return bool(cancelled and cancelled[0])
 
     def store(self, task: dict, segmentation) -> None:
         self.still_ours()
@@ -317,10 +330,12 @@ class ChunkRun:
                 self.still_ours()
                 self.retried(flush)
         stored, failed, transient, total = self.stored, self.failed, self.transient, len(self.chunk.tasks)
+        observe_all(connection, "task_seconds", self.observed)
         count(connection, "tasks_done", len(stored) - self.stored_before)
         count(connection, "tasks_failed_input", len(self.bad_input))
         count(connection, "tasks_failed_system", len(failed) + len(transient) - len(self.bad_input))
         self.still_ours()
+        progress.done, progress.failed = len(stored), len(failed) + len(transient)
         progress.failed_tasks = {**failed, **transient}
         progress.input_failures = sorted(self.bad_input)
         progress.seconds = round(time.perf_counter() - self.started, 3)

@@ -14,7 +14,7 @@ from .defaults import RESULT_TTL
 from .errors import ChunkLost
 from .keys import chunk_owner_key
 
-__all__ = ["claim", "holds", "ensure_held", "save_meta_if_held"]
+__all__ = ["claim", "holds", "owned_by", "taken_over", "ensure_held", "save_meta_if_held"]
 
 
 def claim(connection: redis.Redis, job_id: str, execution_id: str) -> None:
@@ -26,30 +26,39 @@ def holds(connection: redis.Redis, job_id: str, execution_id: str | None) -> boo
     """Whether `execution_id` still holds the chunk (an execution that never claimed one holds whatever it runs)."""
     if execution_id is None:
         return True
-    owner = connection.get(chunk_owner_key(job_id))
-    return owner is None or owner.decode() == execution_id
+    return owned_by(connection.get(chunk_owner_key(job_id)), execution_id)
+
+
+def owned_by(owner: bytes | None, execution_id: str | None) -> bool:
+    """Whether a chunk whose owner key holds `owner` is `execution_id`'s."""
+    return execution_id is None or owner is None or owner.decode() == execution_id
+
+
+def taken_over(job_id: str) -> ChunkLost:
+    return ChunkLost(f"job {job_id} was taken over by another worker after this one missed its heartbeats: "
+                     "nothing more is written for it here")
 
 
 def ensure_held(connection: redis.Redis, job_id: str, execution_id: str | None) -> None:
     if not holds(connection, job_id, execution_id):
-        raise ChunkLost(f"job {job_id} was taken over by another worker after this one missed its heartbeats: "
-                        "nothing more is written for it here")
+        raise taken_over(job_id)
+
+
+# The owner check and the write in one atomic step and one round trip (a WATCH transaction takes three: the chunk
+# saves its progress after every batch, and a worker host's Redis is across a network).
+_SAVE_META_IF_HELD = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'meta', ARGV[2])
+return 1
+"""
 
 
 def save_meta_if_held(job, execution_id: str | None) -> None:
-    """`job.save_meta()` as one transaction that holds only while `execution_id` owns the chunk: a run frozen before
-    saving its progress (a pause, a partition) never overwrites what the run that took the chunk over saved."""
+    """`job.save_meta()`, done only while `execution_id` owns the chunk: a run frozen before saving its progress (a
+    pause, a partition) never overwrites what the run that took the chunk over saved."""
     if execution_id is None:
         job.save_meta()
         return
-    meta = job._serialize_meta()
-
-    def store(pipe) -> None:
-        owner = pipe.get(chunk_owner_key(job.id))  # watched: a takeover from now on aborts the transaction
-        if owner is not None and owner.decode() != execution_id:
-            raise ChunkLost(f"job {job.id} was taken over by another worker after this one missed its heartbeats: "
-                            "nothing more is written for it here")
-        pipe.multi()
-        pipe.hset(job.key, "meta", meta)
-
-    job.connection.transaction(store, chunk_owner_key(job.id))
+    if not job.connection.eval(_SAVE_META_IF_HELD, 2, chunk_owner_key(job.id), job.key, execution_id, job._serialize_meta()):
+        raise taken_over(job.id)
