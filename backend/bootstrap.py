@@ -226,7 +226,7 @@ def start_bootstrap(
     for plan in plans:
         if plan.prompts is None:
             log.warning("project %s: no annotated task for $%s yet: nothing to predict from", project, plan.data_key)
-    queuer = _Queuer(connection, settings, batch, plans, digest, chunk_size or settings.chunk_size, replace_older)
+    queuer = _Queuer(connection, settings, batch, plans, digest, chunk_size or settings.bulk_chunk_size, replace_older)
     statuses: dict[str, bool] = {}
     try:
         _choose(connection, batch, queuer, listing, only, limit, set(task_ids) if task_ids is not None else None, statuses)

@@ -49,7 +49,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "queue": ("SEGGPT_QUEUE", "queue for bulk work"),
     "interactive_queue": ("SEGGPT_INTERACTIVE_QUEUE", "queue for /predict work; workers take it first"),
     "control_queue": ("SEGGPT_CONTROL_QUEUE", "queue for the backend's own work (pool syncs, webhook work, relabel and bootstrap planning, review records), served by a control worker without the model"),
-    "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job"),
+    "chunk_size": ("SEGGPT_CHUNK_SIZE", "tasks per queued job of a /predict request (its chunks go to every free worker)"),
+    "bulk_chunk_size": ("SEGGPT_BULK_CHUNK_SIZE", "tasks per queued job of bootstrap and relabels: a worker fetches a chunk's first targets and waits for its last writes with nothing to overlap them, so larger chunks lose less of it (docs/benchmarks.md)"),
     "import_each_above": ("SEGGPT_IMPORT_EACH_ABOVE", "once more of the project's tasks than this hold an annotation or a prediction, bootstrap writes one POST per prediction instead of one bulk import per chunk (Label Studio 1.23.2 recounts all those tasks on each bulk import; -1: always bulk)"),
     "prompt_strategy": ("SEGGPT_PROMPT_STRATEGY", "similar (the K most similar annotated images per label) or recent"),
     "auto_relabel": ("SEGGPT_AUTO_RELABEL", "re-predict the unlabeled tasks when the prompts change (new model version)"),
@@ -126,6 +127,7 @@ class Settings:
     interactive_queue: str = DEFAULT_INTERACTIVE_QUEUE
     control_queue: str = "seggpt-control"
     chunk_size: int = 16
+    bulk_chunk_size: int = 64
     import_each_above: int = IMPORT_EACH_ABOVE
     prompt_strategy: str = "similar"
     auto_relabel: bool = False
@@ -166,7 +168,7 @@ class Settings:
                 parse(raw)
             except ValueError as exc:
                 problems.append(str(exc))
-        for name in ("max_pixels", "max_body_bytes", "max_webhook_bytes"):
+        for name in ("max_pixels", "max_body_bytes", "max_webhook_bytes", "chunk_size", "bulk_chunk_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{ENVIRONMENT[name][0]} must be >= 1, got {getattr(self, name)}")
         if self.ls_deadline <= 0:

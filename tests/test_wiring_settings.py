@@ -232,3 +232,16 @@ def test_auto_means_one_dtype_per_weights_so_one_version_never_holds_two(tmp_pat
         assert "left for a matching worker" in (tmp_path / "auto.log").read_text()
     finally:
         EmbeddedRedis(tmp_path / "redis").stop()
+
+
+def test_chunk_sizes_come_from_their_own_variables_and_zero_is_refused(monkeypatch):
+    from backend.settings import Settings, SettingError
+
+    assert (Settings().chunk_size, Settings().bulk_chunk_size) == (16, 64)  # /predict spreads; bulk work keeps a worker busy
+    monkeypatch.setenv("SEGGPT_BULK_CHUNK_SIZE", "128")
+    assert (Settings.from_env().chunk_size, Settings.from_env().bulk_chunk_size) == (16, 128)
+    for variable in ("SEGGPT_CHUNK_SIZE", "SEGGPT_BULK_CHUNK_SIZE"):
+        monkeypatch.setenv(variable, "0")  # chunked() by 0 never ends
+        with pytest.raises(SettingError, match=f"{variable} must be >= 1, got 0"):
+            Settings.from_env()
+        monkeypatch.setenv(variable, "16")

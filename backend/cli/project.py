@@ -256,7 +256,7 @@ def add_bootstrap(commands: argparse._SubParsersAction) -> None:
     _add_label_studio_options(bootstrap)
     bootstrap.add_argument("--only", choices=["unlabeled", "all"], default="unlabeled")
     bootstrap.add_argument("--limit", type=int, default=None, help="at most N tasks")
-    bootstrap.add_argument("--chunk-size", type=int, default=None, help="tasks per job (default: SEGGPT_CHUNK_SIZE)")
+    bootstrap.add_argument("--chunk-size", type=int, default=None, help="tasks per job (default: SEGGPT_BULK_CHUNK_SIZE, 64)")
     bootstrap.add_argument("--no-wait", action="store_true", help="queue and return; see progress with status --project")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
