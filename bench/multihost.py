@@ -194,7 +194,8 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     figures.update({f"w1_{name}_s": value for name, value in account.items()})
     print(f"w1's first chunk started {account['first_chunk']:.1f} s after the command; its chunks ran {account['in_chunks']:.1f} s, "
           f"{account['between_chunks']:.1f} s went between them; in chunks: " +
-          ", ".join(f"{name} {account[name]:.1f} s" for name in ("load", "inputs", "forward", "writes", "write") if name in account))
+          ", ".join(f"{name} {account[name]:.1f} s" for name in ("load", "bookkeeping", "inputs", "forward", "writes", "write") if name in account)
+          + f"; CPU beside the forward: fetching and decoding {account.get('load_cpu', 0):.1f} s, writing {account.get('write_cpu', 0):.1f} s")
     print(f"missing {missing}, duplicates {duplicates} (Label Studio API)\n", flush=True)
 
     # -- 2. a partition ---------------------------------------------------------------------------------------------------
@@ -235,6 +236,8 @@ def chunk_account(connection, job_ids: list[str], command_started: float) -> dic
         in_chunks += progress.seconds or 0.0
         for name, value in progress.stages.items():
             account[name] = round(account.get(name, 0.0) + value, 1)
+        for name, value in progress.helper_cpu.items():  # CPU of the threads beside the forward
+            account[f"{name}_cpu"] = round(account.get(f"{name}_cpu", 0.0) + value, 1)
     account["in_chunks"] = round(in_chunks, 1)
     account["between_chunks"] = round((ends[-1] - starts[0]) - in_chunks, 1) if starts and ends else -1.0
     return account

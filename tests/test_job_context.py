@@ -123,7 +123,8 @@ def test_segment_chunk_runs_directly_and_paints_the_marked_class_where_it_is(red
         assert predicted[~truth].mean() < 0.1  # ...and little of the rest (look-alikes included)
     # where the run's time went, by stage, for bench/multihost.py and the worker's log
     progress = ChunkProgress.from_meta(job.meta)
-    assert set(progress.stages) == {"load", "inputs", "forward", "bookkeeping", "writes"} and progress.stages["forward"] > 0
+    assert {"load", "inputs", "forward", "writes"} <= set(progress.stages) and progress.stages["forward"] > 0
+    assert progress.helper_cpu["load"] > 0 and progress.helper_cpu["write"] > 0  # the threads beside the forward
     assert sum(progress.stages.values()) <= progress.seconds + 0.01
     assert noop({"echo": 3}, context) == {"echo": 3}
 

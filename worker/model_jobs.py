@@ -7,6 +7,7 @@ With `options.k`, each target uses at most k prompts per label, chosen by `optio
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ from .selection import select
 __all__ = ["segment_chunk", "ChunkRun", "noop", "with_backoff"]
 
 log = logging.getLogger(__name__)
+
+# A chunk saves its progress (one round trip) at most this often between batches, and always at its end: a
+# worker host's Redis is across a network, on a head that may be busy (bench/multihost.py: 12 ms a batch).
+PROGRESS_EVERY = 1.0
 T = TypeVar("T")
 
 
@@ -140,6 +145,8 @@ class ChunkRun:
         self.cancelled = False
         self.progress = ChunkProgress.from_meta(self.job.meta)
         self.observed: list[tuple[float, int]] = []  # (seconds per task, tasks) of each forward
+        self.cpu_lock = threading.Lock()
+        self.progress_saved = 0.0  # when the progress was last saved (perf_counter)
 
     def run(self) -> dict:
         with self.stage("load"):
@@ -234,9 +241,10 @@ class ChunkRun:
                         writes.extend(self.forward(ready, writer))
                 while writes and writes[0][1].done():
                     self.record(*writes.pop(0))
-                with self.stage("bookkeeping"):
-                    self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
-                    self.save_progress()
+                if time.perf_counter() - self.progress_saved >= PROGRESS_EVERY:
+                    with self.stage("bookkeeping"):
+                        self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
+                        self.save_progress()
             with self.stage("writes"):
                 while writes:
                     self.record(*writes.pop(0))
@@ -265,9 +273,19 @@ class ChunkRun:
     def retried(self, action: Callable[[], T]) -> T:
         return with_backoff(action, sleep=self.pause)
 
+    def helper_cpu(self, name: str, started: float) -> None:
+        """Add the calling thread's CPU since `started` (time.thread_time) to the chunk's account under `name`."""
+        spent = time.thread_time() - started
+        with self.cpu_lock:
+            self.progress.helper_cpu[name] = round(self.progress.helper_cpu.get(name, 0.0) + spent, 4)
+
     def prepare(self, task: dict):
-        data = self.retried(lambda: self.context.load_image_bytes(task["image"]))
-        return self.predictor.prepare_target(data, where=f"task {task['id']}")
+        started = time.thread_time()
+        try:
+            data = self.retried(lambda: self.context.load_image_bytes(task["image"]))
+            return self.predictor.prepare_target(data, where=f"task {task['id']}")
+        finally:
+            self.helper_cpu("load", started)
 
     def from_marks(self, task: TaskRef) -> None:
         """A task the annotator marked: segmented from the marks in its own image (see `seggpt_core.marks`)."""
@@ -294,8 +312,12 @@ class ChunkRun:
         return bool(cancelled and cancelled[0])
 
     def store(self, task: dict, segmentation) -> None:
-        self.still_ours()
-        self.retried(lambda: self.sink.write(task, segmentation, self.finished))
+        started = time.thread_time()
+        try:
+            self.still_ours()
+            self.retried(lambda: self.sink.write(task, segmentation, self.finished))
+        finally:
+            self.helper_cpu("write", started)
 
     def record(self, task_id: str, future) -> None:
         failed, bad_input, transient = self.failed, self.bad_input, self.transient
@@ -317,6 +339,7 @@ class ChunkRun:
     def save_progress(self) -> None:
         self.job.meta.update(self.progress.to_meta())
         save_meta_if_held(self.job, self.runtime.execution_id)
+        self.progress_saved = time.perf_counter()
 
     # -- write ---------------------------------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ class ChunkProgress:
     # seconds of the run by stage (load, inputs: the forward waiting for its targets, forward, writes: waiting for
     # the last writes, write): where a worker's time went besides the model
     stages: dict[str, float] = field(default_factory=dict)
+    helper_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the loader and writer threads
     model_loads_in_job: int | None = None
     worker: dict | None = None  # the `WorkerInfo` of the worker that ran it, as JSON
     cancelled: int | None = None  # tasks left undone because the run was cancelled; None: not cancelled
@@ -261,7 +262,7 @@ class ChunkProgress:
         for name in ("total", "done", "failed"):
             if name in values:
                 _checked_int(values[name], name, "chunk progress", 0)
-        for name in ("failed_tasks", "declined_by", "stages"):
+        for name in ("failed_tasks", "declined_by", "stages", "helper_cpu"):
             if name in values and not isinstance(values[name], Mapping):
                 raise PayloadError(f"chunk progress: {name!r} must be an object, got {type(values[name]).__name__}")
         if "input_failures" in values:
