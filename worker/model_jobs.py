@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator, TypeVar
 
+import redis
 from PIL import Image
 
 from seggpt_core.embedding import image_embedding
@@ -23,7 +24,7 @@ from seggpt_core.marks import MarkError, segment_from_marks
 from .auto_dtype import required_dtype
 from .defaults import BATCH_TARGETS, TASK_ATTEMPTS, TASK_BACKOFF
 from .keys import chunk_done_key, chunk_owner_key, run_cancelled_key
-from .errors import ChunkIncomplete, ChunkInterrupted, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
+from .errors import ChunkIncomplete, ChunkInterrupted, ChunkLost, PluginMissing, SystemFault, TaskInputError, TransientError, WeightsMismatch
 from .ownership import ensure_held, owned_by, save_meta_if_held, taken_over
 from .metrics import count, observe_all
 from .payloads import ChunkProgress, PredictionOptions, SegmentationChunk, TaskRef
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 # A chunk saves its progress (one round trip) at most this often between batches, and always at its end: a
 # worker host's Redis is across a network, on a head that may be busy (bench/multihost.py: 12 ms a batch).
 PROGRESS_EVERY = 1.0
+# How often a chunk's watcher asks whether its run was cancelled or the chunk taken over (a batch is a few tenths
+# of a second on a CPU, less on a GPU): a round trip the forward no longer waits for (6 ms a batch on a busy head).
+WATCH_EVERY = 0.25
 T = TypeVar("T")
 
 
@@ -147,6 +151,7 @@ class ChunkRun:
         self.observed: list[tuple[float, int]] = []  # (seconds per task, tasks) of each forward
         self.cpu_lock = threading.Lock()
         self.progress_saved = 0.0  # when the progress was last saved (perf_counter)
+        self.lost_seen = self.cancel_seen = False  # set by `watch`
 
     def run(self) -> dict:
         with self.stage("load"):
@@ -212,6 +217,16 @@ class ChunkRun:
         if hasattr(self.sink, "overlapped"):
             self.sink.overlapped = overlap  # a sink may then write each result as it comes (see task_io.Sink)
         writers = getattr(self.sink, "writers", 1)
+        stop_watching = threading.Event()
+        watcher = threading.Thread(target=self.watch, args=(stop_watching,), name="seggpt-watch", daemon=True)
+        watcher.start()
+        try:
+            self.pipeline(pending, batch, overlap, writers)
+        finally:
+            stop_watching.set()
+            watcher.join()
+
+    def pipeline(self, pending: list[dict], batch: int, overlap: bool, writers: int) -> None:
         with _executor(overlap, 2, "seggpt-load") as loaders, _executor(overlap, writers, "seggpt-write") as writer:
             queue = deque((task, loaders.submit(self.prepare, task)) for task in ([] if self.cancelled else pending[: 2 * batch]))
             upcoming = iter(pending[2 * batch :])
@@ -220,10 +235,11 @@ class ChunkRun:
                 if self.runtime.stop_requested.is_set():
                     self.interrupted = True  # what is stored stays; the rest runs again after the re-queue
                     break
-                with self.stage("bookkeeping"):
-                    if self.cancelled_or_lost():
-                        self.cancelled = True  # what is stored stays; the rest is not done
-                        break
+                if self.lost_seen:
+                    raise taken_over(self.job.id)
+                if self.cancel_seen:
+                    self.cancelled = True  # what is stored stays; the rest is not done
+                    break
                 ready = []
                 while queue and len(ready) < batch:
                     task, future = queue.popleft()
@@ -299,6 +315,22 @@ class ChunkRun:
     def still_ours(self) -> None:
         # a run whose chunk was taken over (it missed its heartbeats) writes nothing more: ChunkLost
         ensure_held(self.connection, self.job.id, self.runtime.execution_id)
+
+    def watch(self, stop: threading.Event) -> None:
+        """Look up, every WATCH_EVERY seconds, whether the run was cancelled or the chunk taken over, for the
+        forward's loop to see between batches without waiting for a round trip (each write checks the claim
+        itself before it lands)."""
+        while not stop.wait(WATCH_EVERY):
+            try:
+                cancelled = self.cancelled_or_lost()
+            except ChunkLost:
+                self.lost_seen = True
+                return
+            except redis.RedisError:
+                continue  # the writes meet the outage too, and retry
+            if cancelled:
+                self.cancel_seen = True
+                return
 
     def cancelled_or_lost(self) -> bool:
         """Whether the chunk's run was cancelled; ChunkLost if it was taken over. One round trip, between batches."""
