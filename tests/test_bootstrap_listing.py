@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from backend.services import build_services
 from backend.settings import Settings
 from seggpt_core.research.shapes import make_scene
 from worker import EmbeddedRedis
+from worker.payloads import ChunkProgress
+from worker.queue import fetch_job
 
 from .ls_standin import StandInLabelStudio
 from .standin_scenes import brush_annotation, png_bytes
@@ -155,3 +158,32 @@ def test_the_command_says_what_it_queued_before_the_list_failed(stack, tmp_path)
     assert lines[-2].startswith("error: Label Studio gave no usable answer: GET ") and "page=3" in lines[-2], lines
     assert lines[-1] == f"190 task(s) were queued before the error and run; bootstrap again queues the rest (seggpt-ls status --project {PROJECT})"
     assert _queued(connection, settings) == 19
+
+
+def test_a_running_chunk_shows_its_progress_before_it_ends(stack, tmp_path):
+    """The forwards never wait for Redis: the chunk's watcher thread saves its progress (once a second) while they
+    run, so `status` and the progress bar move inside a chunk (here 40 tasks whose writes take 0.3 s each)."""
+    connection, services, ls = stack
+    settings = services.settings
+    ls.script("POST", "/api/predictions", lambda query: time.sleep(0.3))  # then served from the state
+    batch = start_bootstrap(connection, services, PROJECT, sync=True, weights_digest=None, chunk_size=40, limit=40)
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "worker"), "REDIS_URL": settings.redis_url, "LABEL_STUDIO_URL": ls.url,
+           "LABEL_STUDIO_API_KEY": settings.label_studio_api_key, "ALLOWED_MEDIA_HOSTS": ",".join(settings.allowed_media_hosts),
+           "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([*CLI_COMMAND, "worker", "--burst"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              preexec_fn=exec_child_preexec())
+    seen: set[int] = set()
+    try:
+        job = fetch_job(connection, batch.job_ids[0])
+        deadline = time.monotonic() + 120
+        while worker.poll() is None and time.monotonic() < deadline:
+            if job.get_status(refresh=True) == "started":
+                seen.add(ChunkProgress.from_meta(job.get_meta()).done)
+            time.sleep(0.1)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert job.get_status(refresh=True) == "finished" and len(ls.hits("POST", "/api/predictions")) == 40
+    assert any(0 < done < 40 for done in seen), seen  # saved midway, not only at the chunk's start and end

@@ -149,9 +149,9 @@ class ChunkRun:
         self.cancelled = False
         self.progress = ChunkProgress.from_meta(self.job.meta)
         self.observed: list[tuple[float, int]] = []  # (seconds per task, tasks) of each forward
-        self.cpu_lock = threading.Lock()
+        self.progress_lock = threading.Lock()
         self.progress_saved = 0.0  # when the progress was last saved (perf_counter)
-        self.lost_seen = self.cancel_seen = False  # set by `watch`
+        self.lost_seen = self.cancel_seen = False  # set by `watch`, which also saves the progress while the forwards run
 
     def run(self) -> dict:
         with self.stage("load"):
@@ -165,7 +165,8 @@ class ChunkRun:
         try:
             yield
         finally:
-            self.progress.stages[name] = round(self.progress.stages.get(name, 0.0) + time.perf_counter() - started, 4)
+            with self.progress_lock:
+                self.progress.stages[name] = round(self.progress.stages.get(name, 0.0) + time.perf_counter() - started, 4)
 
     # -- load ----------------------------------------------------------------------------------------------------
 
@@ -257,10 +258,7 @@ class ChunkRun:
                         writes.extend(self.forward(ready, writer))
                 while writes and writes[0][1].done():
                     self.record(*writes.pop(0))
-                if time.perf_counter() - self.progress_saved >= PROGRESS_EVERY:
-                    with self.stage("bookkeeping"):
-                        self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
-                        self.save_progress()
+                self.progress.done, self.progress.failed = len(self.stored), len(self.failed) + len(self.transient)
             with self.stage("writes"):
                 while writes:
                     self.record(*writes.pop(0))
@@ -292,7 +290,7 @@ class ChunkRun:
     def helper_cpu(self, name: str, started: float) -> None:
         """Add the calling thread's CPU since `started` (time.thread_time) to the chunk's account under `name`."""
         spent = time.thread_time() - started
-        with self.cpu_lock:
+        with self.progress_lock:
             self.progress.helper_cpu[name] = round(self.progress.helper_cpu.get(name, 0.0) + spent, 4)
 
     def prepare(self, task: dict):
@@ -323,6 +321,8 @@ class ChunkRun:
         while not stop.wait(WATCH_EVERY):
             try:
                 cancelled = self.cancelled_or_lost()
+                if not cancelled and time.perf_counter() - self.progress_saved >= PROGRESS_EVERY:
+                    self.save_progress()
             except ChunkLost:
                 self.lost_seen = True
                 return
@@ -369,8 +369,11 @@ class ChunkRun:
             self.stored.add(task_id)
 
     def save_progress(self) -> None:
-        self.job.meta.update(self.progress.to_meta())
-        save_meta_if_held(self.job, self.runtime.execution_id)
+        """Saved by this thread before and after the forwards, by the watcher while they run."""
+        with self.progress_lock:  # the stages and CPU accounts change from other threads meanwhile
+            self.job.meta.update(self.progress.to_meta())
+            meta = self.job._serialize_meta()
+        save_meta_if_held(self.job, self.runtime.execution_id, meta)
         self.progress_saved = time.perf_counter()
 
     # -- write ---------------------------------------------------------------------------------------------------

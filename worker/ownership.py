@@ -54,11 +54,12 @@ return 1
 """
 
 
-def save_meta_if_held(job, execution_id: str | None) -> None:
-    """`job.save_meta()`, done only while `execution_id` owns the chunk: a run frozen before saving its progress (a
-    pause, a partition) never overwrites what the run that took the chunk over saved."""
+def save_meta_if_held(job, execution_id: str | None, meta: bytes | None = None) -> None:
+    """`job.save_meta()` (or the serialized `meta`), done only while `execution_id` owns the chunk: a run frozen
+    before saving its progress (a pause, a partition) never overwrites what the run that took the chunk over saved."""
+    meta = job._serialize_meta() if meta is None else meta
     if execution_id is None:
-        job.save_meta()
+        job.connection.hset(job.key, "meta", meta)
         return
-    if not job.connection.eval(_SAVE_META_IF_HELD, 2, chunk_owner_key(job.id), job.key, execution_id, job._serialize_meta()):
+    if not job.connection.eval(_SAVE_META_IF_HELD, 2, chunk_owner_key(job.id), job.key, execution_id, meta):
         raise taken_over(job.id)
