@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--cut", type=float, default=30.0, help="seconds w1's link stays down")
     parser.add_argument("--mixed-tasks", type=int, default=60, help="tasks of each mixed-weights project (0: skip)")
     parser.add_argument("--tls-tasks", type=int, default=30, help="tasks of the rediss:// project (0: skip)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="SEGGPT_BULK_CHUNK_SIZE for the bootstrap (default: the product's)")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     args = parser.parse_args()
     if args.prompts < 5 or args.tasks <= args.prompts:
@@ -137,7 +138,8 @@ def run(args, hosts, workdir: Path, figures: dict) -> int:
     label_studio = hosts.start_label_studio()
     hosts.start_media(workdir / "media")
     env = hosts.head_env(label_studio, media_host, SEGGPT_WEIGHTS=scale.WEIGHTS, SEGGPT_DEVICE="cpu",
-                         BASIC_AUTH_USER=scale.BASIC_USER, BASIC_AUTH_PASS=scale.BASIC_PASS)
+                         BASIC_AUTH_USER=scale.BASIC_USER, BASIC_AUTH_PASS=scale.BASIC_PASS,
+                         **({"SEGGPT_BULK_CHUNK_SIZE": str(args.chunk_size)} if args.chunk_size else {}))
     hosts.start_serve(env)
     hosts.start_worker("w1", label_studio, media_host, scale.WEIGHTS)
     wait_workers(hosts, {"w1"})
