@@ -35,11 +35,11 @@ __all__ = ["segment_chunk", "ChunkRun", "noop", "with_backoff"]
 
 log = logging.getLogger(__name__)
 
-# A chunk saves its progress (one round trip) at most this often between batches, and always at its end: a
-# worker host's Redis is across a network, on a head that may be busy (bench/multihost.py: 12 ms a batch).
+# While the forwards run, a chunk's watcher thread asks every WATCH_EVERY seconds whether its run was cancelled or
+# the chunk taken over, and saves its progress at most every PROGRESS_EVERY seconds (at the chunk's start and end
+# the run itself saves it): the forward's loop waits for no round trip to a worker host's Redis, which is across a
+# network on a head that may be busy (bench/multihost.py: 6 to 10 ms a trip, 6 trips a batch before).
 PROGRESS_EVERY = 1.0
-# How often a chunk's watcher asks whether its run was cancelled or the chunk taken over (a batch is a few tenths
-# of a second on a CPU, less on a GPU): a round trip the forward no longer waits for (6 ms a batch on a busy head).
 WATCH_EVERY = 0.25
 T = TypeVar("T")
 
@@ -333,7 +333,7 @@ class ChunkRun:
                 return
 
     def cancelled_or_lost(self) -> bool:
-        """Whether the chunk's run was cancelled; ChunkLost if it was taken over. One round trip, between batches."""
+        """Whether the chunk's run was cancelled; ChunkLost if it was taken over. One round trip."""
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.get(chunk_owner_key(self.job.id))
             if self.chunk.run is not None:
