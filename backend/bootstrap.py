@@ -133,7 +133,7 @@ def _listing(services: Services, pool: PromptPool, controls: list[Control], sync
     of the list is still being read."""
     client = services.require_client()
     data_keys = sorted({c.data_key for c in controls})
-    annotated: set[int] = set()
+    annotated: set[int] | None = None  # with `sync`: the tasks whose annotation the pool was rebuilt from
     if sync:
         outcome = sync_from_label_studio(pool, client, services.fetcher.fetch, controls, services.settings.max_pixels)
         errors, annotated = outcome["errors"], outcome["annotated"]
@@ -142,7 +142,7 @@ def _listing(services: Services, pool: PromptPool, controls: list[Control], sync
         if pool.size() == 0:
             detail = "; ".join(f"task {t}: {r}" for t, r in list(errors.items())[:5])
             raise BootstrapError(f"project {pool.project} has no usable annotated task to prompt with" + (f" ({detail})" if detail else ": annotate a few tasks first"))
-    return _listed(client.iter_tasks(pool.project), data_keys, annotated if sync else None)
+    return _listed(client.iter_tasks(pool.project), data_keys, annotated)
 
 
 def _listed(tasks: Iterable[dict], data_keys: list[str], annotated: set[int] | None) -> Iterator[_Listed]:

@@ -296,11 +296,9 @@ class PromptPool:
         return [Control(**{**c, "labels": tuple(c["labels"])}) for c in body["controls"]], body["label_config"]
 
 
-def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS,
-                           tasks: Iterable[dict] | None = None) -> dict:
-    """Rebuild the pool from every task's newest usable annotation (images up to `max_pixels`); returns counts,
-    per-task errors and the ids of the tasks whose annotation was read (`annotated`). `tasks`: a listing (fields=all)
-    that holds every annotated task; default, the project's annotated tasks, read here."""
+def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[Control], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Rebuild the pool from the newest usable annotation of each of the project's annotated tasks (images up to
+    `max_pixels`); returns counts, per-task errors and the ids of the tasks whose annotation was read (`annotated`)."""
     seen, errors, stored = set(), {}, 0
 
     def settle(task_id, future) -> None:
@@ -318,7 +316,7 @@ def sync_from_label_studio(pool: PromptPool, client, fetch, controls: Sequence[C
     # the 100-annotation sync of bench/scale.py is the bootstrap's first step, before any task is queued.
     with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pool-sync") as threads:
         running = []
-        for task in client.iter_tasks(pool.project, annotated_only=True) if tasks is None else tasks:
+        for task in client.iter_tasks(pool.project, annotated_only=True):
             annotation = newest_annotation(task.get("annotations") or [])
             if annotation is None:
                 continue

@@ -44,8 +44,8 @@ def ensure_held(connection: redis.Redis, job_id: str, execution_id: str | None) 
         raise taken_over(job_id)
 
 
-# The owner check and the write in one atomic step and one round trip (a WATCH transaction takes three: the chunk
-# saves its progress after every batch, and a worker host's Redis is across a network).
+# The owner check and the write in one atomic step and one round trip (a WATCH transaction takes three: a chunk
+# saves its progress once a second while it runs, and a worker host's Redis is across a network).
 _SAVE_META_IF_HELD = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
